@@ -1,0 +1,10 @@
+"""hf_starsse: ensembles and model soups from one pre-trained checkpoint (Local DE, SSE, StarSSE) for transformers."""
+
+__version__ = "0.1.0"
+
+from .run_dir import RunDirectory, load_weights  # noqa: E402
+from .schedule import get_cycle_schedule  # noqa: E402
+from .trainer import StarSSETrainer  # noqa: E402
+from .training_args import StarSSETrainingArguments  # noqa: E402
+
+__all__ = ["RunDirectory", "StarSSETrainer", "StarSSETrainingArguments", "get_cycle_schedule", "load_weights"]

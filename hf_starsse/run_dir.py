@@ -1,0 +1,259 @@
+"""The run directory: the manifest `ensemble.json`, member directories, weight hashes and atomic writes.
+
+```
+output_dir/
+  ensemble.json                                # manifest, rewritten atomically under a file lock
+  members/member-00/                           # save_pretrained dir of a member
+  members/member-00/checkpoints/checkpoint-N/  # ordinary Trainer checkpoints, for resume
+```
+A member is complete only once the manifest lists it with the sha256 of its weights.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file
+
+MANIFEST_NAME = "ensemble.json"
+MEMBERS_DIR = "members"
+CHECKPOINTS_DIR = "checkpoints"
+FORMAT_VERSION = 1
+# Manifest fields that define a run: a directory holding a run that differs in any of them is refused.
+IDENTITY_KEYS = ("ensemble_method", "base_model", "hyperparameters")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as JSON to `path` through a temporary file in the same directory, fsync, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def weight_files(model_dir: str | os.PathLike) -> list[Path]:
+    """The safetensors weight files of a `save_pretrained` directory, sorted by name."""
+    return sorted(Path(model_dir).glob("*.safetensors"))
+
+
+def weights_sha256(model_dir: str | os.PathLike) -> str:
+    """sha256 over the safetensors weight files of `model_dir`, read in name order."""
+    files = weight_files(model_dir)
+    if not files:
+        raise FileNotFoundError(f"No *.safetensors weights in {model_dir}.")
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_files(model_dir: str | os.PathLike) -> None:
+    """Flush the files directly inside `model_dir` (not sub-directories) to disk."""
+    model_dir = Path(model_dir)
+    for file in model_dir.iterdir():
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(model_dir)
+
+
+class RunDirectory:
+    """
+    Reads and writes one run directory. Writers take a file lock, so parallel jobs (StarSSE branches, job arrays)
+    can share it.
+
+    Args:
+        path (`str` or `os.PathLike`): The run's `output_dir`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest_path = self.path / MANIFEST_NAME
+
+    def member_dir(self, index: int) -> Path:
+        return self.path / MEMBERS_DIR / f"member-{index:02d}"
+
+    def checkpoints_dir(self, index: int) -> Path:
+        return self.member_dir(index) / CHECKPOINTS_DIR
+
+    def _lock(self) -> FileLock:
+        return FileLock(str(self.path / f".{MANIFEST_NAME}.lock"))
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest, or `None` when the directory holds no run yet."""
+        try:
+            text = self.manifest_path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            manifest = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{self.manifest_path} is not valid JSON ({err}); the run directory is damaged. Move it away, or set "
+                "overwrite_output_dir=True to start over."
+            ) from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("members"), list):
+            raise ValueError(f"{self.manifest_path} is not an hf_starsse manifest (no 'members' list).")
+        if manifest.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValueError(f"{self.manifest_path} was written by a newer hf_starsse; upgrade the library.")
+        return manifest
+
+    def claim(self, header: dict[str, Any], overwrite: bool = False) -> None:
+        """
+        Start or resume the run described by `header` (method, base model, hyperparameters, size).
+
+        Args:
+            header (`dict`): Manifest fields without `members`.
+            overwrite (`bool`): Discard a run with different settings instead of raising.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            try:
+                manifest = self.read_manifest()
+            except ValueError:
+                if not overwrite:
+                    raise
+                manifest = None
+                self._discard()
+            if manifest is not None and self._differences(manifest, header):
+                if not overwrite:
+                    raise ValueError(
+                        f"output_dir {str(self.path)!r} holds a different hf_starsse run "
+                        f"({'; '.join(self._differences(manifest, header))}). Use another output_dir, or set "
+                        "overwrite_output_dir=True to discard it."
+                    )
+                self._discard()
+                manifest = None
+            members = [] if manifest is None else manifest["members"]
+            num_members = max([header["num_members"]] + [entry["index"] + 1 for entry in members])
+            atomic_write_json(
+                self.manifest_path,
+                {"format_version": FORMAT_VERSION, **header, "num_members": num_members, "members": members},
+            )
+
+    @staticmethod
+    def _differences(manifest: dict[str, Any], header: dict[str, Any]) -> list[str]:
+        saved = {key: manifest.get(key) for key in IDENTITY_KEYS}
+        saved.update(saved.pop("hyperparameters") or {})
+        wanted = {key: header.get(key) for key in IDENTITY_KEYS}
+        wanted.update(wanted.pop("hyperparameters") or {})
+        return [
+            f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now"
+            for key in sorted(set(saved) | set(wanted))
+            if saved.get(key) != wanted.get(key)
+        ]
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.path / MEMBERS_DIR, ignore_errors=True)
+        self.manifest_path.unlink(missing_ok=True)
+
+    def _resolve(self, entry: dict[str, Any]) -> Path:
+        relative = Path(entry["path"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(
+                f"{self.manifest_path}: member {entry['index']} has path {entry['path']!r} outside the run directory."
+            )
+        return self.path / relative
+
+    def complete_members(self) -> dict[int, dict[str, Any]]:
+        """The manifest entries of complete members by index, each checked against the sha256 of its weights."""
+        manifest = self.read_manifest()
+        complete = {}
+        for entry in [] if manifest is None else manifest["members"]:
+            member_dir = self._resolve(entry)
+            if not weight_files(member_dir):
+                raise ValueError(
+                    f"Member {entry['index']} is listed as complete in {self.manifest_path} but {member_dir} holds no "
+                    "weights. Restore the directory, or start the run over in a new output_dir."
+                )
+            if weights_sha256(member_dir) != entry["sha256"]:
+                raise ValueError(
+                    f"The weights in {member_dir} do not match the sha256 recorded for member {entry['index']} in "
+                    f"{self.manifest_path}: they were changed or corrupted. Restore them, or start over in a new "
+                    "output_dir."
+                )
+            complete[entry["index"]] = entry
+        return complete
+
+    def record_member(self, index: int, parent: int | None, seed: int, steps: int) -> dict[str, Any]:
+        """
+        Mark a member complete: flush its files, hash its weights, and add it to the manifest atomically.
+
+        Args:
+            index (`int`): Member index.
+            parent (`int`, *optional*): The member whose weights it started from (`None`: the pre-trained model).
+            seed (`int`): The member's seed.
+            steps (`int`): Optimizer steps it was trained for.
+
+        Returns:
+            `dict`: The manifest entry.
+        """
+        member_dir = self.member_dir(index)
+        fsync_files(member_dir)
+        entry = {
+            "index": index,
+            "parent": parent,
+            "seed": seed,
+            "steps": steps,
+            "path": member_dir.relative_to(self.path).as_posix(),
+            "sha256": weights_sha256(member_dir),
+        }
+        with self._lock():
+            manifest = self.read_manifest()
+            if manifest is None:
+                raise FileNotFoundError(f"{self.manifest_path} disappeared while member {index} was training.")
+            members = [other for other in manifest["members"] if other["index"] != index] + [entry]
+            manifest["members"] = sorted(members, key=lambda other: other["index"])
+            atomic_write_json(self.manifest_path, manifest)
+        return entry
+
+
+def load_weights(model: torch.nn.Module, model_dir: str | os.PathLike) -> None:
+    """
+    Load the safetensors weights of a `save_pretrained` directory into `model` in place. Keys left out because they
+    are tied to a loaded tensor are accepted; any other missing or unexpected key is an error.
+
+    Args:
+        model (`torch.nn.Module`): The model to update.
+        model_dir (`str` or `os.PathLike`): A directory holding `model.safetensors` (or its shards).
+    """
+    files = weight_files(model_dir)
+    if not files:
+        raise FileNotFoundError(f"No *.safetensors weights in {model_dir}.")
+    state = {}
+    for file in files:
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    loaded = {id(tensors[name]) for name in state if name in tensors}
+    missing = [name for name in missing if id(tensors.get(name)) not in loaded]
+    if missing or unexpected:
+        raise ValueError(
+            f"The weights in {model_dir} do not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}."
+        )

@@ -1,0 +1,315 @@
+"""`StarSSETrainer`: a `transformers.Trainer` that trains a whole ensemble (Local DE, SSE or StarSSE) from one
+pre-trained checkpoint into a resumable run directory."""
+
+import copy
+import inspect
+import json
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer_utils import TrainOutput, enable_full_determinism, get_last_checkpoint, set_seed
+from transformers.utils import logging
+
+from . import __version__
+from .run_dir import RunDirectory, load_weights
+from .schedule import get_cycle_schedule
+from .training_args import StarSSETrainingArguments
+
+logger = logging.get_logger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+OPTIMIZER_STATE_NAME = "optimizer_state.pt"
+
+
+class StarSSETrainer(Trainer):
+    """
+    A drop-in [`~transformers.Trainer`] that trains an ensemble of `args.num_members` models from one pre-trained
+    checkpoint. Member 0 is an ordinary fine-tune with the usual schedule. Members 1..K-1 are, by
+    `args.ensemble_method`: `"starsse"` cosine cycles that each start from member 0; `"sse"` cycles that each start
+    from the previous member; `"local_de"` independent fine-tunes of the pre-trained weights with a fresh head. Each
+    member has its own seed (`args.seed + index`), so head initialisation and data order differ.
+
+    Every finished member is saved with `save_pretrained` under `output_dir/members/member-NN/` and listed with the
+    sha256 of its weights in `output_dir/ensemble.json`. Running `train()` again on the same `output_dir` skips
+    complete members and resumes the member in progress from its last checkpoint.
+
+    With plain [`~transformers.TrainingArguments`] (or `num_members=1`) it trains exactly like `Trainer`. The
+    constructor takes the same arguments as `Trainer`.
+
+    Example:
+    ```python
+    from hf_starsse import StarSSETrainer, StarSSETrainingArguments
+
+    args = StarSSETrainingArguments(output_dir="runs/demo", num_train_epochs=2, learning_rate=1e-2,
+                                    ensemble_method="starsse", num_members=5, cycle_epochs=1.0,
+                                    cycle_learning_rate=2e-2)
+    trainer = StarSSETrainer(model=model, args=args, train_dataset=train_dataset)
+    trainer.train()  # members 0..4 in runs/demo/members/
+    ```
+    """
+
+    _member: int | None = None  # the member being trained; None outside ensemble training
+    _run: RunDirectory | None = None  # the run directory, during ensemble training
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._carried_optimizer_state: dict | None = None
+        self._initial_state: dict[str, torch.Tensor] | None = None
+        self._fresh_parameters: set[str] = set()
+        scaler = getattr(self.accelerator, "scaler", None)
+        self._initial_scaler_state = scaler.state_dict() if scaler is not None else None
+        if isinstance(self.args, StarSSETrainingArguments) and self.args.num_members > 1:
+            self._check_ensemble_setup()
+            if self.args.ensemble_method == "local_de" and self.model_init is None:
+                self._remember_pretrained_state()
+
+    __init__.__signature__ = inspect.signature(Trainer.__init__)
+
+    # ----- setup -----------------------------------------------------------------------------------------------
+
+    def _check_ensemble_setup(self) -> None:
+        if self.optimizer is not None or self.lr_scheduler is not None:
+            raise ValueError(
+                "StarSSETrainer creates a new optimizer and schedule for every member, so it cannot use the "
+                "optimizer instance given in `optimizers`. Pass `optimizer_cls_and_kwargs=(optimizer_class, kwargs)` "
+                "instead, or set num_members=1."
+            )
+        if not self.args.reset_optimizer_each_cycle and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError(
+                "reset_optimizer_each_cycle=False carries full optimizer states between cycles, which DeepSpeed and "
+                "FSDP shard; keep reset_optimizer_each_cycle=True with them."
+            )
+        if self.args.ensemble_method == "local_de" and self.model_init is None:
+            if not isinstance(self.accelerator.unwrap_model(self.model), PreTrainedModel):
+                raise ValueError(
+                    "ensemble_method='local_de' re-initialises the head of a transformers PreTrainedModel for every "
+                    f"member; {type(self.model).__name__} is not one. Pass model_init=... that builds a fresh model."
+                )
+
+    def _remember_pretrained_state(self) -> None:
+        """Keep the weights Local DE members start from, and the parameters that did not come from a checkpoint."""
+        model = self.accelerator.unwrap_model(self.model)
+        self._initial_state = {
+            name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()
+        }
+        # transformers marks the parameters that from_pretrained loaded; the others (the new head) were initialised.
+        self._fresh_parameters = {
+            name for name, param in model.named_parameters() if not getattr(param, "_is_hf_initialized", False)
+        }
+        if len(self._fresh_parameters) == len(list(model.parameters())):
+            logger.warning(
+                "No parameter of the model was loaded by from_pretrained, so Local DE members are trained from "
+                "scratch, each with its own initialisation."
+            )
+        elif not self._fresh_parameters:
+            logger.warning(
+                "Every parameter of the model was loaded from a checkpoint (no new head), so Local DE members differ "
+                "only in their seed and data order."
+            )
+
+    # ----- the member loop -------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+        """
+        Train every member listed by `args.members_to_train` (all by default) that is not complete yet. With plain
+        `TrainingArguments` this is `Trainer.train`.
+
+        Args:
+            resume_from_checkpoint (`str` or `bool`, *optional*):
+                A checkpoint of the first member still to train. Unfinished members resume from their last checkpoint
+                anyway.
+            trial (*optional*): Not supported for ensembles (hyperparameter search runs a plain `Trainer`).
+            ignore_keys_for_eval (`list[str]`, *optional*): As in `Trainer.train`.
+
+        Returns:
+            [`~transformers.trainer_utils.TrainOutput`]: The member's output when one member was trained; otherwise
+            the total optimizer steps, the step-weighted training loss and summed runtime of the members trained.
+        """
+        if not isinstance(self.args, StarSSETrainingArguments):
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+        if trial is not None:
+            raise ValueError(
+                "StarSSETrainer does not run hyperparameter-search trials: tune the first member with a plain Trainer."
+            )
+        ensemble_args = self.args
+        run = RunDirectory(ensemble_args.output_dir)
+        if ensemble_args.should_save:
+            run.claim(self._run_header(), overwrite=ensemble_args.overwrite_output_dir)
+        self.accelerator.wait_for_everyone()
+        complete = run.complete_members()
+        todo = [member for member in ensemble_args.members() if member not in complete]
+        self._check_parents(run, todo, complete)
+        if len(todo) < len(ensemble_args.members()):
+            logger.info(f"Members {sorted(set(ensemble_args.members()) - set(todo))} are complete; skipping them.")
+        outputs = []
+        self._run = run
+        try:
+            for member in todo:
+                checkpoint = resume_from_checkpoint if member == todo[0] else None
+                outputs.append(self._train_member(run, ensemble_args, member, checkpoint, ignore_keys_for_eval))
+        finally:
+            self.args, self._member, self._run = ensemble_args, None, None
+        if not todo:
+            load_weights(self.accelerator.unwrap_model(self.model), run.member_dir(ensemble_args.members()[-1]))
+        self.state.log_history = self._member_logs(run, ensemble_args.members())
+        return _combine_outputs(outputs)
+
+    def _train_member(self, run, ensemble_args, member, resume_from_checkpoint, ignore_keys_for_eval) -> TrainOutput:
+        self.args = self._member_args(run, ensemble_args, member)
+        self._member = member
+        parent = self._parent(member)
+        logger.info(
+            f"Training member {member} of {ensemble_args.num_members} ({ensemble_args.ensemble_method}, "
+            f"{'from the pre-trained weights' if parent is None else f'from member {parent}'}, seed {self.args.seed})"
+        )
+        if member > 0:  # member 0 keeps the seeding of a plain Trainer run
+            enable_full_determinism(self.args.seed) if self.args.full_determinism else set_seed(self.args.seed)
+            self.accelerator.dataloader_config.data_seed = self.args.data_seed
+            self.optimizer, self.lr_scheduler = None, None
+            self._reset_scaler()
+        if self.model_init is None:
+            self._init_member_weights(self.accelerator.unwrap_model(self.model))
+        if resume_from_checkpoint in (None, True) and run.checkpoints_dir(member).is_dir():
+            resume_from_checkpoint = get_last_checkpoint(str(run.checkpoints_dir(member)))
+        output = super().train(
+            resume_from_checkpoint=resume_from_checkpoint, ignore_keys_for_eval=ignore_keys_for_eval
+        )
+        self._save_member(run, member)
+        return output
+
+    def _member_args(self, run, ensemble_args, member) -> StarSSETrainingArguments:
+        args = copy.copy(ensemble_args)
+        args.output_dir = str(run.checkpoints_dir(member))
+        args.seed = ensemble_args.seed + member
+        if ensemble_args.data_seed is not None:
+            args.data_seed = ensemble_args.data_seed + member
+        if self._cycle(member):
+            args.learning_rate = ensemble_args.cycle_peak_learning_rate
+            args.num_train_epochs, args.max_steps = ensemble_args.cycle_length()
+        return args
+
+    def _parent(self, member: int) -> int | None:
+        """The member whose weights `member` starts from; `None` for the pre-trained weights."""
+        if member == 0 or self.args.ensemble_method == "local_de":
+            return None
+        return 0 if self.args.ensemble_method == "starsse" else member - 1
+
+    def _cycle(self, member: int) -> int:
+        """Index of the learning-rate cycle that produces `member`: 0 is a fine-tune with the user's schedule."""
+        return 0 if self.args.ensemble_method == "local_de" else member
+
+    def _check_parents(self, run: RunDirectory, todo: list[int], complete: dict) -> None:
+        for position, member in enumerate(todo):
+            parent = self._parent(member)
+            if parent is not None and parent not in complete and parent not in todo[:position]:
+                raise ValueError(
+                    f"{self.args.ensemble_method} member {member} starts from member {parent}, which is not complete "
+                    f"in {run.path} (its manifest does not list it). Train member {parent} first, e.g. with "
+                    f"members_to_train=[{parent}], or include it in members_to_train."
+                )
+
+    def _init_member_weights(self, model: nn.Module) -> None:
+        """Set the starting weights of the member being trained (member 0 starts from the model as given)."""
+        member = self._member
+        if not member:
+            return
+        parent = self._parent(member)
+        if parent is None:
+            if self._initial_state is not None:
+                model.load_state_dict(self._initial_state)
+                self._reinitialize_head(model)
+            return
+        parent_dir = self._run.member_dir(parent)
+        load_weights(model, parent_dir)
+        if not self.args.reset_optimizer_each_cycle:
+            self._carried_optimizer_state = torch.load(parent_dir / OPTIMIZER_STATE_NAME, weights_only=True)
+
+    @torch.no_grad()
+    def _reinitialize_head(self, model: nn.Module) -> None:
+        for prefix, module in model.named_modules():
+            names = {f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters(recurse=False)}
+            if names & self._fresh_parameters:
+                model._init_weights(module)
+
+    def _reset_scaler(self) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and self.args.reset_optimizer_each_cycle:
+            scaler.load_state_dict(self._initial_scaler_state)
+
+    def _save_member(self, run: RunDirectory, member: int) -> None:
+        member_dir = run.member_dir(member)
+        self.save_model(str(member_dir), _internal_call=True)
+        if self.args.should_save:
+            self.state.save_to_json(str(member_dir / TRAINER_STATE_NAME))
+            if not self.args.reset_optimizer_each_cycle and self.args.ensemble_method != "local_de":
+                torch.save(self.optimizer.state_dict(), member_dir / OPTIMIZER_STATE_NAME)
+            run.record_member(member, self._parent(member), self.args.seed, self.state.global_step)
+        self.accelerator.wait_for_everyone()
+
+    def _run_header(self) -> dict:
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        return {
+            "library": "hf_starsse",
+            "library_version": __version__,
+            "ensemble_method": self.args.ensemble_method,
+            "num_members": self.args.num_members,
+            "base_model": getattr(config, "_name_or_path", None) or None,
+            "hyperparameters": self.args.run_hyperparameters(),
+        }
+
+    @staticmethod
+    def _member_logs(run: RunDirectory, members: list[int]) -> list[dict]:
+        logs = []
+        for member in members:
+            state_file = run.member_dir(member) / TRAINER_STATE_NAME
+            if state_file.is_file():
+                logs.extend(json.loads(state_file.read_text())["log_history"])
+        return logs
+
+    # ----- Trainer extension points ----------------------------------------------------------------------------
+
+    def call_model_init(self, trial=None) -> nn.Module:
+        model = super().call_model_init(trial)
+        if self._member is not None:
+            self._init_member_weights(model)
+        return model
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self._carried_optimizer_state is not None:
+            state = optimizer.state_dict()
+            state["state"] = self._carried_optimizer_state["state"]
+            optimizer.load_state_dict(state)
+            self._carried_optimizer_state = None
+        return optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.lr_scheduler is None and self._member is not None and self._cycle(self._member):
+            warmup = min(math.ceil(self.args.cycle_warmup_ratio * num_training_steps), num_training_steps - 1)
+            self.lr_scheduler = get_cycle_schedule(optimizer or self.optimizer, num_training_steps, warmup)
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._member is not None:
+            logs = {**logs, "member": self._member, "cycle": self._cycle(self._member)}
+        super().log(logs, start_time)
+
+
+def _combine_outputs(outputs: list[TrainOutput]) -> TrainOutput:
+    """One member's output as is; for several, total steps, step-weighted loss and summed runtime and flos."""
+    if len(outputs) == 1:
+        return outputs[0]
+    steps = sum(output.global_step for output in outputs)
+    loss = sum(output.training_loss * output.global_step for output in outputs) / max(1, steps)
+    metrics = {
+        "train_runtime": sum(output.metrics.get("train_runtime", 0.0) for output in outputs),
+        "total_flos": sum(output.metrics.get("total_flos", 0.0) for output in outputs),
+        "train_loss": loss,
+        "train_members": len(outputs),
+    }
+    return TrainOutput(steps, loss, metrics)

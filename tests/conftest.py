@@ -1,0 +1,112 @@
+"""Tiny models built from config and synthetic data: no downloads, CPU, seconds."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizerFast,
+    MobileNetV2Config,
+    MobileNetV2ForImageClassification,
+)
+from transformers.utils import logging as transformers_logging
+
+from hf_starsse import StarSSETrainingArguments
+
+transformers_logging.set_verbosity_error()
+
+NUM_LABELS = 3
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+
+
+def bert_config(**kwargs) -> BertConfig:
+    return BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def pretrained_bert(tmp_path_factory) -> str:
+    """A 'pre-trained' tiny BERT backbone saved like a Hub checkpoint (no classification head)."""
+    path = tmp_path_factory.mktemp("pretrained") / "tiny-bert"
+    torch.manual_seed(1234)
+    BertModel(bert_config()).save_pretrained(path)
+    tokenizer(path)
+    return str(path)
+
+
+def tokenizer(save_to=None) -> BertTokenizerFast:
+    tok = BertTokenizerFast(vocab={token: index for index, token in enumerate(VOCAB)})
+    if save_to is not None:
+        tok.save_pretrained(save_to)
+    return tok
+
+
+def load_text_model(path: str, seed: int | None = 0) -> BertForSequenceClassification:
+    """The backbone from `path` with a new head, initialised from `seed` (None: the current RNG state)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return BertForSequenceClassification.from_pretrained(path, num_labels=NUM_LABELS)
+
+
+def text_dataset(n: int = 48, length: int = 8, seed: int = 0) -> Dataset:
+    """Token sequences whose label is given by the most frequent of three token groups: learnable, not trivial."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, len(VOCAB), (n, length), generator=generator)
+    labels = (input_ids % NUM_LABELS).mode(dim=1).values
+    return Dataset.from_dict(
+        {"input_ids": input_ids.tolist(), "attention_mask": [[1] * length] * n, "labels": labels.tolist()}
+    )
+
+
+@pytest.fixture(scope="session")
+def pretrained_mobilenet(tmp_path_factory) -> str:
+    """A tiny MobileNetV2 (with BatchNorm) saved with a 10-class head, re-headed by `load_image_model`."""
+    path = tmp_path_factory.mktemp("pretrained") / "tiny-mobilenet"
+    torch.manual_seed(4321)
+    config = MobileNetV2Config(num_channels=3, image_size=16, depth_multiplier=0.25, num_labels=10)
+    MobileNetV2ForImageClassification(config).save_pretrained(path)
+    return str(path)
+
+
+def load_image_model(path: str, seed: int = 0) -> MobileNetV2ForImageClassification:
+    torch.manual_seed(seed)
+    model = MobileNetV2ForImageClassification.from_pretrained(
+        path, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
+    )
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 0.1
+    return model
+
+
+def image_dataset(n: int = 32, seed: int = 0) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, NUM_LABELS, (n,), generator=generator)
+    pixels = torch.randn(n, 3, 16, 16, generator=generator) + labels.view(n, 1, 1, 1).float()
+    return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()}).with_format("torch")
+
+
+def make_args(output_dir, **kwargs) -> StarSSETrainingArguments:
+    defaults = dict(
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        num_members=3,
+        cycle_steps=3,
+        cycle_learning_rate=2e-3,
+    )
+    return StarSSETrainingArguments(output_dir=str(output_dir), **{**defaults, **kwargs})

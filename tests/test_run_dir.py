@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+from transformers import BertForMaskedLM
+
+from hf_starsse import RunDirectory, load_weights
+from hf_starsse.run_dir import atomic_write_json, weights_sha256
+
+from conftest import bert_config
+
+HEADER = {"ensemble_method": "starsse", "num_members": 3, "base_model": "m", "hyperparameters": {"learning_rate": 0.1}}
+
+
+def add_member(run: RunDirectory, index: int, model=None):
+    model = model or torch.nn.Linear(2, 2)
+    from safetensors.torch import save_model
+
+    run.member_dir(index).mkdir(parents=True, exist_ok=True)
+    save_model(model, str(run.member_dir(index) / "model.safetensors"))
+    return run.record_member(index, parent=0 if index else None, seed=index, steps=5)
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    atomic_write_json(tmp_path / "a.json", {"x": 2})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_claim_record_and_verify(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.claim(HEADER)
+    entry = add_member(run, 0)
+    add_member(run, 2)
+    manifest = run.read_manifest()
+    assert manifest["format_version"] == 1 and manifest["ensemble_method"] == "starsse"
+    assert [m["index"] for m in manifest["members"]] == [0, 2]
+    assert entry == {
+        "index": 0,
+        "parent": None,
+        "seed": 0,
+        "steps": 5,
+        "path": "members/member-00",
+        "sha256": weights_sha256(run.member_dir(0)),
+    }
+    assert set(run.complete_members()) == {0, 2}
+    run.claim({**HEADER, "num_members": 5})  # same run, more members: resumed, members kept
+    assert set(run.complete_members()) == {0, 2} and run.read_manifest()["num_members"] == 5
+
+
+def test_different_run_refused_then_overwritten(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.claim(HEADER)
+    add_member(run, 0)
+    other = {**HEADER, "hyperparameters": {"learning_rate": 0.2}}
+    with pytest.raises(ValueError, match="learning_rate: 0.1 there, 0.2 now.*overwrite_output_dir=True"):
+        run.claim(other)
+    assert set(run.complete_members()) == {0}  # nothing lost
+    run.claim(other, overwrite=True)
+    assert run.complete_members() == {} and not run.member_dir(0).exists()
+
+
+def test_corrupted_member_detected(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.claim(HEADER)
+    add_member(run, 0)
+    weights = run.member_dir(0) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="do not match the sha256 recorded for member 0"):
+        run.complete_members()
+    weights.unlink()
+    with pytest.raises(ValueError, match="holds no weights"):
+        run.complete_members()
+
+
+def test_bad_manifests(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.manifest_path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        run.read_manifest()
+    with pytest.raises(ValueError, match="not valid JSON"):
+        run.claim(HEADER)
+    run.claim(HEADER, overwrite=True)
+    manifest = run.read_manifest()
+    manifest["members"] = [{"index": 0, "path": "../elsewhere", "sha256": "0"}]
+    atomic_write_json(run.manifest_path, manifest)
+    with pytest.raises(ValueError, match="outside the run directory"):
+        run.complete_members()
+
+
+def test_load_weights_accepts_tied_weights(tmp_path):
+    torch.manual_seed(0)
+    source = BertForMaskedLM(bert_config())
+    source.save_pretrained(tmp_path)
+    target = BertForMaskedLM(bert_config())
+    load_weights(target, tmp_path)
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="do not fit Linear"):
+        load_weights(torch.nn.Linear(2, 2), tmp_path)
