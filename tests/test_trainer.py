@@ -317,3 +317,31 @@ def test_user_optimizer_instance_refused(tmp_path, pretrained_bert):
 def test_local_de_needs_pretrained_model_or_model_init(tmp_path):
     with pytest.raises(ValueError, match="model_init"):
         StarSSETrainer(model=torch.nn.Linear(4, 2), args=make_args(tmp_path, ensemble_method="local_de"))
+
+
+def test_evaluation_and_checkpoints_inside_members(tmp_path, pretrained_bert):
+    trainer = StarSSETrainer(
+        model=load_text_model(pretrained_bert),
+        args=make_args(
+            tmp_path / "run", num_members=2, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2
+        ),
+        train_dataset=text_dataset(),
+        eval_dataset=text_dataset(seed=1),
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+    )
+    trainer.train()
+    evals = [(log["member"], log["step"]) for log in trainer.state.log_history if "eval_accuracy" in log]
+    assert evals == [(0, 2), (0, 4), (0, 6), (1, 2), (1, 3)]
+    checkpoints = sorted(p.name for p in (tmp_path / "run/members/member-01/checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-2", "checkpoint-3"]
+    assert 0 <= trainer.evaluate()["eval_accuracy"] <= 1
+
+
+def test_amp_scaler_reset_between_cycles(tmp_path, pretrained_bert):
+    trainer = StarSSETrainer(model=load_text_model(pretrained_bert), args=make_args(tmp_path, num_members=2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.accelerator.scaler, trainer._initial_scaler_state = scaler, scaler.state_dict()
+    scaler.scale(torch.tensor(1.0))  # materialise the scale, then shrink it as an overflow would
+    scaler.update(new_scale=8.0)
+    trainer._reset_scaler()
+    assert scaler.get_scale() == 1024.0
