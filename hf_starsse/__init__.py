@@ -2,9 +2,20 @@
 
 __version__ = "0.1.0"
 
-from .run_dir import RunDirectory, load_weights  # noqa: E402
+from .run_dir import RunDirectory, load_members, load_weights  # noqa: E402
 from .schedule import get_cycle_schedule  # noqa: E402
+from .soups import greedy_soup, recalibrate_batchnorm, uniform_soup  # noqa: E402
 from .trainer import StarSSETrainer  # noqa: E402
 from .training_args import StarSSETrainingArguments  # noqa: E402
 
-__all__ = ["RunDirectory", "StarSSETrainer", "StarSSETrainingArguments", "get_cycle_schedule", "load_weights"]
+__all__ = [
+    "RunDirectory",
+    "StarSSETrainer",
+    "StarSSETrainingArguments",
+    "get_cycle_schedule",
+    "greedy_soup",
+    "load_members",
+    "load_weights",
+    "recalibrate_batchnorm",
+    "uniform_soup",
+]

@@ -235,8 +235,7 @@ class RunDirectory:
 
 def load_weights(model: torch.nn.Module, model_dir: str | os.PathLike) -> None:
     """
-    Load the safetensors weights of a `save_pretrained` directory into `model` in place. Keys left out because they
-    are tied to a loaded tensor are accepted; any other missing or unexpected key is an error.
+    Load the safetensors weights of a `save_pretrained` directory into `model` in place (see `load_state`).
 
     Args:
         model (`torch.nn.Module`): The model to update.
@@ -248,12 +247,54 @@ def load_weights(model: torch.nn.Module, model_dir: str | os.PathLike) -> None:
     state = {}
     for file in files:
         state.update(load_file(file))
+    load_state(model, state, source=str(model_dir))
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "the state dict") -> None:
+    """
+    Copy `state` into `model` in place. Keys left out because they are tied to a loaded tensor are accepted; any other
+    missing or unexpected key is an error naming `source`.
+    """
     missing, unexpected = model.load_state_dict(state, strict=False)
     tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
     loaded = {id(tensors[name]) for name in state if name in tensors}
     missing = [name for name in missing if id(tensors.get(name)) not in loaded]
     if missing or unexpected:
         raise ValueError(
-            f"The weights in {model_dir} do not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
+            f"The weights in {source} do not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}."
         )
+
+
+def load_members(source: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
+    """
+    The member directories of an ensemble, in order, checked before anything is loaded from them.
+
+    Args:
+        source (`str`, `os.PathLike` or `list`):
+            A run directory (its manifest lists the complete members; each one's sha256 is verified), or a list of
+            `save_pretrained` directories holding safetensors weights.
+
+    Returns:
+        `list[Path]`: One directory per member.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        run = RunDirectory(source)
+        if not run.manifest_path.is_file():
+            raise FileNotFoundError(
+                f"{source} has no {MANIFEST_NAME}: pass an hf_starsse run directory or a list of member directories."
+            )
+        complete = run.complete_members()
+        if not complete:
+            raise ValueError(f"{source} lists no complete member yet: train the ensemble first.")
+        return [run._resolve(complete[index]) for index in sorted(complete)]
+    members = [Path(member) for member in source]
+    if not members:
+        raise ValueError("No member directories given.")
+    for member in members:
+        if not weight_files(member):
+            raise FileNotFoundError(
+                f"{member} holds no *.safetensors weights. Save members with save_pretrained (pickle checkpoints are "
+                "never loaded)."
+            )
+    return members

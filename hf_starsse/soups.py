@@ -1,0 +1,329 @@
+"""Model soups: the members' weights averaged into one model of the base architecture.
+
+Weights are streamed from safetensors one tensor at a time and accumulated in float64, so peak memory is about one
+model whatever the number of members. Models with BatchNorm get their running statistics re-estimated on training
+data after averaging.
+"""
+
+import contextlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors import safe_open
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, PreTrainedModel, default_data_collator
+from transformers.utils import logging
+
+from .run_dir import fsync_files, load_members, load_state, weight_files
+
+logger = logging.get_logger(__name__)
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+LABEL_COLUMNS = ("labels", "label", "label_ids")
+# Files of a member directory that belong to the member or its training, not to its processor.
+NON_PROCESSOR_FILES = {"config.json", "generation_config.json", "training_args.bin", "trainer_state.json"}
+# Config entries allowed to differ between members of one soup.
+IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version"}
+SOUP_RECORD_NAME = "soup.json"
+
+
+def _check_configs(member_dirs: list[Path]) -> None:
+    reference = json.loads((member_dirs[0] / "config.json").read_text())
+    for member in member_dirs[1:]:
+        config = json.loads((member / "config.json").read_text())
+        for key in sorted((set(reference) | set(config)) - IGNORED_CONFIG_KEYS):
+            if reference.get(key) != config.get(key):
+                raise ValueError(
+                    f"Member {member} does not match {member_dirs[0]}: config.json differs in {key!r} "
+                    f"({config.get(key)!r} vs {reference.get(key)!r}). Soups need members of one architecture "
+                    "and label map."
+                )
+
+
+def _tensor_index(member: Path) -> dict[str, Path]:
+    index = {}
+    for file in weight_files(member):
+        with safe_open(file, "pt") as f:
+            index.update(dict.fromkeys(f.keys(), file))
+    return index
+
+
+def average_weights(members: list[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """
+    The uniform average of the members' weights, read one tensor at a time and accumulated in float64.
+
+    Args:
+        members (`list`): `save_pretrained` directories with safetensors weights.
+
+    Returns:
+        `dict[str, torch.Tensor]`: Averaged floating-point tensors in their original dtype; integer tensors (e.g.
+        BatchNorm's `num_batches_tracked`) are taken from the first member.
+
+    Raises:
+        `ValueError`: naming the member and tensor when keys, shapes or dtypes differ or a value is not finite.
+    """
+    member_dirs = [Path(member) for member in members]
+    _check_configs(member_dirs)
+    indexes = [_tensor_index(member) for member in member_dirs]
+    for member, index in zip(member_dirs[1:], indexes[1:]):
+        if set(index) != set(indexes[0]):
+            difference = sorted(set(index) ^ set(indexes[0]))
+            raise ValueError(f"Member {member} has different tensors than {member_dirs[0]}: {difference[:5]}.")
+    averaged = {}
+    with contextlib.ExitStack() as stack:
+        files = {}  # one open handle per file
+
+        def read(member_index: int, key: str) -> torch.Tensor:
+            file = indexes[member_index][key]
+            if file not in files:
+                files[file] = stack.enter_context(safe_open(file, "pt"))
+            return files[file].get_tensor(key)
+
+        for key in indexes[0]:
+            first = read(0, key)
+            if not first.is_floating_point():
+                averaged[key] = first
+                continue
+            total = torch.zeros(first.shape, dtype=torch.float64)
+            for member_index, member in enumerate(member_dirs):
+                tensor = first if member_index == 0 else read(member_index, key)
+                if tensor.shape != first.shape or tensor.dtype != first.dtype:
+                    raise ValueError(
+                        f"Member {member}: tensor {key!r} is {tuple(tensor.shape)} {tensor.dtype}, but "
+                        f"{tuple(first.shape)} {first.dtype} in {member_dirs[0]}."
+                    )
+                if not torch.isfinite(tensor).all():
+                    raise ValueError(f"Member {member}: tensor {key!r} holds non-finite values (NaN or inf).")
+                total += tensor.to(torch.float64)
+            averaged[key] = (total / len(member_dirs)).to(first.dtype)
+    return averaged
+
+
+def _base_model(member: Path) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(member)
+    architecture = (config.architectures or [None])[0]
+    model_class = getattr(transformers, architecture or "", None)
+    if model_class is None:
+        raise ValueError(
+            f"{member}/config.json names architecture {architecture!r}, which transformers does not provide; soups "
+            "are built for transformers architectures."
+        )
+    return model_class.from_pretrained(member)
+
+
+def _model_inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
+    accepted = inspect.signature(model.forward).parameters
+    return {k: v.to(device) for k, v in batch.items() if k in accepted and k not in LABEL_COLUMNS}
+
+
+def make_dataloader(model: nn.Module, dataset, data_collator: Callable | None = None, batch_size: int = 32):
+    """A `DataLoader` over `dataset` that keeps the model's input columns and the label column."""
+    if hasattr(dataset, "remove_columns"):
+        keep = set(inspect.signature(model.forward).parameters) | set(LABEL_COLUMNS)
+        dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+        dataset = dataset.with_format("torch")
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=data_collator or default_data_collator)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataloader, num_batches: int | None = None) -> nn.Module:
+    """
+    Re-estimate BatchNorm running statistics: reset them, then take their cumulative average over a pass of
+    `dataloader` in train mode without gradients. Momenta and the train/eval mode are restored afterwards.
+
+    Args:
+        model (`nn.Module`): The model, updated in place.
+        dataloader (iterable of `dict`): Batches of model inputs (training data, without augmentation ideally).
+        num_batches (`int`, *optional*): Stop after this many batches (default: the whole pass).
+
+    Returns:
+        `nn.Module`: `model`.
+    """
+    batchnorms = [module for module in model.modules() if isinstance(module, BATCHNORMS)]
+    if not batchnorms:
+        return model
+    momenta = [bn.momentum for bn in batchnorms]
+    was_training = model.training
+    for bn in batchnorms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    device = next(model.parameters()).device
+    model.train()
+    try:
+        for step, batch in enumerate(dataloader):
+            if num_batches is not None and step >= num_batches:
+                break
+            model(**_model_inputs(model, batch, device))
+    finally:
+        for bn, momentum in zip(batchnorms, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    return model
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(module, BATCHNORMS) for module in model.modules())
+
+
+def _soup(member_dirs: list[Path], train_dataset, data_collator, batch_size, num_batches) -> PreTrainedModel:
+    model = _base_model(member_dirs[0])
+    load_state(model, average_weights(member_dirs), source="the averaged members")
+    if has_batchnorm(model) and len(member_dirs) > 1:
+        if train_dataset is None:
+            logger.warning(
+                "The soup has BatchNorm layers but no train_dataset was given: its running statistics are plain "
+                "averages of the members' and can be far off. Pass train_dataset to re-estimate them."
+            )
+        else:
+            loader = make_dataloader(model, train_dataset, data_collator, batch_size)
+            recalibrate_batchnorm(model, loader, num_batches)
+    return model.eval()
+
+
+def _processor_files(member: Path) -> list[Path]:
+    """Tokenizer / image-processor files of a member directory: everything but weights, config and training files."""
+    return [
+        file
+        for file in member.iterdir()
+        if file.is_file()
+        and file.name not in NON_PROCESSOR_FILES
+        and file.suffix not in (".safetensors", ".pt", ".bin")
+        and not file.name.endswith(".index.json")
+    ]
+
+
+def _save_soup(
+    model: PreTrainedModel, source: Path, out_dir: str | os.PathLike, record: dict, overwrite: bool
+) -> None:
+    """Write the soup to a temporary directory next to `out_dir`, then rename it into place."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} is not empty; choose another directory or pass overwrite=True.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp)
+        for file in _processor_files(source):
+            shutil.copy2(file, tmp / file.name)
+        (tmp / SOUP_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        fsync_files(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def uniform_soup(
+    members,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    train_dataset=None,
+    data_collator: Callable | None = None,
+    batch_size: int = 32,
+    num_batches: int | None = None,
+    overwrite: bool = False,
+) -> PreTrainedModel:
+    """
+    Average all members' weights into one model of the base architecture.
+
+    Args:
+        members (`str`, `os.PathLike` or `list`): A run directory or a list of member directories (see `load_members`).
+        out_dir (`str` or `os.PathLike`, *optional*): Save the soup here (`save_pretrained`, processor files copied
+            from the first member, `soup.json` recording the members). Written atomically.
+        train_dataset (*optional*): Training data to re-estimate BatchNorm statistics with (models with BatchNorm).
+        data_collator (`Callable`, *optional*): Collator for `train_dataset` (default: `default_data_collator`).
+        batch_size (`int`, *optional*, defaults to 32): Batch size of the BatchNorm pass.
+        num_batches (`int`, *optional*): Limit the BatchNorm pass to this many batches.
+        overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
+
+    Returns:
+        [`~transformers.PreTrainedModel`]: The soup, in eval mode.
+    """
+    member_dirs = load_members(members)
+    model = _soup(member_dirs, train_dataset, data_collator, batch_size, num_batches)
+    if out_dir is not None:
+        record = {"method": "uniform", "members": [str(member) for member in member_dirs]}
+        record["batchnorm_recalibrated"] = has_batchnorm(model) and train_dataset is not None and len(member_dirs) > 1
+        _save_soup(model, member_dirs[0], out_dir, record, overwrite)
+    return model
+
+
+def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of samples whose argmax matches the label (the default greedy-soup metric)."""
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+@torch.no_grad()
+def _score(model: nn.Module, loader: DataLoader, metric: Callable) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(model(**_model_inputs(model, batch, device)).logits.float().cpu())
+        labels.append(next(batch[name] for name in LABEL_COLUMNS if name in batch))
+    return metric(torch.cat(logits), torch.cat(labels))
+
+
+def greedy_soup(
+    members,
+    eval_dataset,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] = accuracy_metric,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    train_dataset=None,
+    data_collator: Callable | None = None,
+    batch_size: int = 32,
+    num_batches: int | None = None,
+    overwrite: bool = False,
+) -> tuple[PreTrainedModel, list[int]]:
+    """
+    Greedy soup (Wortsman et al., 2022): sort members by `metric` on held-out `eval_dataset`, then add each member
+    to the soup only if the soup's metric does not drop.
+
+    Args:
+        members (`str`, `os.PathLike` or `list`): A run directory or a list of member directories.
+        eval_dataset: Held-out data with a label column (never the test split).
+        metric (`Callable`, *optional*): `metric(logits, labels) -> float`, higher is better (default: accuracy).
+        out_dir, train_dataset, data_collator, batch_size, num_batches, overwrite: As in [`uniform_soup`].
+
+    Returns:
+        `tuple`: The soup and the positions (in `load_members` order) of the members it contains.
+    """
+    member_dirs = load_members(members)
+    loader, scores = None, []
+    for member in member_dirs:
+        model = _base_model(member)
+        if loader is None:
+            loader = make_dataloader(model, eval_dataset, data_collator, batch_size)
+        scores.append(_score(model, loader, metric))
+    order = sorted(range(len(member_dirs)), key=lambda i: -scores[i])
+    chosen, best = [order[0]], scores[order[0]]
+    soup = _base_model(member_dirs[order[0]]).eval()
+    for candidate in order[1:]:
+        dirs = [member_dirs[i] for i in chosen + [candidate]]
+        trial = _soup(dirs, train_dataset, data_collator, batch_size, num_batches)
+        score = _score(trial, loader, metric)
+        logger.info(f"greedy soup: adding member {candidate} gives {score:.4f} (best so far {best:.4f})")
+        if score >= best:
+            chosen, best, soup = chosen + [candidate], score, trial
+    if out_dir is not None:
+        record = {
+            "method": "greedy",
+            "members": [str(member) for member in member_dirs],
+            "member_scores": scores,
+            "chosen": chosen,
+            "score": best,
+            "batchnorm_recalibrated": has_batchnorm(soup) and train_dataset is not None and len(chosen) > 1,
+        }
+        _save_soup(soup, member_dirs[chosen[0]], out_dir, record, overwrite)
+    return soup, chosen
