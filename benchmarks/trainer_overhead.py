@@ -60,7 +60,7 @@ def common_args(output_dir: str, steps: int) -> dict:
         learning_rate=1e-4,
         report_to="none",
         save_strategy="no",
-        logging_steps=10,
+        logging_steps=50,
         use_cpu=True,
         disable_tqdm=True,
         seed=0,

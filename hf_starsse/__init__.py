@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .run_dir import RunDirectory, load_members, load_weights  # noqa: E402
+from .members import load_members  # noqa: E402
+from .run_dir import RunDirectory, load_weights  # noqa: E402
 from .schedule import get_cycle_schedule  # noqa: E402
 from .soups import greedy_soup, recalibrate_batchnorm, uniform_soup  # noqa: E402
 from .trainer import StarSSETrainer  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from safetensors.torch import load_file
 
 MANIFEST_NAME = "ensemble.json"
@@ -47,6 +47,9 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; shared run directories must stay readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -96,10 +99,28 @@ class RunDirectory:
         self.manifest_path = self.path / MANIFEST_NAME
 
     def member_dir(self, index: int) -> Path:
+        """Directory of member `index`: its `save_pretrained` files."""
         return self.path / MEMBERS_DIR / f"member-{index:02d}"
 
     def checkpoints_dir(self, index: int) -> Path:
+        """Trainer checkpoints of member `index` while it trains."""
         return self.member_dir(index) / CHECKPOINTS_DIR
+
+    def lock_member(self, index: int) -> FileLock:
+        """
+        Take the lock that lets one job at a time train member `index` (released by `.release()` or when the
+        process exits, even if it crashes).
+        """
+        self.member_dir(index).mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.member_dir(index) / ".training.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RuntimeError(
+                f"Member {index} in {self.path} is being trained by another job. Wait for it, or train other members "
+                "(members_to_train)."
+            ) from None
+        return lock
 
     def _lock(self) -> FileLock:
         return FileLock(str(self.path / f".{MANIFEST_NAME}.lock"))
@@ -150,7 +171,8 @@ class RunDirectory:
                 self._discard()
                 manifest = None
             members = [] if manifest is None else manifest["members"]
-            num_members = max([header["num_members"]] + [entry["index"] + 1 for entry in members])
+            saved_size = 0 if manifest is None else manifest.get("num_members", 0)
+            num_members = max([header["num_members"], saved_size] + [entry["index"] + 1 for entry in members])
             atomic_write_json(
                 self.manifest_path,
                 {"format_version": FORMAT_VERSION, **header, "num_members": num_members, "members": members},
@@ -264,37 +286,3 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
             f"The weights in {source} do not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}."
         )
-
-
-def load_members(source: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
-    """
-    The member directories of an ensemble, in order, checked before anything is loaded from them.
-
-    Args:
-        source (`str`, `os.PathLike` or `list`):
-            A run directory (its manifest lists the complete members; each one's sha256 is verified), or a list of
-            `save_pretrained` directories holding safetensors weights.
-
-    Returns:
-        `list[Path]`: One directory per member.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        run = RunDirectory(source)
-        if not run.manifest_path.is_file():
-            raise FileNotFoundError(
-                f"{source} has no {MANIFEST_NAME}: pass an hf_starsse run directory or a list of member directories."
-            )
-        complete = run.complete_members()
-        if not complete:
-            raise ValueError(f"{source} lists no complete member yet: train the ensemble first.")
-        return [run._resolve(complete[index]) for index in sorted(complete)]
-    members = [Path(member) for member in source]
-    if not members:
-        raise ValueError("No member directories given.")
-    for member in members:
-        if not weight_files(member):
-            raise FileNotFoundError(
-                f"{member} holds no *.safetensors weights. Save members with save_pretrained (pickle checkpoints are "
-                "never loaded)."
-            )
-    return members

@@ -5,7 +5,6 @@ model whatever the number of members. Models with BatchNorm get their running st
 data after averaging.
 """
 
-import contextlib
 import inspect
 import json
 import os
@@ -16,13 +15,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, PreTrainedModel, default_data_collator
 from transformers.utils import logging
 
-from .run_dir import fsync_files, load_members, load_state, weight_files
+from .members import iter_member_tensors, load_members
+from .run_dir import fsync_files, load_state
 
 logger = logging.get_logger(__name__)
 
@@ -30,30 +29,7 @@ BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 LABEL_COLUMNS = ("labels", "label", "label_ids")
 # Files of a member directory that belong to the member or its training, not to its processor.
 NON_PROCESSOR_FILES = {"config.json", "generation_config.json", "training_args.bin", "trainer_state.json"}
-# Config entries allowed to differ between members of one soup.
-IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version"}
 SOUP_RECORD_NAME = "soup.json"
-
-
-def _check_configs(member_dirs: list[Path]) -> None:
-    reference = json.loads((member_dirs[0] / "config.json").read_text())
-    for member in member_dirs[1:]:
-        config = json.loads((member / "config.json").read_text())
-        for key in sorted((set(reference) | set(config)) - IGNORED_CONFIG_KEYS):
-            if reference.get(key) != config.get(key):
-                raise ValueError(
-                    f"Member {member} does not match {member_dirs[0]}: config.json differs in {key!r} "
-                    f"({config.get(key)!r} vs {reference.get(key)!r}). Soups need members of one architecture "
-                    "and label map."
-                )
-
-
-def _tensor_index(member: Path) -> dict[str, Path]:
-    index = {}
-    for file in weight_files(member):
-        with safe_open(file, "pt") as f:
-            index.update(dict.fromkeys(f.keys(), file))
-    return index
 
 
 def average_weights(members: list[str | os.PathLike]) -> dict[str, torch.Tensor]:
@@ -68,42 +44,18 @@ def average_weights(members: list[str | os.PathLike]) -> dict[str, torch.Tensor]
         BatchNorm's `num_batches_tracked`) are taken from the first member.
 
     Raises:
-        `ValueError`: naming the member and tensor when keys, shapes or dtypes differ or a value is not finite.
+        `ValueError`: naming the member and tensor when configs, names, shapes or dtypes differ or a value is not
+        finite.
     """
-    member_dirs = [Path(member) for member in members]
-    _check_configs(member_dirs)
-    indexes = [_tensor_index(member) for member in member_dirs]
-    for member, index in zip(member_dirs[1:], indexes[1:]):
-        if set(index) != set(indexes[0]):
-            difference = sorted(set(index) ^ set(indexes[0]))
-            raise ValueError(f"Member {member} has different tensors than {member_dirs[0]}: {difference[:5]}.")
     averaged = {}
-    with contextlib.ExitStack() as stack:
-        files = {}  # one open handle per file
-
-        def read(member_index: int, key: str) -> torch.Tensor:
-            file = indexes[member_index][key]
-            if file not in files:
-                files[file] = stack.enter_context(safe_open(file, "pt"))
-            return files[file].get_tensor(key)
-
-        for key in indexes[0]:
-            first = read(0, key)
-            if not first.is_floating_point():
-                averaged[key] = first
-                continue
-            total = torch.zeros(first.shape, dtype=torch.float64)
-            for member_index, member in enumerate(member_dirs):
-                tensor = first if member_index == 0 else read(member_index, key)
-                if tensor.shape != first.shape or tensor.dtype != first.dtype:
-                    raise ValueError(
-                        f"Member {member}: tensor {key!r} is {tuple(tensor.shape)} {tensor.dtype}, but "
-                        f"{tuple(first.shape)} {first.dtype} in {member_dirs[0]}."
-                    )
-                if not torch.isfinite(tensor).all():
-                    raise ValueError(f"Member {member}: tensor {key!r} holds non-finite values (NaN or inf).")
-                total += tensor.to(torch.float64)
-            averaged[key] = (total / len(member_dirs)).to(first.dtype)
+    for name, tensors in iter_member_tensors([Path(member) for member in members]):
+        if not tensors[0].is_floating_point():
+            averaged[name] = tensors[0]
+            continue
+        total = torch.zeros(tensors[0].shape, dtype=torch.float64)
+        for tensor in tensors:
+            total += tensor.to(torch.float64)
+        averaged[name] = (total / len(tensors)).to(tensors[0].dtype)
     return averaged
 
 

@@ -5,10 +5,13 @@ import copy
 import inspect
 import json
 import math
+from collections.abc import Callable
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from transformers import PreTrainedModel, Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput, enable_full_determinism, get_last_checkpoint, set_seed
 from transformers.utils import logging
 
@@ -19,7 +22,6 @@ from .training_args import StarSSETrainingArguments
 
 logger = logging.get_logger(__name__)
 
-TRAINER_STATE_NAME = "trainer_state.json"
 OPTIMIZER_STATE_NAME = "optimizer_state.pt"
 
 
@@ -76,10 +78,17 @@ class StarSSETrainer(Trainer):
                 "optimizer instance given in `optimizers`. Pass `optimizer_cls_and_kwargs=(optimizer_class, kwargs)` "
                 "instead, or set num_members=1."
             )
-        if not self.args.reset_optimizer_each_cycle and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError(
-                "reset_optimizer_each_cycle=False carries full optimizer states between cycles, which DeepSpeed and "
-                "FSDP shard; keep reset_optimizer_each_cycle=True with them."
+                "Ensembles with DeepSpeed or FSDP are not supported yet: member snapshots and branch starts need full "
+                "state dicts. Train data-parallel (DDP), or one member per job with members_to_train."
+            )
+        if hasattr(self.model, "peft_config"):
+            raise ValueError("PEFT models are not supported as ensemble members yet; merge the adapter first.")
+        if self.args.load_best_model_at_end and self.args.ensemble_method != "local_de":
+            raise ValueError(
+                "load_best_model_at_end=True would make a cycle member the best checkpoint of its cycle instead of "
+                "the cycle's end, which is what SSE/StarSSE ensemble. Set it to False (or use local_de)."
             )
         if self.args.ensemble_method == "local_de" and self.model_init is None:
             if not isinstance(self.accelerator.unwrap_model(self.model), PreTrainedModel):
@@ -134,21 +143,19 @@ class StarSSETrainer(Trainer):
                 "StarSSETrainer does not run hyperparameter-search trials: tune the first member with a plain Trainer."
             )
         ensemble_args = self.args
-        run = RunDirectory(ensemble_args.output_dir)
-        if ensemble_args.should_save:
-            run.claim(self._run_header(), overwrite=ensemble_args.overwrite_output_dir)
-        self.accelerator.wait_for_everyone()
-        complete = run.complete_members()
-        todo = [member for member in ensemble_args.members() if member not in complete]
-        self._check_parents(run, todo, complete)
-        if len(todo) < len(ensemble_args.members()):
-            logger.info(f"Members {sorted(set(ensemble_args.members()) - set(todo))} are complete; skipping them.")
+        self._run = run = RunDirectory(ensemble_args.output_dir)
+        todo = self._on_main_process(self._plan)
         outputs = []
-        self._run = run
         try:
             for member in todo:
                 checkpoint = resume_from_checkpoint if member == todo[0] else None
-                outputs.append(self._train_member(run, ensemble_args, member, checkpoint, ignore_keys_for_eval))
+                locks = []  # one job at a time per member; the main process holds the lock
+                self._on_main_process(lambda: locks.append(run.lock_member(member)))  # noqa: B023
+                try:
+                    outputs.append(self._train_member(ensemble_args, member, checkpoint, ignore_keys_for_eval))
+                finally:
+                    for lock in locks:
+                        lock.release()
         finally:
             self.args, self._member, self._run = ensemble_args, None, None
         if not todo:
@@ -156,8 +163,36 @@ class StarSSETrainer(Trainer):
         self.state.log_history = self._member_logs(run, ensemble_args.members())
         return _combine_outputs(outputs)
 
-    def _train_member(self, run, ensemble_args, member, resume_from_checkpoint, ignore_keys_for_eval) -> TrainOutput:
-        self.args = self._member_args(run, ensemble_args, member)
+    def _plan(self) -> list[int]:
+        """Claim the run directory and list the members still to train (on the main process)."""
+        self._run.claim(self._run_header(), overwrite=self.args.overwrite_output_dir)
+        complete = self._run.complete_members()
+        todo = [member for member in self.args.members() if member not in complete]
+        self._check_parents(todo, complete)
+        if len(todo) < len(self.args.members()):
+            logger.info(f"Members {sorted(set(self.args.members()) - set(todo))} are complete; skipping them.")
+        return todo
+
+    def _on_main_process(self, fn: Callable):
+        """Run `fn` on the main process only; every process gets its result, or raises the error it raised."""
+        result, error = None, None
+        if self.accelerator.is_main_process:
+            try:
+                result = fn()
+            except Exception as err:  # re-raised on every process below, so that none waits forever
+                error = err
+        if self.accelerator.num_processes > 1:
+            payload = [None if error else result, error]
+            broadcast_object_list(payload, from_process=0)
+            result = result if self.accelerator.is_main_process else payload[0]
+            error = payload[1]
+        if error is not None:
+            raise error
+        return result
+
+    def _train_member(self, ensemble_args, member, resume_from_checkpoint, ignore_keys_for_eval) -> TrainOutput:
+        run = self._run
+        self.args = self._member_args(ensemble_args, member)
         self._member = member
         parent = self._parent(member)
         logger.info(
@@ -171,17 +206,21 @@ class StarSSETrainer(Trainer):
             self._reset_scaler()
         if self.model_init is None:
             self._init_member_weights(self.accelerator.unwrap_model(self.model))
-        if resume_from_checkpoint in (None, True) and run.checkpoints_dir(member).is_dir():
-            resume_from_checkpoint = get_last_checkpoint(str(run.checkpoints_dir(member)))
+        if resume_from_checkpoint in (None, True):
+            checkpoints = run.checkpoints_dir(member)
+            last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+            if resume_from_checkpoint and last is None:
+                raise ValueError(f"No valid checkpoint found for member {member} in {checkpoints}")
+            resume_from_checkpoint = last
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint, ignore_keys_for_eval=ignore_keys_for_eval
         )
-        self._save_member(run, member)
+        self._save_member(member)
         return output
 
-    def _member_args(self, run, ensemble_args, member) -> StarSSETrainingArguments:
+    def _member_args(self, ensemble_args, member) -> StarSSETrainingArguments:
         args = copy.copy(ensemble_args)
-        args.output_dir = str(run.checkpoints_dir(member))
+        args.output_dir = str(self._run.checkpoints_dir(member))
         args.seed = ensemble_args.seed + member
         if ensemble_args.data_seed is not None:
             args.data_seed = ensemble_args.data_seed + member
@@ -200,13 +239,13 @@ class StarSSETrainer(Trainer):
         """Index of the learning-rate cycle that produces `member`: 0 is a fine-tune with the user's schedule."""
         return 0 if self.args.ensemble_method == "local_de" else member
 
-    def _check_parents(self, run: RunDirectory, todo: list[int], complete: dict) -> None:
+    def _check_parents(self, todo: list[int], complete: dict) -> None:
         for position, member in enumerate(todo):
             parent = self._parent(member)
             if parent is not None and parent not in complete and parent not in todo[:position]:
                 raise ValueError(
                     f"{self.args.ensemble_method} member {member} starts from member {parent}, which is not complete "
-                    f"in {run.path} (its manifest does not list it). Train member {parent} first, e.g. with "
+                    f"in {self._run.path} (its manifest does not list it). Train member {parent} first, e.g. with "
                     f"members_to_train=[{parent}], or include it in members_to_train."
                 )
 
@@ -238,15 +277,20 @@ class StarSSETrainer(Trainer):
         if scaler is not None and self.args.reset_optimizer_each_cycle:
             scaler.load_state_dict(self._initial_scaler_state)
 
-    def _save_member(self, run: RunDirectory, member: int) -> None:
-        member_dir = run.member_dir(member)
+    def _save_member(self, member: int) -> None:
+        member_dir = self._run.member_dir(member)
         self.save_model(str(member_dir), _internal_call=True)
-        if self.args.should_save:
+        optimizer_state = None
+        if not self.args.reset_optimizer_each_cycle and self.args.ensemble_method != "local_de":
+            optimizer_state = self.optimizer.state_dict()
+
+        def record():
             self.state.save_to_json(str(member_dir / TRAINER_STATE_NAME))
-            if not self.args.reset_optimizer_each_cycle and self.args.ensemble_method != "local_de":
-                torch.save(self.optimizer.state_dict(), member_dir / OPTIMIZER_STATE_NAME)
-            run.record_member(member, self._parent(member), self.args.seed, self.state.global_step)
-        self.accelerator.wait_for_everyone()
+            if optimizer_state is not None:
+                torch.save(optimizer_state, member_dir / OPTIMIZER_STATE_NAME)
+            self._run.record_member(member, self._parent(member), self.args.seed, self.state.global_step)
+
+        self._on_main_process(record)
 
     def _run_header(self) -> dict:
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
@@ -270,6 +314,14 @@ class StarSSETrainer(Trainer):
 
     # ----- Trainer extension points ----------------------------------------------------------------------------
 
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        if isinstance(self.args, StarSSETrainingArguments) and self.args.num_members > 1:
+            raise ValueError(
+                "push_to_hub=True would push every member's checkpoints to one repository; train first, then "
+                "publish the ensemble."
+            )
+        super().init_hf_repo(token, private)
+
     def call_model_init(self, trial=None) -> nn.Module:
         model = super().call_model_init(trial)
         if self._member is not None:
@@ -291,12 +343,13 @@ class StarSSETrainer(Trainer):
         if self.lr_scheduler is None and self._member is not None and self._cycle(self._member):
             warmup = min(math.ceil(self.args.cycle_warmup_ratio * num_training_steps), num_training_steps - 1)
             self.lr_scheduler = get_cycle_schedule(optimizer or self.optimizer, num_training_steps, warmup)
+            self._created_lr_scheduler = True  # as Trainer.create_scheduler: recreated by the next train()
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._member is not None:
-            logs = {**logs, "member": self._member, "cycle": self._cycle(self._member)}
+            logs.update(member=self._member, cycle=self._cycle(self._member))
         super().log(logs, start_time)
 
 

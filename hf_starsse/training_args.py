@@ -3,6 +3,9 @@
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 ENSEMBLE_METHODS = ("starsse", "sse", "local_de")
 # Fields that decide what the members of a run are: resuming a run directory requires them unchanged.
@@ -128,6 +131,17 @@ class StarSSETrainingArguments(TrainingArguments):
             raise ValueError(f"cycle_warmup_ratio={self.cycle_warmup_ratio} must be in [0, 1).")
         if self.members_to_train is not None:
             self.members_to_train = self._validated_members(self.members_to_train)
+        if self.ensemble_method == "local_de" and self._cycle_settings():
+            logger.warning(
+                f"ensemble_method='local_de' fine-tunes every member with the first member's recipe, so "
+                f"{', '.join(self._cycle_settings())} {'is' if len(self._cycle_settings()) == 1 else 'are'} ignored."
+            )
+
+    def _cycle_settings(self) -> list[str]:
+        """The cycle fields set away from their defaults."""
+        defaults = {"cycle_warmup_ratio": 0.0, "reset_optimizer_each_cycle": True}
+        names = ("cycle_epochs", "cycle_steps", "cycle_learning_rate", *defaults)
+        return [name for name in names if getattr(self, name) != defaults.get(name)]
 
     def _validated_members(self, members: list[int]) -> list[int]:
         members = [int(member) for member in members]

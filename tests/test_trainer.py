@@ -345,3 +345,59 @@ def test_amp_scaler_reset_between_cycles(tmp_path, pretrained_bert):
     scaler.update(new_scale=8.0)
     trainer._reset_scaler()
     assert scaler.get_scale() == 1024.0
+
+
+def test_member_in_training_is_locked(tmp_path, pretrained_bert):
+    from hf_starsse import RunDirectory
+
+    train_text(tmp_path, pretrained_bert, num_members=2, members_to_train=[0])
+    lock = RunDirectory(tmp_path / "run").lock_member(1)  # another job is training member 1
+    try:
+        with pytest.raises(RuntimeError, match="Member 1 .* is being trained by another job"):
+            train_text(tmp_path, pretrained_bert, num_members=2)
+    finally:
+        lock.release()
+    train_text(tmp_path, pretrained_bert, num_members=2)
+    assert len(json.loads((tmp_path / "run/ensemble.json").read_text())["members"]) == 2
+
+
+def test_resume_true_without_checkpoint(tmp_path, pretrained_bert):
+    trainer = StarSSETrainer(
+        model=load_text_model(pretrained_bert), args=make_args(tmp_path), train_dataset=text_dataset()
+    )
+    with pytest.raises(ValueError, match="No valid checkpoint found for member 0"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"load_best_model_at_end": True, "eval_strategy": "steps", "save_strategy": "steps"}, "cycle's end"),
+        ({"push_to_hub": True, "hub_model_id": "user/x"}, "push_to_hub=True"),
+    ],
+)
+def test_unsupported_settings_refused(tmp_path, pretrained_bert, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        StarSSETrainer(
+            model=load_text_model(pretrained_bert), args=make_args(tmp_path, **kwargs), eval_dataset=text_dataset()
+        )
+
+
+def test_cycle_epochs_and_data_seed(tmp_path, pretrained_bert):
+    recorder = Recorder()
+    trainer, _ = train_text(
+        tmp_path, pretrained_bert, [recorder], num_members=2, cycle_steps=None, cycle_epochs=0.5, data_seed=100
+    )
+    manifest = json.loads((tmp_path / "run/ensemble.json").read_text())
+    assert [m["steps"] for m in manifest["members"]] == [6, 3]  # 48 samples / 8 = 6 steps per epoch
+    member_args = json.loads((tmp_path / "run/members/member-01/trainer_state.json").read_text())
+    assert member_args["global_step"] == 3 and recorder.members == [0, 1]
+    assert trainer.args.data_seed == 100  # the user's arguments are restored after training
+    assert trainer.accelerator.dataloader_config.data_seed == 101  # member 1 shuffled with data_seed + 1
+
+
+def test_scaler_reset_called_for_each_cycle(tmp_path, pretrained_bert, monkeypatch):
+    calls = []
+    monkeypatch.setattr(StarSSETrainer, "_reset_scaler", lambda self: calls.append(self._member))
+    train_text(tmp_path, pretrained_bert, num_members=3)
+    assert calls == [1, 2]

@@ -99,3 +99,15 @@ def test_run_hyperparameters_are_json(tmp_path):
     values = make(tmp_path).run_hyperparameters()
     assert set(values) == set(RUN_IDENTITY_FIELDS)
     json.dumps(values)
+
+
+def test_local_de_warns_about_ignored_cycle_settings(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        make(tmp_path, ensemble_method="local_de", cycle_steps=5, reset_optimizer_each_cycle=False)
+    assert "cycle_steps, reset_optimizer_each_cycle are ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make(tmp_path, ensemble_method="starsse", cycle_steps=5)
+    assert "ignored" not in caplog.text

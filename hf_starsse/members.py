@@ -1,0 +1,112 @@
+"""Members of an ensemble on disk: finding them, checking that they fit together, and streaming their tensors."""
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .run_dir import MANIFEST_NAME, RunDirectory, weight_files
+
+# Config entries allowed to differ between members.
+IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version"}
+
+
+def load_members(source: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
+    """
+    The member directories of an ensemble, in order, checked before anything is loaded from them.
+
+    Args:
+        source (`str`, `os.PathLike` or `list`):
+            A run directory (its manifest lists the complete members; each one's sha256 is verified), or a list of
+            `save_pretrained` directories holding safetensors weights.
+
+    Returns:
+        `list[Path]`: One directory per member.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        run = RunDirectory(source)
+        if not run.manifest_path.is_file():
+            raise FileNotFoundError(
+                f"{source} has no {MANIFEST_NAME}: pass an hf_starsse run directory or a list of member directories."
+            )
+        complete = run.complete_members()
+        if not complete:
+            raise ValueError(f"{source} lists no complete member yet: train the ensemble first.")
+        return [run.path / complete[index]["path"] for index in sorted(complete)]
+    members = [Path(member) for member in source]
+    if not members:
+        raise ValueError("No member directories given.")
+    for member in members:
+        if not weight_files(member):
+            raise FileNotFoundError(
+                f"{member} holds no *.safetensors weights. Save members with save_pretrained (pickle checkpoints are "
+                "never loaded)."
+            )
+        if not (member / "config.json").is_file():
+            raise FileNotFoundError(f"{member} has no config.json: members are save_pretrained directories.")
+    return members
+
+
+def check_member_configs(member_dirs: list[Path]) -> dict:
+    """
+    Check that every member has the first member's config (architecture, sizes, label map); return that config.
+
+    Raises:
+        `ValueError`: naming the member and the first differing config entry.
+    """
+    reference = json.loads((member_dirs[0] / "config.json").read_text())
+    for member in member_dirs[1:]:
+        config = json.loads((member / "config.json").read_text())
+        for key in sorted((set(reference) | set(config)) - IGNORED_CONFIG_KEYS):
+            if reference.get(key) != config.get(key):
+                raise ValueError(
+                    f"Member {member} does not match {member_dirs[0]}: config.json differs in {key!r} "
+                    f"({config.get(key)!r} vs {reference.get(key)!r}). Members must share architecture and label map."
+                )
+    return reference
+
+
+def _tensor_index(member: Path) -> dict[str, Path]:
+    index = {}
+    for file in weight_files(member):
+        with safe_open(file, "pt") as f:
+            index.update(dict.fromkeys(f.keys(), file))
+    return index
+
+
+def iter_member_tensors(member_dirs: list[Path]) -> Iterator[tuple[str, list[torch.Tensor]]]:
+    """
+    Yield `(name, [tensor of each member])`, one tensor name at a time, after checking configs, names, shapes,
+    dtypes and finiteness. Only one name's tensors are in memory at once (files are memory-mapped).
+
+    Raises:
+        `ValueError`: naming the member and tensor that does not fit the first member.
+    """
+    check_member_configs(member_dirs)
+    indexes = [_tensor_index(member) for member in member_dirs]
+    for member, index in zip(member_dirs[1:], indexes[1:]):
+        if set(index) != set(indexes[0]):
+            difference = sorted(set(index) ^ set(indexes[0]))
+            raise ValueError(f"Member {member} has different tensors than {member_dirs[0]}: {difference[:5]}.")
+    with contextlib.ExitStack() as stack:
+        handles = {}
+        for name in indexes[0]:
+            tensors = []
+            for member, index in zip(member_dirs, indexes):
+                if index[name] not in handles:
+                    handles[index[name]] = stack.enter_context(safe_open(index[name], "pt"))
+                tensor = handles[index[name]].get_tensor(name)
+                first = tensors[0] if tensors else tensor
+                if tensor.shape != first.shape or tensor.dtype != first.dtype:
+                    raise ValueError(
+                        f"Member {member}: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, but "
+                        f"{tuple(first.shape)} {first.dtype} in {member_dirs[0]}."
+                    )
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise ValueError(f"Member {member}: tensor {name!r} holds non-finite values (NaN or inf).")
+                tensors.append(tensor)
+            yield name, tensors
