@@ -2,6 +2,12 @@
 
 __version__ = "0.1.0"
 
+from .ensemble import (  # noqa: E402
+    EnsembleConfig,
+    EnsembleForImageClassification,
+    EnsembleForSequenceClassification,
+    build_ensemble,
+)
 from .members import load_members  # noqa: E402
 from .run_dir import RunDirectory, load_weights  # noqa: E402
 from .schedule import get_cycle_schedule  # noqa: E402
@@ -10,9 +16,13 @@ from .trainer import StarSSETrainer  # noqa: E402
 from .training_args import StarSSETrainingArguments  # noqa: E402
 
 __all__ = [
+    "EnsembleConfig",
+    "EnsembleForImageClassification",
+    "EnsembleForSequenceClassification",
     "RunDirectory",
     "StarSSETrainer",
     "StarSSETrainingArguments",
+    "build_ensemble",
     "get_cycle_schedule",
     "greedy_soup",
     "load_members",

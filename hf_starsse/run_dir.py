@@ -277,12 +277,17 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     Copy `state` into `model` in place. Keys left out because they are tied to a loaded tensor are accepted; any other
     missing or unexpected key is an error naming `source`.
     """
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-    loaded = {id(tensors[name]) for name in state if name in tensors}
-    missing = [name for name in missing if id(tensors.get(name)) not in loaded]
+    _, unexpected = model.load_state_dict(state, strict=False)
+    missing = untied_missing(model, set(state))
     if missing or unexpected:
         raise ValueError(
             f"The weights in {source} do not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}."
         )
+
+
+def untied_missing(model: torch.nn.Module, loaded: set[str]) -> list[str]:
+    """Names of `model`'s state that `loaded` misses, apart from those tied to a loaded tensor."""
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    loaded_ids = {id(tensors[name]) for name in loaded if name in tensors}
+    return [name for name in model.state_dict() if name not in loaded and id(tensors.get(name)) not in loaded_ids]

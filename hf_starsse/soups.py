@@ -6,10 +6,7 @@ data after averaging.
 """
 
 import inspect
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,14 +18,13 @@ from transformers import AutoConfig, PreTrainedModel, default_data_collator
 from transformers.utils import logging
 
 from .members import iter_member_tensors, load_members
-from .run_dir import fsync_files, load_state
+from .run_dir import load_state
+from .saving import save_model_dir
 
 logger = logging.get_logger(__name__)
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 LABEL_COLUMNS = ("labels", "label", "label_ids")
-# Files of a member directory that belong to the member or its training, not to its processor.
-NON_PROCESSOR_FILES = {"config.json", "generation_config.json", "training_args.bin", "trainer_state.json"}
 SOUP_RECORD_NAME = "soup.json"
 
 
@@ -140,41 +136,6 @@ def _soup(member_dirs: list[Path], train_dataset, data_collator, batch_size, num
     return model.eval()
 
 
-def _processor_files(member: Path) -> list[Path]:
-    """Tokenizer / image-processor files of a member directory: everything but weights, config and training files."""
-    return [
-        file
-        for file in member.iterdir()
-        if file.is_file()
-        and file.name not in NON_PROCESSOR_FILES
-        and file.suffix not in (".safetensors", ".pt", ".bin")
-        and not file.name.endswith(".index.json")
-    ]
-
-
-def _save_soup(
-    model: PreTrainedModel, source: Path, out_dir: str | os.PathLike, record: dict, overwrite: bool
-) -> None:
-    """Write the soup to a temporary directory next to `out_dir`, then rename it into place."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} is not empty; choose another directory or pass overwrite=True.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        model.save_pretrained(tmp)
-        for file in _processor_files(source):
-            shutil.copy2(file, tmp / file.name)
-        (tmp / SOUP_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        fsync_files(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def uniform_soup(
     members,
     out_dir: str | os.PathLike | None = None,
@@ -206,7 +167,7 @@ def uniform_soup(
     if out_dir is not None:
         record = {"method": "uniform", "members": [str(member) for member in member_dirs]}
         record["batchnorm_recalibrated"] = has_batchnorm(model) and train_dataset is not None and len(member_dirs) > 1
-        _save_soup(model, member_dirs[0], out_dir, record, overwrite)
+        save_model_dir(model, out_dir, member_dirs[0], {SOUP_RECORD_NAME: record}, overwrite)
     return model
 
 
@@ -277,5 +238,5 @@ def greedy_soup(
             "score": best,
             "batchnorm_recalibrated": has_batchnorm(soup) and train_dataset is not None and len(chosen) > 1,
         }
-        _save_soup(soup, member_dirs[chosen[0]], out_dir, record, overwrite)
+        save_model_dir(soup, out_dir, member_dirs[chosen[0]], {SOUP_RECORD_NAME: record}, overwrite)
     return soup, chosen

@@ -16,8 +16,10 @@ from transformers.trainer_utils import TrainOutput, enable_full_determinism, get
 from transformers.utils import logging
 
 from . import __version__
+from .ensemble import build_ensemble
 from .run_dir import RunDirectory, load_weights
 from .schedule import get_cycle_schedule
+from .soups import greedy_soup, uniform_soup
 from .training_args import StarSSETrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -149,12 +151,11 @@ class StarSSETrainer(Trainer):
         try:
             for member in todo:
                 checkpoint = resume_from_checkpoint if member == todo[0] else None
-                locks = []  # one job at a time per member; the main process holds the lock
-                self._on_main_process(lambda: locks.append(run.lock_member(member)))  # noqa: B023
+                lock = self._main_process_only(lambda: run.lock_member(member))  # noqa: B023
                 try:
                     outputs.append(self._train_member(ensemble_args, member, checkpoint, ignore_keys_for_eval))
                 finally:
-                    for lock in locks:
+                    if lock is not None:
                         lock.release()
         finally:
             self.args, self._member, self._run = ensemble_args, None, None
@@ -189,6 +190,12 @@ class StarSSETrainer(Trainer):
         if error is not None:
             raise error
         return result
+
+    def _main_process_only(self, fn: Callable):
+        """Run `fn` on the main process and return its result there (`None` elsewhere); errors reach every process."""
+        result = []
+        self._on_main_process(lambda: result.append(fn()))
+        return result[0] if result else None
 
     def _train_member(self, ensemble_args, member, resume_from_checkpoint, ignore_keys_for_eval) -> TrainOutput:
         run = self._run
@@ -311,6 +318,64 @@ class StarSSETrainer(Trainer):
             if state_file.is_file():
                 logs.extend(json.loads(state_file.read_text())["log_history"])
         return logs
+
+    # ----- ensembles and soups of the run ----------------------------------------------------------------------
+
+    def save_ensemble(
+        self, output_dir: str, members: list[int] | None = None, overwrite: bool = False
+    ) -> PreTrainedModel | None:
+        """
+        Save the ensemble of this run's complete members as one model directory (see [`build_ensemble`]), loadable
+        with `AutoModelFor...from_pretrained` and `pipeline`.
+
+        Args:
+            output_dir (`str`): Where to save it.
+            members (`list[int]`, *optional*): Positions of the members to include (default: all complete ones).
+            overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `output_dir`.
+
+        Returns:
+            The ensemble model on the main process, `None` on the others.
+        """
+        return self._main_process_only(
+            lambda: build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
+        )
+
+    def save_soup(self, output_dir: str, method: str = "uniform", overwrite: bool = False) -> PreTrainedModel | None:
+        """
+        Save a soup of this run's complete members: a plain checkpoint of the base architecture. BatchNorm statistics
+        are re-estimated on `train_dataset`.
+
+        Args:
+            output_dir (`str`): Where to save it.
+            method (`str`, *optional*, defaults to `"uniform"`): `"uniform"` averages every member; `"greedy"` adds
+                members in order of `eval_dataset` accuracy while it does not drop.
+            overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `output_dir`.
+
+        Returns:
+            The soup on the main process, `None` on the others.
+        """
+        if method not in ("uniform", "greedy"):
+            raise ValueError(f"method={method!r} is unknown; use 'uniform' or 'greedy'.")
+        if method == "greedy" and self.eval_dataset is None:
+            raise ValueError("A greedy soup picks members on held-out data: give the trainer an eval_dataset.")
+        options = dict(
+            train_dataset=self.train_dataset,
+            data_collator=self.data_collator,
+            batch_size=self.args.per_device_eval_batch_size,
+            overwrite=overwrite,
+        )
+
+        def make_soup() -> PreTrainedModel:
+            if method == "uniform":
+                return uniform_soup(self._run_dir(), output_dir, **options)
+            return greedy_soup(self._run_dir(), self.eval_dataset, out_dir=output_dir, **options)[0]
+
+        return self._main_process_only(make_soup)
+
+    def _run_dir(self) -> str:
+        if not isinstance(self.args, StarSSETrainingArguments):
+            raise ValueError("Ensembles and soups need StarSSETrainingArguments (a run directory with members).")
+        return self.args.output_dir
 
     # ----- Trainer extension points ----------------------------------------------------------------------------
 

@@ -150,3 +150,23 @@ def test_greedy_soup_adds_only_members_that_do_not_hurt(tmp_path, text_run):
     record = json.loads((tmp_path / "soup/soup.json").read_text())
     assert record["chosen"] == [0, 2] and record["method"] == "greedy"
     assert record["member_scores"][1] < record["member_scores"][0]
+
+
+def test_trainer_saves_soups(tmp_path, pretrained_bert):
+    trainer = StarSSETrainer(
+        model=load_text_model(pretrained_bert),
+        args=make_args(tmp_path / "run", num_members=2),
+        train_dataset=text_dataset(),
+        processing_class=tokenizer(),
+    )
+    trainer.train()
+    with pytest.raises(ValueError, match="give the trainer an eval_dataset"):
+        trainer.save_soup(str(tmp_path / "greedy"), method="greedy")
+    with pytest.raises(ValueError, match="method='average' is unknown"):
+        trainer.save_soup(str(tmp_path / "soup"), method="average")
+    soup = trainer.save_soup(str(tmp_path / "soup"))
+    assert json.loads((tmp_path / "soup/soup.json").read_text())["method"] == "uniform"
+    assert type(AutoModelForSequenceClassification.from_pretrained(tmp_path / "soup")) is type(soup)
+    trainer.eval_dataset = text_dataset(seed=5)
+    trainer.save_soup(str(tmp_path / "greedy"), method="greedy")
+    assert json.loads((tmp_path / "greedy/soup.json").read_text())["chosen"][0] in (0, 1)

@@ -1,0 +1,31 @@
+"""Ensembles as transformers models, registered with the Auto classes on import.
+
+`AutoModelForSequenceClassification.from_pretrained(dir)`, `AutoModelForImageClassification.from_pretrained(dir)` and
+`pipeline(..., model=dir)` load saved ensembles once `hf_starsse` is imported; without the library, the saved
+`configuration_ensemble.py` / `modeling_ensemble.py` load them with `trust_remote_code=True`.
+"""
+
+from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+from .build import build_ensemble
+from .configuration_ensemble import EnsembleConfig
+from .modeling_ensemble import (
+    EnsembleClassifierOutput,
+    EnsembleForImageClassification,
+    EnsembleForSequenceClassification,
+)
+
+AutoConfig.register(EnsembleConfig.model_type, EnsembleConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(EnsembleConfig, EnsembleForSequenceClassification, exist_ok=True)
+AutoModelForImageClassification.register(EnsembleConfig, EnsembleForImageClassification, exist_ok=True)
+EnsembleConfig.register_for_auto_class()
+EnsembleForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+EnsembleForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "EnsembleClassifierOutput",
+    "EnsembleConfig",
+    "EnsembleForImageClassification",
+    "EnsembleForSequenceClassification",
+    "build_ensemble",
+]

@@ -1,0 +1,110 @@
+"""`build_ensemble`: an ensemble model from a run directory or member directories."""
+
+import os
+from pathlib import Path
+
+from transformers import PreTrainedModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
+
+from ..members import check_member_configs, iter_member_tensors, load_members
+from ..run_dir import MANIFEST_NAME, RunDirectory, untied_missing
+from ..saving import save_model_dir
+from .configuration_ensemble import EnsembleConfig
+from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
+
+# Config entries of a member that do not describe the architecture.
+NON_ARCHITECTURE_KEYS = ("_name_or_path", "transformers_version")
+
+
+def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
+    architecture = (member_config.get("architectures") or [None])[0]
+    if member_config.get("problem_type") in ("multi_label_classification", "regression"):
+        raise ValueError(
+            f"Members solve {member_config['problem_type']!r}; ensembles average softmax probabilities, which needs "
+            "single-label classifiers."
+        )
+    if architecture in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values():
+        return EnsembleForImageClassification
+    if architecture in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values():
+        return EnsembleForSequenceClassification
+    raise ValueError(
+        f"Member architecture {architecture!r} is neither a sequence- nor an image-classification model of "
+        "transformers; ensembles are built for those."
+    )
+
+
+def _manifest_fields(source, positions: list[int]) -> dict:
+    """Method, hyperparameters and member lineage from the run manifest, when `source` is a run directory."""
+    if not isinstance(source, (str, os.PathLike)) or not (Path(source) / MANIFEST_NAME).is_file():
+        return {}
+    manifest = RunDirectory(source).read_manifest()
+    return {
+        "ensemble_method": manifest.get("ensemble_method"),
+        "cycle_hyperparameters": manifest.get("hyperparameters"),
+        "members_info": [manifest["members"][position] for position in positions],
+    }
+
+
+def build_ensemble(
+    source,
+    out_dir: str | os.PathLike | None = None,
+    members: list[int] | None = None,
+    member_weights: list[float] | None = None,
+    overwrite: bool = False,
+) -> PreTrainedModel:
+    """
+    Build an ensemble model (`EnsembleForSequenceClassification` or `EnsembleForImageClassification`) whose members
+    are the given checkpoints, checked for matching configs, tensors and finite values before use.
+
+    Args:
+        source (`str`, `os.PathLike` or `list`): A run directory (hashes verified) or a list of member directories.
+        out_dir (`str` or `os.PathLike`, *optional*): Save the ensemble here, atomically, with the first member's
+            processor files: `AutoModelFor...from_pretrained(out_dir)` and `pipeline(model=out_dir)` load it.
+        members (`list[int]`, *optional*): Positions (in `load_members` order) of the members to use, e.g. `[0, 1]`
+            for the ensemble of size 2. Default: all.
+        member_weights (`list[float]`, *optional*): Weights of the members in the average (default: uniform).
+        overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
+
+    Returns:
+        [`~transformers.PreTrainedModel`]: The ensemble, in eval mode.
+    """
+    member_dirs = load_members(source)
+    positions = list(range(len(member_dirs))) if members is None else list(members)
+    outside = [position for position in positions if not 0 <= position < len(member_dirs)]
+    if outside or not positions:
+        raise ValueError(f"members={members}: choose positions in 0..{len(member_dirs) - 1} (one at least).")
+    member_dirs = [member_dirs[position] for position in positions]
+    member_config = check_member_configs(member_dirs)
+    member_config = {key: value for key, value in member_config.items() if key not in NON_ARCHITECTURE_KEYS}
+    config = EnsembleConfig(
+        member_config=member_config,
+        num_members=len(member_dirs),
+        member_weights=member_weights,
+        **_manifest_fields(source, positions),
+    )
+    model = _ensemble_class(member_config)(config)
+    _load_members(model, member_dirs)
+    model.eval()
+    if out_dir is not None:
+        save_model_dir(model, out_dir, member_dirs[0], overwrite=overwrite)
+    return model
+
+
+def _load_members(model: PreTrainedModel, member_dirs: list[Path]) -> None:
+    """Stream the members' tensors (checked against each other) into the ensemble's members, one name at a time."""
+    targets = [member.state_dict() for member in model.members]
+    loaded = set()
+    for name, tensors in iter_member_tensors(member_dirs):
+        if name not in targets[0]:
+            raise ValueError(
+                f"Tensor {name!r} of {member_dirs[0]} does not belong to {type(model.members[0]).__name__}."
+            )
+        for target, tensor in zip(targets, tensors):
+            target[name].copy_(tensor)
+        loaded.add(name)
+    missing = untied_missing(model.members[0], loaded)
+    if missing:
+        raise ValueError(f"{member_dirs[0]} lacks tensors of {type(model.members[0]).__name__}: {missing[:5]}.")

@@ -1,0 +1,58 @@
+"""`EnsembleConfig`: the configuration of an ensemble of same-architecture classifiers.
+
+Self-contained (imports only transformers) so that it can travel to the Hub as remote code. Every field is plain JSON.
+"""
+
+from transformers import PretrainedConfig
+
+COMBINE_RULES = ("mean_probs",)
+
+
+class EnsembleConfig(PretrainedConfig):
+    r"""
+    Configuration of [`EnsembleForSequenceClassification`] and [`EnsembleForImageClassification`].
+
+    Args:
+        member_config (`dict`):
+            The members' configuration (`config.to_dict()` of the base architecture, `model_type` included).
+        num_members (`int`, defaults to 1):
+            Number of members K.
+        combine (`str`, defaults to `"mean_probs"`):
+            How member predictions are combined: `"mean_probs"` averages the members' softmax probabilities.
+        member_weights (`list[float]`, *optional*):
+            Non-negative weight of each member in the average (default: uniform).
+        ensemble_method (`str`, *optional*):
+            How the members were trained (`"starsse"`, `"sse"`, `"local_de"`), from the run manifest.
+        cycle_hyperparameters (`dict`, *optional*):
+            The run's training hyperparameters, from the run manifest.
+        members_info (`list[dict]`, *optional*):
+            Lineage of each member (index, parent, seed, steps, sha256), from the run manifest.
+    """
+
+    model_type = "starsse_ensemble"
+    member_config: dict | None = None
+    num_members: int = 1
+    combine: str = "mean_probs"
+    member_weights: list[float] | None = None
+    ensemble_method: str | None = None
+    cycle_hyperparameters: dict | None = None
+    members_info: list[dict] | None = None
+
+    def __post_init__(self, **kwargs):
+        member_config = self.member_config or {}
+        for key in ("id2label", "label2id"):
+            if getattr(self, key, None) is None and member_config.get(key) is not None:
+                setattr(self, key, dict(member_config[key]))
+        super().__post_init__(**kwargs)
+        if self.combine not in COMBINE_RULES:
+            raise ValueError(f"combine={self.combine!r} is unknown; choose one of {COMBINE_RULES}.")
+        if self.num_members < 1:
+            raise ValueError(f"num_members={self.num_members} must be at least 1.")
+        weights = self.member_weights
+        if weights is not None and (len(weights) != self.num_members or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(
+                f"member_weights={weights} must hold {self.num_members} non-negative numbers with a positive sum."
+            )
+
+
+__all__ = ["EnsembleConfig"]

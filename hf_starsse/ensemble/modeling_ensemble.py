@@ -1,0 +1,115 @@
+"""Ensembles of same-architecture classifiers as `PreTrainedModel`s.
+
+The ensemble predicts the (weighted) mean of its members' softmax probabilities and returns it as logits
+`log(mean_k softmax(z_k))`, so the usual classification heads, losses and pipelines see exactly the ensemble's
+probabilities. Self-contained (imports only torch and transformers) so that it can travel to the Hub as remote code.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_ensemble import EnsembleConfig
+
+
+@dataclass
+class EnsembleClassifierOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor`, *optional*): Negative log-likelihood of the ensemble, when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): `log` of the ensemble's probabilities.
+        member_logits (`torch.FloatTensor` of shape `(num_members, batch_size, num_labels)`): Each member's logits.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    member_logits: torch.FloatTensor | None = None
+
+
+class EnsemblePreTrainedModel(PreTrainedModel):
+    config_class = EnsembleConfig
+    base_model_prefix = "ensemble"
+    member_auto_class = None  # the Auto class that builds one member from `config.member_config`
+
+    def __init__(self, config: EnsembleConfig):
+        super().__init__(config)
+        member_config = AutoConfig.for_model(**config.member_config)
+        self.members = nn.ModuleList(
+            [self.member_auto_class.from_config(member_config) for _ in range(config.num_members)]
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The members initialise their own weights; the ensemble adds none."""
+
+    def combine(self, member_logits: torch.Tensor, labels: torch.Tensor | None = None) -> EnsembleClassifierOutput:
+        """Turn stacked member logits `(K, batch, num_labels)` into the ensemble's output."""
+        log_probs = torch.log_softmax(member_logits.float(), dim=-1)
+        if self.config.member_weights is None:
+            log_weights = torch.full((len(self.members),), -math.log(len(self.members)), device=log_probs.device)
+        else:
+            weights = torch.tensor(self.config.member_weights, dtype=torch.float64)
+            log_weights = torch.log(weights / weights.sum()).to(device=log_probs.device, dtype=log_probs.dtype)
+        logits = torch.logsumexp(log_probs + log_weights.view(-1, 1, 1), dim=0)
+        loss = nn.functional.nll_loss(logits, labels.to(logits.device)) if labels is not None else None
+        return EnsembleClassifierOutput(loss=loss, logits=logits, member_logits=member_logits)
+
+    def _forward_members(self, inputs: dict, labels: torch.Tensor | None) -> EnsembleClassifierOutput:
+        inputs = {key: value for key, value in inputs.items() if value is not None}
+        member_logits = torch.stack([member(**inputs).logits for member in self.members])
+        return self.combine(member_logits, labels)
+
+
+class EnsembleForSequenceClassification(EnsemblePreTrainedModel):
+    """An ensemble of sequence classifiers sharing one architecture; takes the members' inputs."""
+
+    member_auto_class = AutoModelForSequenceClassification
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> EnsembleClassifierOutput:
+        inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return self._forward_members(inputs, labels)
+
+
+class EnsembleForImageClassification(EnsemblePreTrainedModel):
+    """An ensemble of image classifiers sharing one architecture; takes the members' inputs."""
+
+    main_input_name = "pixel_values"
+    member_auto_class = AutoModelForImageClassification
+
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+    ) -> EnsembleClassifierOutput:
+        return self._forward_members(dict(pixel_values=pixel_values, **kwargs), labels)
+
+
+__all__ = [
+    "EnsembleClassifierOutput",
+    "EnsembleForImageClassification",
+    "EnsembleForSequenceClassification",
+    "EnsemblePreTrainedModel",
+]

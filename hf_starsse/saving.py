@@ -1,0 +1,65 @@
+"""Writing model directories (ensembles, soups) atomically, with the members' processor files."""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+from .run_dir import fsync_files
+
+# Files of a member directory that belong to the member or its training, not to its processor.
+NON_PROCESSOR_FILES = {"config.json", "generation_config.json", "training_args.bin", "trainer_state.json"}
+
+
+def processor_files(member: Path) -> list[Path]:
+    """Tokenizer / image-processor files of a member directory: everything but weights, config and training files."""
+    return [
+        file
+        for file in member.iterdir()
+        if file.is_file()
+        and not file.name.startswith(".")
+        and file.name not in NON_PROCESSOR_FILES
+        and file.suffix not in (".safetensors", ".pt", ".bin")
+        and not file.name.endswith(".index.json")
+    ]
+
+
+def save_model_dir(
+    model: PreTrainedModel,
+    out_dir: str | os.PathLike,
+    processor_source: Path,
+    records: dict[str, dict] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """
+    Save `model` with `save_pretrained`, plus the processor files of `processor_source` and JSON `records`, into a
+    temporary directory next to `out_dir`, then rename it into place: `out_dir` is either complete or untouched.
+
+    Args:
+        model (`PreTrainedModel`): The model to save.
+        out_dir (`str` or `os.PathLike`): Destination directory.
+        processor_source (`Path`): A member directory whose tokenizer / image-processor files are copied.
+        records (`dict[str, dict]`, *optional*): Extra JSON files to write, by file name.
+        overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} is not empty; choose another directory or pass overwrite=True.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp)
+        for file in processor_files(processor_source):
+            shutil.copy2(file, tmp / file.name)
+        for name, record in (records or {}).items():
+            (tmp / name).write_text(json.dumps(record, indent=2) + "\n")
+        fsync_files(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
