@@ -29,6 +29,7 @@ format: install
 
 bench: install
 	$(PY) benchmarks/trainer_overhead.py
+	$(PY) benchmarks/inference_and_soups.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -24,6 +24,8 @@ from transformers.utils import logging
 
 from hf_starsse import StarSSETrainer, StarSSETrainingArguments
 
+from results_table import write_results
+
 RESULTS = Path(__file__).parent / "results" / "trainer_overhead.md"
 
 
@@ -128,9 +130,7 @@ def main() -> None:
         f"**Median ratio: {median:.3f}** (target <= 1.05).",
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(lines, args.output)
 
 
 if __name__ == "__main__":

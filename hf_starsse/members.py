@@ -1,6 +1,5 @@
 """Members of an ensemble on disk: finding them, checking that they fit together, and streaming their tensors."""
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -78,13 +77,14 @@ def _tensor_index(member: Path) -> dict[str, Path]:
     return index
 
 
-def iter_member_tensors(member_dirs: list[Path]) -> Iterator[tuple[str, list[torch.Tensor]]]:
+def iter_member_tensors(member_dirs: list[Path]) -> Iterator[tuple[str, Iterator[torch.Tensor]]]:
     """
-    Yield `(name, [tensor of each member])`, one tensor name at a time, after checking configs, names, shapes,
-    dtypes and finiteness. Only one name's tensors are in memory at once (files are memory-mapped).
+    Yield `(name, tensors)` for each tensor name of the first member, where `tensors` reads that tensor from each
+    member in turn, checking shape, dtype and finiteness as it goes. Consume `tensors` before the next name: then
+    only one member's tensor is in memory at a time (files are memory-mapped), whatever the number of members.
 
     Raises:
-        `ValueError`: naming the member and tensor that does not fit the first member.
+        `ValueError`: naming the member and tensor (or config entry) that does not fit the first member.
     """
     check_member_configs(member_dirs)
     indexes = [_tensor_index(member) for member in member_dirs]
@@ -92,21 +92,22 @@ def iter_member_tensors(member_dirs: list[Path]) -> Iterator[tuple[str, list[tor
         if set(index) != set(indexes[0]):
             difference = sorted(set(index) ^ set(indexes[0]))
             raise ValueError(f"Member {member} has different tensors than {member_dirs[0]}: {difference[:5]}.")
-    with contextlib.ExitStack() as stack:
-        handles = {}
-        for name in indexes[0]:
-            tensors = []
-            for member, index in zip(member_dirs, indexes):
-                if index[name] not in handles:
-                    handles[index[name]] = stack.enter_context(safe_open(index[name], "pt"))
-                tensor = handles[index[name]].get_tensor(name)
-                first = tensors[0] if tensors else tensor
-                if tensor.shape != first.shape or tensor.dtype != first.dtype:
-                    raise ValueError(
-                        f"Member {member}: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, but "
-                        f"{tuple(first.shape)} {first.dtype} in {member_dirs[0]}."
-                    )
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    raise ValueError(f"Member {member}: tensor {name!r} holds non-finite values (NaN or inf).")
-                tensors.append(tensor)
-            yield name, tensors
+
+    def checked(name: str) -> Iterator[torch.Tensor]:
+        shape, dtype = None, None
+        for member, index in zip(member_dirs, indexes):
+            # open per read: a file mapping kept open would keep every member's pages resident
+            with safe_open(index[name], "pt") as f:
+                tensor = f.get_tensor(name)
+            shape, dtype = shape or tensor.shape, dtype or tensor.dtype
+            if tensor.shape != shape or tensor.dtype != dtype:
+                raise ValueError(
+                    f"Member {member}: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, but "
+                    f"{tuple(shape)} {dtype} in {member_dirs[0]}."
+                )
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"Member {member}: tensor {name!r} holds non-finite values (NaN or inf).")
+            yield tensor
+
+    for name in indexes[0]:
+        yield name, checked(name)

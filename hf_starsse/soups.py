@@ -45,13 +45,14 @@ def average_weights(members: list[str | os.PathLike]) -> dict[str, torch.Tensor]
     """
     averaged = {}
     for name, tensors in iter_member_tensors([Path(member) for member in members]):
-        if not tensors[0].is_floating_point():
-            averaged[name] = tensors[0]
-            continue
-        total = torch.zeros(tensors[0].shape, dtype=torch.float64)
+        total, count = None, 0
         for tensor in tensors:
-            total += tensor.to(torch.float64)
-        averaged[name] = (total / len(tensors)).to(tensors[0].dtype)
+            if not tensor.is_floating_point():  # e.g. num_batches_tracked: the first member's value
+                total = tensor if total is None else total
+                continue
+            total = tensor.to(torch.float64, copy=True) if total is None else total.add_(tensor)
+            count += 1
+        averaged[name] = total if not count else total.div_(count).to(tensor.dtype)
     return averaged
 
 
@@ -121,7 +122,8 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(module, BATCHNORMS) for module in model.modules())
 
 
-def _soup(member_dirs: list[Path], train_dataset, data_collator, batch_size, num_batches) -> PreTrainedModel:
+def _soup(member_dirs: list[Path], train_dataset, data_collator, batch_size, num_batches) -> tuple:
+    """The averaged model (eval mode) and whether its BatchNorm statistics were re-estimated."""
     model = _base_model(member_dirs[0])
     load_state(model, average_weights(member_dirs), source="the averaged members")
     if has_batchnorm(model) and len(member_dirs) > 1:
@@ -133,7 +135,8 @@ def _soup(member_dirs: list[Path], train_dataset, data_collator, batch_size, num
         else:
             loader = make_dataloader(model, train_dataset, data_collator, batch_size)
             recalibrate_batchnorm(model, loader, num_batches)
-    return model.eval()
+            return model.eval(), True
+    return model.eval(), False
 
 
 def uniform_soup(
@@ -163,10 +166,10 @@ def uniform_soup(
         [`~transformers.PreTrainedModel`]: The soup, in eval mode.
     """
     member_dirs = load_members(members)
-    model = _soup(member_dirs, train_dataset, data_collator, batch_size, num_batches)
+    model, recalibrated = _soup(member_dirs, train_dataset, data_collator, batch_size, num_batches)
     if out_dir is not None:
-        record = {"method": "uniform", "members": [str(member) for member in member_dirs]}
-        record["batchnorm_recalibrated"] = has_batchnorm(model) and train_dataset is not None and len(member_dirs) > 1
+        members = [str(member) for member in member_dirs]
+        record = {"method": "uniform", "members": members, "batchnorm_recalibrated": recalibrated}
         save_model_dir(model, out_dir, member_dirs[0], {SOUP_RECORD_NAME: record}, overwrite)
     return model
 
@@ -221,14 +224,14 @@ def greedy_soup(
         scores.append(_score(model, loader, metric))
     order = sorted(range(len(member_dirs)), key=lambda i: -scores[i])
     chosen, best = [order[0]], scores[order[0]]
-    soup = _base_model(member_dirs[order[0]]).eval()
+    soup, recalibrated = _base_model(member_dirs[order[0]]).eval(), False
     for candidate in order[1:]:
         dirs = [member_dirs[i] for i in chosen + [candidate]]
-        trial = _soup(dirs, train_dataset, data_collator, batch_size, num_batches)
+        trial, trial_recalibrated = _soup(dirs, train_dataset, data_collator, batch_size, num_batches)
         score = _score(trial, loader, metric)
         logger.info(f"greedy soup: adding member {candidate} gives {score:.4f} (best so far {best:.4f})")
         if score >= best:
-            chosen, best, soup = chosen + [candidate], score, trial
+            chosen, best, soup, recalibrated = chosen + [candidate], score, trial, trial_recalibrated
     if out_dir is not None:
         record = {
             "method": "greedy",
@@ -236,7 +239,7 @@ def greedy_soup(
             "member_scores": scores,
             "chosen": chosen,
             "score": best,
-            "batchnorm_recalibrated": has_batchnorm(soup) and train_dataset is not None and len(chosen) > 1,
+            "batchnorm_recalibrated": recalibrated,
         }
         save_model_dir(soup, out_dir, member_dirs[chosen[0]], {SOUP_RECORD_NAME: record}, overwrite)
     return soup, chosen

@@ -10,10 +10,11 @@ from transformers import (
     BertTokenizerFast,
     MobileNetV2Config,
     MobileNetV2ForImageClassification,
+    MobileNetV2ImageProcessor,
 )
 from transformers.utils import logging as transformers_logging
 
-from hf_starsse import StarSSETrainingArguments
+from hf_starsse import StarSSETrainer, StarSSETrainingArguments
 
 transformers_logging.set_verbosity_error()
 
@@ -110,3 +111,31 @@ def make_args(output_dir, **kwargs) -> StarSSETrainingArguments:
         cycle_learning_rate=2e-3,
     )
     return StarSSETrainingArguments(output_dir=str(output_dir), **{**defaults, **kwargs})
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory, pretrained_bert) -> StarSSETrainer:
+    """A trained 3-member StarSSE run of the tiny BERT (with tokenizer files in every member)."""
+    trainer = StarSSETrainer(
+        model=load_text_model(pretrained_bert),
+        args=make_args(tmp_path_factory.mktemp("text_run") / "run", learning_rate=5e-3, cycle_learning_rate=1e-2),
+        train_dataset=text_dataset(),
+        processing_class=tokenizer(),
+    )
+    trainer.train()
+    return trainer
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory, pretrained_mobilenet) -> StarSSETrainer:
+    """A trained 2-member StarSSE run of the tiny MobileNetV2 (BatchNorm), with an image processor."""
+    trainer = StarSSETrainer(
+        model=load_image_model(pretrained_mobilenet),
+        args=make_args(
+            tmp_path_factory.mktemp("image_run") / "run", num_members=2, cycle_steps=2, cycle_learning_rate=0.05
+        ),
+        train_dataset=image_dataset(),
+        processing_class=MobileNetV2ImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+    )
+    trainer.train()
+    return trainer

@@ -19,38 +19,10 @@ from hf_starsse import (
     EnsembleConfig,
     EnsembleForImageClassification,
     EnsembleForSequenceClassification,
-    StarSSETrainer,
     build_ensemble,
 )
 
-from conftest import image_dataset, load_image_model, load_text_model, make_args, text_dataset, tokenizer
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, pretrained_bert):
-    run = tmp_path_factory.mktemp("ens_text") / "run"
-    trainer = StarSSETrainer(
-        model=load_text_model(pretrained_bert),
-        args=make_args(run, num_members=3, learning_rate=5e-3, cycle_learning_rate=1e-2),
-        train_dataset=text_dataset(),
-        processing_class=tokenizer(),
-    )
-    trainer.train()
-    return trainer
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory, pretrained_mobilenet):
-    run = tmp_path_factory.mktemp("ens_image") / "run"
-    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    trainer = StarSSETrainer(
-        model=load_image_model(pretrained_mobilenet),
-        args=make_args(run, num_members=2, cycle_steps=2, cycle_learning_rate=0.05),
-        train_dataset=image_dataset(),
-        processing_class=processor,
-    )
-    trainer.train()
-    return trainer
+from conftest import text_dataset, tokenizer
 
 
 def member_probs(run_dir, auto_class, inputs, count):
@@ -74,6 +46,7 @@ def test_text_ensemble_predicts_mean_probabilities(tmp_path, text_run):
     expected = member_probs(Path(run_dir), AutoModelForSequenceClassification, inputs, 3).mean(0)
     with torch.no_grad():
         output = loaded(**inputs, labels=torch.tensor([0, 1, 2, 0, 1, 2]))
+        assert torch.equal(output.member_logits, model(**inputs).member_logits)  # save -> from_pretrained round trip
     assert torch.allclose(output.logits.exp(), expected, atol=1e-6)
     assert output.member_logits.shape == (3, 6, 3)
     nll = -expected.log()[torch.arange(6), torch.tensor([0, 1, 2, 0, 1, 2])].mean()

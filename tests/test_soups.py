@@ -1,6 +1,9 @@
 import json
 import logging
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,37 +15,12 @@ from hf_starsse import StarSSETrainer, greedy_soup, recalibrate_batchnorm, unifo
 from conftest import image_dataset, load_image_model, load_text_model, make_args, text_dataset, tokenizer
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, pretrained_bert):
-    run = tmp_path_factory.mktemp("text_run") / "run"
-    trainer = StarSSETrainer(
-        model=load_text_model(pretrained_bert),
-        args=make_args(run, num_members=3),
-        train_dataset=text_dataset(),
-        processing_class=tokenizer(),
-    )
-    trainer.train()
-    return run
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory, pretrained_mobilenet):
-    run = tmp_path_factory.mktemp("image_run") / "run"
-    trainer = StarSSETrainer(
-        model=load_image_model(pretrained_mobilenet),
-        args=make_args(run, num_members=2, cycle_steps=2, cycle_learning_rate=0.05),
-        train_dataset=image_dataset(),
-    )
-    trainer.train()
-    return run
-
-
-def members_of(run, count):
-    return [run / f"members/member-{i:02d}" for i in range(count)]
+def members_of(trainer, count):
+    return [Path(trainer.args.output_dir) / f"members/member-{i:02d}" for i in range(count)]
 
 
 def test_uniform_soup_is_the_float64_average(tmp_path, text_run):
-    soup = uniform_soup(text_run, tmp_path / "soup")
+    soup = uniform_soup(text_run.args.output_dir, tmp_path / "soup")
     states = [load_file(str(m / "model.safetensors")) for m in members_of(text_run, 3)]
     for key, value in soup.state_dict().items():
         expected = (sum(s[key].double() for s in states) / 3).to(states[0][key].dtype)
@@ -54,7 +32,7 @@ def test_uniform_soup_is_the_float64_average(tmp_path, text_run):
     record = json.loads((tmp_path / "soup/soup.json").read_text())
     assert record["method"] == "uniform" and len(record["members"]) == 3
     with pytest.raises(FileExistsError, match="not empty"):
-        uniform_soup(text_run, tmp_path / "soup")
+        uniform_soup(text_run.args.output_dir, tmp_path / "soup")
 
 
 def test_recalibrate_batchnorm_estimates_data_statistics():
@@ -77,9 +55,9 @@ def test_recalibrate_batchnorm_estimates_data_statistics():
 
 def test_batchnorm_soup_recalibrated_or_warned(tmp_path, image_run, caplog):
     with caplog.at_level(logging.WARNING):
-        plain = uniform_soup(image_run)
+        plain = uniform_soup(image_run.args.output_dir)
     assert "no train_dataset was given" in caplog.text
-    soup = uniform_soup(image_run, tmp_path / "soup", train_dataset=image_dataset(), batch_size=8)
+    soup = uniform_soup(image_run.args.output_dir, tmp_path / "soup", train_dataset=image_dataset(), batch_size=8)
     key = "mobilenet_v2.conv_stem.first_conv.normalization.running_mean"
     assert not torch.equal(plain.state_dict()[key], soup.state_dict()[key])
     loader = [{"pixel_values": batch["pixel_values"]} for batch in torch.utils.data.DataLoader(image_dataset(), 8)]
@@ -170,3 +148,67 @@ def test_trainer_saves_soups(tmp_path, pretrained_bert):
     trainer.eval_dataset = text_dataset(seed=5)
     trainer.save_soup(str(tmp_path / "greedy"), method="greedy")
     assert json.loads((tmp_path / "greedy/soup.json").read_text())["chosen"][0] in (0, 1)
+
+
+def test_recalibration_restores_accuracy_of_a_soup_with_wrong_statistics(tmp_path, image_run):
+    from hf_starsse.soups import accuracy_metric, make_dataloader
+
+    base = members_of(image_run, 1)[0]
+    data = image_dataset(n=48, seed=11)
+    teacher = recalibrate_batchnorm(
+        AutoModelForImageClassification.from_pretrained(base), make_dataloader(load_image_model(base), data, None, 8)
+    ).eval()
+    with torch.no_grad():
+        pixels = data[:]["pixel_values"]
+        labels = teacher(pixel_values=pixels).logits.argmax(-1)  # accuracy 1 with the data's statistics
+
+    def shift_statistics(mean_shift, var_scale):
+        def edit(state):
+            for key in state:
+                if key.endswith("running_mean"):
+                    state[key] = state[key] + mean_shift
+                elif key.endswith("running_var"):
+                    state[key] = state[key] * var_scale
+
+        return edit
+
+    members = [
+        copy_member(base, tmp_path / "a", shift_statistics(3.0, 100.0)),
+        copy_member(base, tmp_path / "b", shift_statistics(-1.0, 1.0)),
+    ]
+    with torch.no_grad():
+        accuracy = {
+            name: accuracy_metric(soup(pixel_values=pixels).logits, labels)
+            for name, soup in (
+                ("raw", uniform_soup(members)),
+                ("recalibrated", uniform_soup(members, train_dataset=data, batch_size=8)),
+            )
+        }
+    assert accuracy["raw"] < 0.9 and accuracy["recalibrated"] == 1.0, accuracy
+
+
+def test_soup_memory_does_not_grow_with_members(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024
+    )
+    for seed in range(8):
+        torch.manual_seed(seed)
+        BertForSequenceClassification(config).save_pretrained(tmp_path / f"m{seed}")
+    model_mb = (tmp_path / "m0/model.safetensors").stat().st_size / 2**20
+    script = """
+import re, sys
+from hf_starsse import uniform_soup
+uniform_soup(sys.argv[2:])
+status = open("/proc/self/status").read()  # VmHWM: this process's peak RSS (ru_maxrss can carry the parent's)
+print(int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1)) / 1024)
+"""
+    peaks = {}
+    for count in (2, 8):
+        members = [str(tmp_path / f"m{seed}") for seed in range(count)]
+        result = subprocess.run([sys.executable, "-c", script, "-", *members], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        peaks[count] = float(result.stdout.split()[-1])
+    # holding every member would add 6 models (~6 x model_mb); streaming adds nothing that depends on K
+    assert peaks[8] - peaks[2] < 0.5 * model_mb, (peaks, model_mb)
