@@ -109,19 +109,22 @@ def test_branch_starting_weights(tmp_path, pretrained_bert, method):
     assert not torch.equal(finals[1], finals[2])
 
 
+@pytest.mark.parametrize("method", ["starsse", "sse"])
 @pytest.mark.parametrize("reset", [True, False])
-def test_optimizer_state_reset_per_cycle(tmp_path, pretrained_bert, reset):
+def test_optimizer_state_reset_per_cycle(tmp_path, pretrained_bert, reset, method):
     recorder = Recorder()
-    train_text(tmp_path, pretrained_bert, [recorder], reset_optimizer_each_cycle=reset, num_members=2)
+    train_text(tmp_path, pretrained_bert, [recorder], reset_optimizer_each_cycle=reset, ensemble_method=method)
     assert recorder.optimizer_states[0] == {}
-    carried = recorder.optimizer_states[1]
-    if reset:
-        assert carried == {}
-        assert not (tmp_path / "run/members/member-00/optimizer_state.pt").exists()
-    else:
-        saved = torch.load(tmp_path / "run/members/member-00/optimizer_state.pt", weights_only=True)["state"]
-        assert len(carried) == len(saved) > 0
-        for state, saved_state in zip(carried.values(), saved.values()):
+    for member in (1, 2):
+        carried = recorder.optimizer_states[member]
+        parent = 0 if method == "starsse" else member - 1
+        if reset:
+            assert carried == {}
+            assert not (tmp_path / f"run/members/member-0{parent}/optimizer_state.pt").exists()
+            continue
+        saved = torch.load(tmp_path / f"run/members/member-0{parent}/optimizer_state.pt", weights_only=True)
+        assert len(carried) == len(saved["state"]) > 0
+        for state, saved_state in zip(carried.values(), saved["state"].values()):
             assert torch.equal(state["exp_avg"], saved_state["exp_avg"])
 
 
@@ -185,7 +188,7 @@ class StopAt(TrainerCallback):
             raise KeyboardInterrupt("simulated crash")
 
 
-@pytest.mark.parametrize("method", ["starsse", "sse"])
+@pytest.mark.parametrize("method", METHODS)
 def test_resume_after_interrupted_member(tmp_path, pretrained_bert, method):
     settings = dict(ensemble_method=method, num_members=3, cycle_steps=5, save_strategy="steps", save_steps=2)
     with pytest.raises(KeyboardInterrupt):
@@ -197,7 +200,8 @@ def test_resume_after_interrupted_member(tmp_path, pretrained_bert, method):
     recorder = Recorder()
     trainer, output = train_text(tmp_path, pretrained_bert, [recorder], **settings)
     assert recorder.members == [2]  # finished members are not retrained
-    assert output.global_step == 5 and len(recorder.lrs[0]) == 3  # member 2 resumed from checkpoint-2
+    steps = 6 if method == "local_de" else 5  # local_de members repeat the first fine-tune (1 epoch, 6 steps)
+    assert output.global_step == steps and len(recorder.lrs[0]) == steps - 2  # member 2 resumed from checkpoint-2
     assert before == {m: (run / f"members/member-0{m}/model.safetensors").stat().st_mtime_ns for m in (0, 1)}
 
     train_text(tmp_path / "reference", pretrained_bert, **settings)
@@ -401,3 +405,26 @@ def test_scaler_reset_called_for_each_cycle(tmp_path, pretrained_bert, monkeypat
     monkeypatch.setattr(StarSSETrainer, "_reset_scaler", lambda self: calls.append(self._member))
     train_text(tmp_path, pretrained_bert, num_members=3)
     assert calls == [1, 2]
+
+
+def test_crash_between_snapshot_and_manifest(tmp_path, pretrained_bert, monkeypatch):
+    from hf_starsse import RunDirectory
+
+    record = RunDirectory.record_member
+
+    def crash_on_member_1(self, index, *args):
+        if index == 1:
+            raise KeyboardInterrupt("crash after the member's files were written")
+        return record(self, index, *args)
+
+    monkeypatch.setattr(RunDirectory, "record_member", crash_on_member_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_text(tmp_path, pretrained_bert, num_members=2, save_strategy="steps", save_steps=2)
+    assert (tmp_path / "run/members/member-01/model.safetensors").exists()  # written, but not listed
+    assert [m["index"] for m in json.loads((tmp_path / "run/ensemble.json").read_text())["members"]] == [0]
+    monkeypatch.setattr(RunDirectory, "record_member", record)
+    recorder = Recorder()
+    train_text(tmp_path, pretrained_bert, [recorder], num_members=2, save_strategy="steps", save_steps=2)
+    assert recorder.members == [1]  # resumed from its last checkpoint, then recorded
+    train_text(tmp_path / "reference", pretrained_bert, num_members=2, save_strategy="steps", save_steps=2)
+    assert_same(member_weights(tmp_path / "run", 1), member_weights(tmp_path / "reference/run", 1))
