@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
-from .run_dir import MANIFEST_NAME, RunDirectory, weight_files
+from .run_dir import MANIFEST_NAME, RunDirectory, untied_missing, weight_files
 
 # Config entries allowed to differ between members.
 IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version"}
@@ -111,3 +112,41 @@ def iter_member_tensors(member_dirs: list[Path]) -> Iterator[tuple[str, Iterator
 
     for name in indexes[0]:
         yield name, checked(name)
+
+
+def _float64_mean(tensors: Iterator[torch.Tensor]) -> torch.Tensor:
+    """Mean of floating-point tensors accumulated in float64 and cast back; other tensors: the first one."""
+    total, count, dtype = None, 0, None
+    for tensor in tensors:
+        if not tensor.is_floating_point():  # e.g. num_batches_tracked
+            total = tensor if total is None else total
+            continue
+        total = tensor.to(torch.float64, copy=True) if total is None else total.add_(tensor)
+        count, dtype = count + 1, tensor.dtype
+    return total.div_(count).to(dtype) if count else total
+
+
+def copy_member_tensors(targets: list[nn.Module], member_dirs: list[Path], average: bool = False) -> None:
+    """
+    Stream the members' checked tensors (see `iter_member_tensors`) into models: member k's into `targets[k]`, or,
+    with `average=True`, the float64 mean over all members into `targets[0]`. Peak memory: the targets plus one tensor.
+
+    Raises:
+        `ValueError`: when a tensor does not belong to the targets' architecture or one of theirs is missing (tied
+        weights excepted).
+    """
+    states = [target.state_dict() for target in targets]
+    architecture = type(targets[0]).__name__
+    loaded = set()
+    for name, tensors in iter_member_tensors(member_dirs):
+        if name not in states[0]:
+            raise ValueError(f"Tensor {name!r} of {member_dirs[0]} does not belong to {architecture}.")
+        if average:
+            states[0][name].copy_(_float64_mean(tensors))
+        else:
+            for state, tensor in zip(states, tensors):
+                state[name].copy_(tensor)
+        loaded.add(name)
+    missing = untied_missing(targets[0], loaded)
+    if missing:
+        raise ValueError(f"{member_dirs[0]} lacks tensors of {architecture}: {missing[:5]}.")

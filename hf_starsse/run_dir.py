@@ -29,7 +29,8 @@ FORMAT_VERSION = 1
 IDENTITY_KEYS = ("ensemble_method", "base_model", "hyperparameters")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames, new files) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -54,7 +55,7 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def weight_files(model_dir: str | os.PathLike) -> list[Path]:
@@ -82,7 +83,7 @@ def fsync_files(model_dir: str | os.PathLike) -> None:
         if file.is_file():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(model_dir)
+    fsync_dir(model_dir)
 
 
 class RunDirectory:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from .run_dir import fsync_files
+from .run_dir import fsync_dir, fsync_files
 
 # Files of a member directory that belong to the member or its training, not to its processor.
 NON_PROCESSOR_FILES = {"config.json", "generation_config.json", "training_args.bin", "trainer_state.json"}
@@ -46,6 +46,7 @@ def save_model_dir(
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
     """
     out_dir = Path(out_dir)
+    _refuse_overwriting_sources(out_dir, processor_source)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; choose another directory or pass overwrite=True.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +58,25 @@ def save_model_dir(
         for name, record in (records or {}).items():
             (tmp / name).write_text(json.dumps(record, indent=2) + "\n")
         fsync_files(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        _move_into_place(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_dir(out_dir.parent)
+
+
+def _refuse_overwriting_sources(out_dir: Path, member: Path) -> None:
+    out_dir, member = out_dir.resolve(), member.resolve()
+    if out_dir == member or out_dir in member.parents:
+        raise ValueError(f"{out_dir} holds the members themselves; save to a directory outside the run.")
+
+
+def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename `tmp` to `out_dir`; an old `out_dir` (overwrite) is moved aside first and deleted only afterwards."""
+    if not (overwrite and out_dir.exists()):
+        os.rename(tmp, out_dir)  # fails, leaving out_dir alone, if another writer filled it meanwhile
+        return
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
+    os.replace(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old)

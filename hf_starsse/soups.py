@@ -1,62 +1,48 @@
 """Model soups: the members' weights averaged into one model of the base architecture.
 
-Weights are streamed from safetensors one tensor at a time and accumulated in float64, so peak memory is about one
-model whatever the number of members. Models with BatchNorm get their running statistics re-estimated on training
-data after averaging.
+Weights are streamed from safetensors one tensor of one member at a time and accumulated in float64, so peak memory
+is about one model whatever the number of members. Models with BatchNorm get their running statistics re-estimated
+on training data after averaging.
 """
 
 import inspect
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, PreTrainedModel, default_data_collator
 from transformers.utils import logging
 
-from .members import iter_member_tensors, load_members
-from .run_dir import load_state
+from .members import copy_member_tensors, load_members
 from .saving import save_model_dir
 
 logger = logging.get_logger(__name__)
 
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 LABEL_COLUMNS = ("labels", "label", "label_ids")
 SOUP_RECORD_NAME = "soup.json"
 
 
-def average_weights(members: list[str | os.PathLike]) -> dict[str, torch.Tensor]:
-    """
-    The uniform average of the members' weights, read one tensor at a time and accumulated in float64.
+@dataclass
+class _SoupOptions:
+    """How soups are evaluated and recalibrated."""
 
-    Args:
-        members (`list`): `save_pretrained` directories with safetensors weights.
+    train_dataset: object = None
+    data_collator: Callable | None = None
+    batch_size: int = 32
+    num_batches: int | None = None
+    device: str | torch.device | None = None
 
-    Returns:
-        `dict[str, torch.Tensor]`: Averaged floating-point tensors in their original dtype; integer tensors (e.g.
-        BatchNorm's `num_batches_tracked`) are taken from the first member.
-
-    Raises:
-        `ValueError`: naming the member and tensor when configs, names, shapes or dtypes differ or a value is not
-        finite.
-    """
-    averaged = {}
-    for name, tensors in iter_member_tensors([Path(member) for member in members]):
-        total, count = None, 0
-        for tensor in tensors:
-            if not tensor.is_floating_point():  # e.g. num_batches_tracked: the first member's value
-                total = tensor if total is None else total
-                continue
-            total = tensor.to(torch.float64, copy=True) if total is None else total.add_(tensor)
-            count += 1
-        averaged[name] = total if not count else total.div_(count).to(tensor.dtype)
-    return averaged
+    def loader(self, model: nn.Module, dataset) -> DataLoader:
+        return make_dataloader(model, dataset, self.data_collator, self.batch_size)
 
 
-def _base_model(member: Path) -> PreTrainedModel:
+def _base_model(member: Path, device: str | torch.device | None = None) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(member)
     architecture = (config.architectures or [None])[0]
     model_class = getattr(transformers, architecture or "", None)
@@ -65,7 +51,7 @@ def _base_model(member: Path) -> PreTrainedModel:
             f"{member}/config.json names architecture {architecture!r}, which transformers does not provide; soups "
             "are built for transformers architectures."
         )
-    return model_class.from_pretrained(member)
+    return model_class.from_pretrained(member).to(device or "cpu")
 
 
 def _model_inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
@@ -75,11 +61,21 @@ def _model_inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
 
 def make_dataloader(model: nn.Module, dataset, data_collator: Callable | None = None, batch_size: int = 32):
     """A `DataLoader` over `dataset` that keeps the model's input columns and the label column."""
-    if hasattr(dataset, "remove_columns"):
+    if hasattr(dataset, "remove_columns") and dataset.format["type"] != "custom":  # keep set_transform datasets
         keep = set(inspect.signature(model.forward).parameters) | set(LABEL_COLUMNS)
         dataset = dataset.remove_columns([c for c in dataset.column_names if c not in keep])
         dataset = dataset.with_format("torch")
     return DataLoader(dataset, batch_size=batch_size, collate_fn=data_collator or default_data_collator)
+
+
+def _batchnorms(model: nn.Module) -> list[_BatchNorm]:
+    """BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether `model` has BatchNorm layers with running statistics (which averaging weights gets wrong)."""
+    return bool(_batchnorms(model))
 
 
 @torch.no_grad()
@@ -96,7 +92,7 @@ def recalibrate_batchnorm(model: nn.Module, dataloader, num_batches: int | None 
     Returns:
         `nn.Module`: `model`.
     """
-    batchnorms = [module for module in model.modules() if isinstance(module, BATCHNORMS)]
+    batchnorms = _batchnorms(model)
     if not batchnorms:
         return model
     momenta = [bn.momentum for bn in batchnorms]
@@ -118,25 +114,21 @@ def recalibrate_batchnorm(model: nn.Module, dataloader, num_batches: int | None 
     return model
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(module, BATCHNORMS) for module in model.modules())
-
-
-def _soup(member_dirs: list[Path], train_dataset, data_collator, batch_size, num_batches) -> tuple:
+def _soup(member_dirs: list[Path], options: _SoupOptions) -> tuple[PreTrainedModel, bool]:
     """The averaged model (eval mode) and whether its BatchNorm statistics were re-estimated."""
-    model = _base_model(member_dirs[0])
-    load_state(model, average_weights(member_dirs), source="the averaged members")
-    if has_batchnorm(model) and len(member_dirs) > 1:
-        if train_dataset is None:
+    model = _base_model(member_dirs[0], options.device)
+    copy_member_tensors([model], member_dirs, average=True)
+    if not has_batchnorm(model):
+        return model.eval(), False
+    if options.train_dataset is None:
+        if len(member_dirs) > 1:
             logger.warning(
                 "The soup has BatchNorm layers but no train_dataset was given: its running statistics are plain "
                 "averages of the members' and can be far off. Pass train_dataset to re-estimate them."
             )
-        else:
-            loader = make_dataloader(model, train_dataset, data_collator, batch_size)
-            recalibrate_batchnorm(model, loader, num_batches)
-            return model.eval(), True
-    return model.eval(), False
+        return model.eval(), False
+    recalibrate_batchnorm(model, options.loader(model, options.train_dataset), options.num_batches)
+    return model.eval(), True
 
 
 def uniform_soup(
@@ -147,6 +139,7 @@ def uniform_soup(
     data_collator: Callable | None = None,
     batch_size: int = 32,
     num_batches: int | None = None,
+    device: str | torch.device | None = None,
     overwrite: bool = False,
 ) -> PreTrainedModel:
     """
@@ -160,13 +153,15 @@ def uniform_soup(
         data_collator (`Callable`, *optional*): Collator for `train_dataset` (default: `default_data_collator`).
         batch_size (`int`, *optional*, defaults to 32): Batch size of the BatchNorm pass.
         num_batches (`int`, *optional*): Limit the BatchNorm pass to this many batches.
+        device (`str` or `torch.device`, *optional*): Where the soup is built and recalibrated (default: CPU).
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
 
     Returns:
         [`~transformers.PreTrainedModel`]: The soup, in eval mode.
     """
     member_dirs = load_members(members)
-    model, recalibrated = _soup(member_dirs, train_dataset, data_collator, batch_size, num_batches)
+    options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
+    model, recalibrated = _soup(member_dirs, options)
     if out_dir is not None:
         members = [str(member) for member in member_dirs]
         record = {"method": "uniform", "members": members, "batchnorm_recalibrated": recalibrated}
@@ -185,8 +180,11 @@ def _score(model: nn.Module, loader: DataLoader, metric: Callable) -> float:
     device = next(model.parameters()).device
     logits, labels = [], []
     for batch in loader:
+        label_column = next((name for name in LABEL_COLUMNS if name in batch), None)
+        if label_column is None:
+            raise ValueError(f"eval_dataset batches have no label column (one of {LABEL_COLUMNS}).")
         logits.append(model(**_model_inputs(model, batch, device)).logits.float().cpu())
-        labels.append(next(batch[name] for name in LABEL_COLUMNS if name in batch))
+        labels.append(batch[label_column].cpu())
     return metric(torch.cat(logits), torch.cat(labels))
 
 
@@ -200,34 +198,37 @@ def greedy_soup(
     data_collator: Callable | None = None,
     batch_size: int = 32,
     num_batches: int | None = None,
+    device: str | torch.device | None = None,
     overwrite: bool = False,
 ) -> tuple[PreTrainedModel, list[int]]:
     """
     Greedy soup (Wortsman et al., 2022): sort members by `metric` on held-out `eval_dataset`, then add each member
-    to the soup only if the soup's metric does not drop.
+    to the soup only if the soup's metric does not drop. With BatchNorm and `train_dataset`, every candidate soup (the
+    first, single-member one included) has its statistics re-estimated before it is scored.
 
     Args:
         members (`str`, `os.PathLike` or `list`): A run directory or a list of member directories.
         eval_dataset: Held-out data with a label column (never the test split).
         metric (`Callable`, *optional*): `metric(logits, labels) -> float`, higher is better (default: accuracy).
-        out_dir, train_dataset, data_collator, batch_size, num_batches, overwrite: As in [`uniform_soup`].
+        out_dir, train_dataset, data_collator, batch_size, num_batches, device, overwrite: As in [`uniform_soup`].
 
     Returns:
         `tuple`: The soup and the positions (in `load_members` order) of the members it contains.
     """
     member_dirs = load_members(members)
+    options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     loader, scores = None, []
     for member in member_dirs:
-        model = _base_model(member)
+        model = _base_model(member, device)
         if loader is None:
-            loader = make_dataloader(model, eval_dataset, data_collator, batch_size)
+            loader = options.loader(model, eval_dataset)
         scores.append(_score(model, loader, metric))
     order = sorted(range(len(member_dirs)), key=lambda i: -scores[i])
-    chosen, best = [order[0]], scores[order[0]]
-    soup, recalibrated = _base_model(member_dirs[order[0]]).eval(), False
+    chosen = [order[0]]
+    soup, recalibrated = _soup([member_dirs[order[0]]], options)
+    best = _score(soup, loader, metric)
     for candidate in order[1:]:
-        dirs = [member_dirs[i] for i in chosen + [candidate]]
-        trial, trial_recalibrated = _soup(dirs, train_dataset, data_collator, batch_size, num_batches)
+        trial, trial_recalibrated = _soup([member_dirs[i] for i in chosen + [candidate]], options)
         score = _score(trial, loader, metric)
         logger.info(f"greedy soup: adding member {candidate} gives {score:.4f} (best so far {best:.4f})")
         if score >= best:

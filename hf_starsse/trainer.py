@@ -340,7 +340,9 @@ class StarSSETrainer(Trainer):
             lambda: build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
         )
 
-    def save_soup(self, output_dir: str, method: str = "uniform", overwrite: bool = False) -> PreTrainedModel | None:
+    def save_soup(
+        self, output_dir: str, method: str = "uniform", num_batches: int | None = None, overwrite: bool = False
+    ) -> PreTrainedModel | None:
         """
         Save a soup of this run's complete members: a plain checkpoint of the base architecture. BatchNorm statistics
         are re-estimated on `train_dataset`.
@@ -349,6 +351,7 @@ class StarSSETrainer(Trainer):
             output_dir (`str`): Where to save it.
             method (`str`, *optional*, defaults to `"uniform"`): `"uniform"` averages every member; `"greedy"` adds
                 members in order of `eval_dataset` accuracy while it does not drop.
+            num_batches (`int`, *optional*): Limit the BatchNorm pass over `train_dataset` to this many batches.
             overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `output_dir`.
 
         Returns:
@@ -362,6 +365,8 @@ class StarSSETrainer(Trainer):
             train_dataset=self.train_dataset,
             data_collator=self.data_collator,
             batch_size=self.args.per_device_eval_batch_size,
+            num_batches=num_batches,
+            device=self.args.device,
             overwrite=overwrite,
         )
 

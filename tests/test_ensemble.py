@@ -142,3 +142,47 @@ def test_config_validation():
         EnsembleConfig(member_config={"model_type": "bert"}, combine="max")
     with pytest.raises(ValueError, match="member_weights"):
         EnsembleConfig(member_config={"model_type": "bert"}, num_members=2, member_weights=[1.0])
+
+
+def test_tied_weights_survive_the_round_trip(tmp_path):
+    from transformers import BartConfig, BartForSequenceClassification
+
+    config = BartConfig(
+        vocab_size=99, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, num_labels=3, max_position_embeddings=32,
+    )  # fmt: skip
+    members = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        BartForSequenceClassification(config).save_pretrained(tmp_path / f"m{seed}")
+        members.append(tmp_path / f"m{seed}")
+    built = build_ensemble(members, tmp_path / "ensemble")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ensemble")
+    shared = loaded.members[1].model
+    assert shared.encoder.embed_tokens.weight is shared.shared.weight
+    input_ids = torch.tensor([[5, 6, 7, 2], [8, 9, 10, 2]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=input_ids).member_logits, built(input_ids=input_ids).member_logits)
+        logits, member_logits = built(input_ids=input_ids, return_dict=False)
+    assert member_logits.shape == (2, 2, 3) and torch.allclose(logits, built(input_ids=input_ids).logits)
+
+
+@pytest.mark.parametrize(
+    "config_edit,message",
+    [
+        (lambda c: c.update(problem_type="multi_label_classification"), "single-label classifiers"),
+        (lambda c: c.update(id2label={"0": "score"}, label2id={"score": 0}), "single output"),
+        (lambda c: c.update(architectures=["BertForMaskedLM"]), "neither a sequence- nor an image-classification"),
+    ],
+)
+def test_unsupported_members_refused(tmp_path, text_run, config_edit, message):
+    from test_soups import copy_member
+
+    member = copy_member(Path(text_run.args.output_dir) / "members/member-00", tmp_path / "m", config_edit=config_edit)
+    with pytest.raises(ValueError, match=message):
+        build_ensemble([member])
+
+
+def test_duplicate_positions_refused(text_run):
+    with pytest.raises(ValueError, match="distinct positions"):
+        build_ensemble(text_run.args.output_dir, members=[0, 0])

@@ -9,14 +9,16 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
-from ..members import check_member_configs, iter_member_tensors, load_members
-from ..run_dir import MANIFEST_NAME, RunDirectory, untied_missing
+from ..members import IGNORED_CONFIG_KEYS, check_member_configs, copy_member_tensors, load_members
+from ..run_dir import MANIFEST_NAME, RunDirectory
 from ..saving import save_model_dir
 from .configuration_ensemble import EnsembleConfig
 from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
 
-# Config entries of a member that do not describe the architecture.
-NON_ARCHITECTURE_KEYS = ("_name_or_path", "transformers_version")
+
+def _class_names(mapping: dict) -> set[str]:
+    """Model class names of an Auto mapping (values are names or tuples of names)."""
+    return {name for value in mapping.values() for name in ((value,) if isinstance(value, str) else value)}
 
 
 def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
@@ -26,9 +28,11 @@ def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
             f"Members solve {member_config['problem_type']!r}; ensembles average softmax probabilities, which needs "
             "single-label classifiers."
         )
-    if architecture in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values():
+    if member_config.get("num_labels", len(member_config.get("id2label") or {})) == 1:
+        raise ValueError("Members have a single output (regression); ensembles average softmax probabilities.")
+    if architecture in _class_names(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES):
         return EnsembleForImageClassification
-    if architecture in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values():
+    if architecture in _class_names(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
         return EnsembleForSequenceClassification
     raise ValueError(
         f"Member architecture {architecture!r} is neither a sequence- nor an image-classification model of "
@@ -74,11 +78,11 @@ def build_ensemble(
     member_dirs = load_members(source)
     positions = list(range(len(member_dirs))) if members is None else list(members)
     outside = [position for position in positions if not 0 <= position < len(member_dirs)]
-    if outside or not positions:
-        raise ValueError(f"members={members}: choose positions in 0..{len(member_dirs) - 1} (one at least).")
+    if outside or not positions or len(set(positions)) < len(positions):
+        raise ValueError(f"members={members}: choose distinct positions in 0..{len(member_dirs) - 1} (one at least).")
     member_dirs = [member_dirs[position] for position in positions]
     member_config = check_member_configs(member_dirs)
-    member_config = {key: value for key, value in member_config.items() if key not in NON_ARCHITECTURE_KEYS}
+    member_config = {key: value for key, value in member_config.items() if key not in IGNORED_CONFIG_KEYS}
     config = EnsembleConfig(
         member_config=member_config,
         num_members=len(member_dirs),
@@ -86,25 +90,8 @@ def build_ensemble(
         **_manifest_fields(source, positions),
     )
     model = _ensemble_class(member_config)(config)
-    _load_members(model, member_dirs)
+    copy_member_tensors(list(model.members), member_dirs)
     model.eval()
     if out_dir is not None:
         save_model_dir(model, out_dir, member_dirs[0], overwrite=overwrite)
     return model
-
-
-def _load_members(model: PreTrainedModel, member_dirs: list[Path]) -> None:
-    """Stream the members' tensors (checked against each other) into the ensemble's members, one name at a time."""
-    targets = [member.state_dict() for member in model.members]
-    loaded = set()
-    for name, tensors in iter_member_tensors(member_dirs):
-        if name not in targets[0]:
-            raise ValueError(
-                f"Tensor {name!r} of {member_dirs[0]} does not belong to {type(model.members[0]).__name__}."
-            )
-        for target, tensor in zip(targets, tensors):
-            target[name].copy_(tensor)
-        loaded.add(name)
-    missing = untied_missing(model.members[0], loaded)
-    if missing:
-        raise ValueError(f"{member_dirs[0]} lacks tensors of {type(model.members[0]).__name__}: {missing[:5]}.")

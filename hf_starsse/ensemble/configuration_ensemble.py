@@ -3,6 +3,8 @@
 Self-contained (imports only transformers) so that it can travel to the Hub as remote code. Every field is plain JSON.
 """
 
+import math
+
 from transformers import PretrainedConfig
 
 COMBINE_RULES = ("mean_probs",)
@@ -49,7 +51,10 @@ class EnsembleConfig(PretrainedConfig):
         if self.num_members < 1:
             raise ValueError(f"num_members={self.num_members} must be at least 1.")
         weights = self.member_weights
-        if weights is not None and (len(weights) != self.num_members or min(weights) < 0 or sum(weights) <= 0):
+        valid = weights is None or (
+            len(weights) == self.num_members and all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0
+        )
+        if not valid:
             raise ValueError(
                 f"member_weights={weights} must hold {self.num_members} non-negative numbers with a positive sum."
             )

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -36,22 +37,38 @@ class EnsembleClassifierOutput(ModelOutput):
 
 
 class EnsemblePreTrainedModel(PreTrainedModel):
+    """Holds `config.num_members` models of the architecture in `config.member_config` and combines their outputs."""
+
     config_class = EnsembleConfig
     base_model_prefix = "ensemble"
-    member_auto_class = None  # the Auto class that builds one member from `config.member_config`
+    member_auto_class = None  # builds members whose architecture is not named in transformers
 
     def __init__(self, config: EnsembleConfig):
         super().__init__(config)
         member_config = AutoConfig.for_model(**config.member_config)
-        self.members = nn.ModuleList(
-            [self.member_auto_class.from_config(member_config) for _ in range(config.num_members)]
-        )
+        architecture = (member_config.architectures or [""])[0]
+        build_member = getattr(transformers, architecture, None) or self.member_auto_class.from_config
+        self.members = nn.ModuleList([build_member(member_config) for _ in range(config.num_members)])
         self.post_init()
+        self._register_member_properties()
+
+    def _register_member_properties(self) -> None:
+        """`post_init` collects tied weights and placement hints from direct children only; add the members'."""
+        for index, member in enumerate(self.members):
+            prefix = f"members.{index}."
+            tied = {prefix + target: prefix + source for target, source in member.all_tied_weights_keys.items()}
+            self.all_tied_weights_keys.update(tied)
+            self._no_split_modules.update(member._no_split_modules)
+            self._keep_in_fp32_modules.update(member._keep_in_fp32_modules)
+            self._keep_in_fp32_modules_strict.update(member._keep_in_fp32_modules_strict)
+            self._skip_keys_device_placement.update(member._skip_keys_device_placement)
 
     def _init_weights(self, module: nn.Module) -> None:
         """The members initialise their own weights; the ensemble adds none."""
 
-    def combine(self, member_logits: torch.Tensor, labels: torch.Tensor | None = None) -> EnsembleClassifierOutput:
+    def combine_member_logits(
+        self, member_logits: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> EnsembleClassifierOutput:
         """Turn stacked member logits `(K, batch, num_labels)` into the ensemble's output."""
         log_probs = torch.log_softmax(member_logits.float(), dim=-1)
         if self.config.member_weights is None:
@@ -63,10 +80,12 @@ class EnsemblePreTrainedModel(PreTrainedModel):
         loss = nn.functional.nll_loss(logits, labels.to(logits.device)) if labels is not None else None
         return EnsembleClassifierOutput(loss=loss, logits=logits, member_logits=member_logits)
 
-    def _forward_members(self, inputs: dict, labels: torch.Tensor | None) -> EnsembleClassifierOutput:
+    def _forward_members(self, inputs: dict, labels: torch.Tensor | None):
+        return_dict = inputs.pop("return_dict", None)
         inputs = {key: value for key, value in inputs.items() if value is not None}
-        member_logits = torch.stack([member(**inputs).logits for member in self.members])
-        return self.combine(member_logits, labels)
+        logits = [member(**inputs, return_dict=True).logits for member in self.members]
+        output = self.combine_member_logits(torch.stack([z.to(logits[0].device) for z in logits]), labels)
+        return output if return_dict is not False else output.to_tuple()
 
 
 class EnsembleForSequenceClassification(EnsemblePreTrainedModel):
