@@ -5,6 +5,7 @@ import copy
 import inspect
 import json
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -306,7 +307,7 @@ class StarSSETrainer(Trainer):
             "library_version": __version__,
             "ensemble_method": self.args.ensemble_method,
             "num_members": self.args.num_members,
-            "base_model": getattr(config, "_name_or_path", None) or None,
+            "base_model": _model_id(getattr(config, "_name_or_path", None)),
             "hyperparameters": self.args.run_hyperparameters(),
         }
 
@@ -421,6 +422,11 @@ class StarSSETrainer(Trainer):
         if self._member is not None:
             logs.update(member=self._member, cycle=self._cycle(self._member))
         super().log(logs, start_time)
+
+
+def _model_id(name_or_path: str | None) -> str | None:
+    """A Hub id as is; a local directory as an absolute path (so runs resume from any working directory)."""
+    return os.path.abspath(name_or_path) if name_or_path and os.path.isdir(name_or_path) else name_or_path or None
 
 
 def _combine_outputs(outputs: list[TrainOutput]) -> TrainOutput:
