@@ -186,3 +186,24 @@ def test_unsupported_members_refused(tmp_path, text_run, config_edit, message):
 def test_duplicate_positions_refused(text_run):
     with pytest.raises(ValueError, match="distinct positions"):
         build_ensemble(text_run.args.output_dir, members=[0, 0])
+
+
+def test_sharded_members(tmp_path, text_run):
+    from hf_starsse import uniform_soup
+
+    members = []
+    for index in range(2):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            Path(text_run.args.output_dir) / f"members/member-{index:02d}"
+        )
+        model.save_pretrained(tmp_path / f"m{index}", max_shard_size="100KB")
+        members.append(tmp_path / f"m{index}")
+    assert len(list(members[0].glob("*.safetensors"))) > 1
+    expected = build_ensemble(text_run.args.output_dir, members=[0, 1])
+    inputs = text_inputs()
+    with torch.no_grad():
+        assert torch.equal(build_ensemble(members)(**inputs).logits, expected(**inputs).logits)
+    soup = uniform_soup(members)
+    reference = uniform_soup([Path(text_run.args.output_dir) / f"members/member-0{i}" for i in range(2)])
+    for key, value in soup.state_dict().items():
+        assert torch.equal(value, reference.state_dict()[key]), key
