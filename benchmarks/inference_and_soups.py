@@ -4,7 +4,8 @@
    the single member models on the same batch, probabilities averaged by hand.
 2. Loop vs vmap: the same members run by the loop, or stacked (`torch.func.stack_module_state`) and run by one
    `functional_call` under `vmap`; the library keeps the loop unless vmap wins.
-3. Soups: build time and peak RSS of `uniform_soup` for K in {2, 4, 8}, each in a fresh process.
+3. Soups: build time and peak RSS of `uniform_soup` for K in {2, 4, 8}, each in a fresh process (glibc's mmap
+   threshold fixed, so that RSS follows live memory rather than the allocator's retained heap).
 
 Timed calls alternate between the contenders so that both see the same machine load.
 
@@ -13,6 +14,7 @@ Timed calls alternate between the contenders so that both see the same machine l
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import subprocess
@@ -115,7 +117,11 @@ def soup_rows(counts: list[int]) -> tuple[list[str], float]:
         model_mb = Path(f"{tmp}/m0/model.safetensors").stat().st_size / 2**20
         for count in counts:
             members = [f"{tmp}/m{seed}" for seed in range(count)]
-            out = subprocess.run([sys.executable, "-c", SOUP_SCRIPT, *members], capture_output=True, text=True)
+            # a fixed mmap threshold makes glibc return freed tensors at once: RSS then tracks live memory
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            out = subprocess.run(
+                [sys.executable, "-c", SOUP_SCRIPT, *members], capture_output=True, text=True, env=env
+            )
             if out.returncode:
                 raise RuntimeError(out.stderr[-2000:])
             build_s, peak_mb = map(float, out.stdout.split()[-2:])
