@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from hf_starsse.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Natural-looking test images: smooth random fields (blurred noise) plus a sharp-edged disc, in [0.1, 0.9]."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(4, 3, 12, 12, generator=generator)
+    smooth = torch.nn.functional.interpolate(noise, size=(48, 48), mode="bicubic", align_corners=False)
+    y, x = torch.meshgrid(torch.linspace(0, 1, 48), torch.linspace(0, 1, 48), indexing="ij")
+    disc = (((x - 0.5) ** 2 + (y - 0.5) ** 2) < 0.1).float()
+    return (0.7 * smooth.clamp(0, 1) + 0.3 * disc).clamp(0, 1) * 0.8 + 0.1
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_deterministic_in_range_and_shape(images, name):
+    first = corrupt(images, name, 3, seed=7)
+    assert torch.equal(first, corrupt(images, name, 3, seed=7))
+    assert first.shape == images.shape and first.min() >= 0 and first.max() <= 1
+    assert corrupt(images[0], name, 3, seed=7).shape == images[0].shape
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_monotone_in_severity(images, name):
+    distances = [(corrupt(images, name, s, seed=0) - images).abs().mean().item() for s in SEVERITIES]
+    assert distances[0] > 0
+    assert all(a < b for a, b in zip(distances, distances[1:])), distances
+
+
+def test_bad_arguments(images):
+    with pytest.raises(ValueError, match="Unknown corruption 'fog'"):
+        corrupt(images, "fog", 1)
+    with pytest.raises(ValueError, match="severity=6"):
+        corrupt(images, "contrast", 6)
+    with pytest.raises(ValueError, match="float tensor"):
+        corrupt(torch.zeros(2, 2, dtype=torch.uint8), "contrast", 1)
