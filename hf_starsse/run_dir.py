@@ -38,14 +38,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as JSON to `path` through a temporary file in the same directory, fsync, then rename."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory, fsync, then rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -56,6 +55,11 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON to `path` atomically (see `atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def weight_files(model_dir: str | os.PathLike) -> list[Path]:

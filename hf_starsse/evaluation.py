@@ -1,0 +1,156 @@
+"""`evaluate_ensemble`: one tidy table of metrics for every member, the ensemble of each size 1..K, and soups."""
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .members import load_members
+from .metrics import classification_metrics, disagreement, ensemble_gain, mean_pairwise_kl
+from .run_dir import MANIFEST_NAME, RunDirectory, atomic_write_json, atomic_write_text
+from .soups import LABEL_COLUMNS, _base_model, _model_inputs, greedy_soup, make_dataloader, uniform_soup
+
+RESULTS_NAME = "evaluation"
+
+
+@torch.no_grad()
+def predict_probs(model, dataset, data_collator=None, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Softmax probabilities `(N, C)` of `model` on `dataset` and its labels `(N,)`.
+
+    Args:
+        model (`PreTrainedModel`): A classifier (or an ensemble model: its logits are log-probabilities).
+        dataset: Rows with the model's inputs and a label column (`labels` or `label`).
+        data_collator (`Callable`, *optional*): Batches rows (default: `default_data_collator`).
+        batch_size (`int`, *optional*, defaults to 32): Evaluation batch size.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    probs, labels = [], []
+    for batch in make_dataloader(model, dataset, data_collator, batch_size):
+        label_column = next((name for name in LABEL_COLUMNS if name in batch), None)
+        if label_column is None:
+            raise ValueError(f"The dataset has no label column (one of {LABEL_COLUMNS}).")
+        logits = model(**_model_inputs(model, batch, device)).logits.float()
+        probs.append(logits.softmax(-1).cpu().double().numpy())
+        labels.append(batch[label_column].cpu().numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def _run_info(source, count: int) -> tuple[str, list[int]]:
+    """The ensemble method and each member's optimizer steps, from the manifest when `source` is a run directory."""
+    if isinstance(source, (str, os.PathLike)) and (Path(source) / MANIFEST_NAME).is_file():
+        manifest = RunDirectory(source).read_manifest()
+        return manifest["ensemble_method"], [entry["steps"] for entry in manifest["members"]][:count]
+    return "members", [None] * count
+
+
+def _ensemble_rows(method: str, split: str, member_probs: np.ndarray, labels: np.ndarray, steps: list) -> list[dict]:
+    member_metrics = [classification_metrics(probs, labels) for probs in member_probs]
+    rows = [
+        {"method": method, "model": "member", "member": k, "size": 1, "split": split, **m, "steps": steps[k]}
+        for k, m in enumerate(member_metrics)
+    ]
+    for size in range(1, len(member_probs) + 1):
+        metrics = classification_metrics(member_probs[:size].mean(0), labels)
+        cost = None if None in steps[:size] else sum(steps[:size])
+        rows.append(
+            {
+                "method": method,
+                "model": "ensemble",
+                "member": None,
+                "size": size,
+                "split": split,
+                **metrics,
+                "disagreement": disagreement(member_probs[:size]),
+                "mean_pairwise_kl": mean_pairwise_kl(member_probs[:size]),
+                "accuracy_gain": ensemble_gain(metrics["accuracy"], [m["accuracy"] for m in member_metrics[:size]]),
+                "nll_gain": ensemble_gain(metrics["nll"], [m["nll"] for m in member_metrics[:size]]),
+                "steps": cost,
+            }
+        )
+    return rows
+
+
+def _write_table(rows: list[dict], output_dir: Path) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(output_dir / f"{RESULTS_NAME}.csv", buffer.getvalue())
+    atomic_write_json(output_dir / f"{RESULTS_NAME}.json", rows)
+
+
+def evaluate_ensemble(
+    source,
+    datasets: dict,
+    *,
+    soups: tuple[str, ...] = ("uniform",),
+    train_dataset=None,
+    data_collator=None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    output_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """
+    Evaluate every member, the ensemble of the first `size` members for `size` in 1..K, and soups, on every split.
+
+    Args:
+        source (`str`, `os.PathLike` or `list`): A run directory (hashes verified) or a list of member directories.
+        datasets (`dict`): Evaluation datasets by split name, e.g. `{"test": ..., "shift": ...}`; each has the
+            model's inputs and a label column. Shifted or corrupted test sets are evaluated the same way.
+        soups (`tuple[str]`, *optional*, defaults to `("uniform",)`): Soups to build and evaluate: `"uniform"`,
+            and `"greedy"` (picks members on `datasets["validation"]`).
+        train_dataset (*optional*): Training data for the soups' BatchNorm re-estimation.
+        data_collator (`Callable`, *optional*): Batches rows (default: `default_data_collator`).
+        batch_size (`int`, *optional*, defaults to 32): Evaluation batch size.
+        device (`str` or `torch.device`, *optional*): Where models run (default: CPU).
+        output_dir (`str` or `os.PathLike`, *optional*): Where `evaluation.csv` and `evaluation.json` are written
+            (default: the run directory, when `source` is one).
+
+    Returns:
+        `list[dict]`: One row per (model, size, split) with `method`, `model` (`member`, `ensemble`, `uniform_soup`,
+        `greedy_soup`), `member`, `size`, `split`, the metrics of `classification_metrics`, diversity and gains for
+        ensembles, and the training cost `steps` (optimizer steps of the members involved).
+    """
+    unknown = set(soups) - {"uniform", "greedy"}
+    if unknown:
+        raise ValueError(f"Unknown soups {sorted(unknown)}; choose from 'uniform' and 'greedy'.")
+    if "greedy" in soups and "validation" not in datasets:
+        raise ValueError("A greedy soup picks members on held-out data: add a 'validation' split to datasets.")
+    member_dirs = load_members(source)
+    method, steps = _run_info(source, len(member_dirs))
+    predictions = {split: [] for split in datasets}
+    labels = {}
+    for member in member_dirs:
+        model = _base_model(member, device)
+        for split, dataset in datasets.items():
+            probs, labels[split] = predict_probs(model, dataset, data_collator, batch_size)
+            predictions[split].append(probs)
+    rows = []
+    for split in datasets:
+        rows += _ensemble_rows(method, split, np.stack(predictions[split]), labels[split], steps)
+    options = dict(train_dataset=train_dataset, data_collator=data_collator, batch_size=batch_size, device=device)
+    soup_models = {}
+    if "uniform" in soups:
+        soup_models["uniform_soup"] = (uniform_soup(member_dirs, **options), len(member_dirs))
+    if "greedy" in soups:
+        soup, chosen = greedy_soup(member_dirs, datasets["validation"], **options)
+        soup_models["greedy_soup"] = (soup, len(chosen))
+    total_steps = None if None in steps else sum(steps)
+    for name, (model, size) in soup_models.items():
+        for split, dataset in datasets.items():
+            metrics = classification_metrics(*predict_probs(model, dataset, data_collator, batch_size))
+            rows.append(
+                {"method": method, "model": name, "member": None, "size": size, "split": split, **metrics}
+                | {"steps": total_steps}
+            )
+    if output_dir is None and isinstance(source, (str, os.PathLike)):
+        output_dir = source
+    if output_dir is not None:
+        _write_table(rows, Path(output_dir))
+    return rows

@@ -1,0 +1,62 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hf_starsse import build_ensemble
+from hf_starsse.evaluation import evaluate_ensemble, predict_probs
+from hf_starsse.metrics import classification_metrics
+
+from conftest import text_dataset
+
+
+def test_table_of_members_ensembles_and_soups(tmp_path, text_run):
+    run = Path(text_run.args.output_dir)
+    test, shift = text_dataset(n=24, seed=21), text_dataset(n=16, seed=22, length=6)
+    rows = evaluate_ensemble(run, {"test": test, "shift": shift}, output_dir=tmp_path)
+    assert len(rows) == 2 * (3 + 3 + 1)  # per split: 3 members, ensembles of size 1..3, the uniform soup
+    by_key = {(r["model"], r["size"], r["member"], r["split"]): r for r in rows}
+    member0 = by_key[("member", 1, 0, "test")]
+    assert by_key[("ensemble", 1, None, "test")]["accuracy"] == member0["accuracy"]
+    assert np.isnan(by_key[("ensemble", 1, None, "test")]["disagreement"])
+    full = by_key[("ensemble", 3, None, "test")]
+    probs, labels = predict_probs(build_ensemble(run), test)
+    expected = classification_metrics(probs, labels)
+    for name, value in expected.items():
+        assert full[name] == pytest.approx(value, abs=1e-6), name
+    members_nll = [by_key[("member", 1, k, "test")]["nll"] for k in range(3)]
+    assert full["nll_gain"] == pytest.approx(full["nll"] - np.mean(members_nll))
+    manifest = json.loads((run / "ensemble.json").read_text())
+    assert full["steps"] == sum(m["steps"] for m in manifest["members"]) and full["method"] == "starsse"
+    assert by_key[("uniform_soup", 3, None, "shift")]["steps"] == full["steps"]
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert len(saved) == len(rows)
+    with open(tmp_path / "evaluation.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and float(table[0]["accuracy"]) == pytest.approx(rows[0]["accuracy"])
+
+
+def test_greedy_soup_needs_validation_and_unknown_soups(text_run):
+    with pytest.raises(ValueError, match="add a 'validation' split"):
+        evaluate_ensemble(text_run.args.output_dir, {"test": text_dataset()}, soups=("greedy",))
+    with pytest.raises(ValueError, match=r"Unknown soups \['average'\]"):
+        evaluate_ensemble(text_run.args.output_dir, {"test": text_dataset()}, soups=("average",))
+
+
+def test_member_list_and_greedy_soup(tmp_path, text_run):
+    members = [Path(text_run.args.output_dir) / f"members/member-0{i}" for i in range(2)]
+    data = {"validation": text_dataset(n=16, seed=31), "test": text_dataset(n=16, seed=32)}
+    rows = evaluate_ensemble(members, data, soups=("uniform", "greedy"), output_dir=tmp_path)
+    assert {r["method"] for r in rows} == {"members"} and all(r["steps"] is None for r in rows)
+    greedy = [r for r in rows if r["model"] == "greedy_soup"]
+    assert len(greedy) == 2 and 1 <= greedy[0]["size"] <= 2
+
+
+def test_predict_probs_needs_labels(text_run):
+    model = build_ensemble(text_run.args.output_dir, members=[0])
+    with pytest.raises(ValueError, match="no label column"):
+        predict_probs(model, text_dataset().remove_columns("labels"))
+    probs, labels = predict_probs(model, text_dataset(n=8))
+    assert probs.shape == (8, 3) and np.allclose(probs.sum(-1), 1) and labels.dtype.kind == "i"
