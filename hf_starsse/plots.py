@@ -1,0 +1,135 @@
+"""Plots of evaluation results, saved as PNG: ensemble quality vs size, interpolation curves, reliability diagrams,
+per-corruption robustness. Each function saves the figure to `path` and returns it."""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "nll": "negative log-likelihood",
+    "ece": "expected calibration error",
+    "brier": "Brier score",
+    "mean_per_class_accuracy": "mean per-class accuracy",
+}
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> Figure:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return figure
+
+
+def plot_metric_vs_size(rows: list[dict], path, metric: str = "accuracy", split: str = "test") -> Figure:
+    """
+    Ensemble `metric` against ensemble size, one line per method, with the mean member metric as a dashed line.
+
+    Args:
+        rows (`list[dict]`): Rows of `evaluate_ensemble` (several runs' rows may be concatenated).
+        path (`str` or `os.PathLike`): Where to save the PNG.
+        metric (`str`, *optional*, defaults to `"accuracy"`): Column to plot.
+        split (`str`, *optional*, defaults to `"test"`): Which split's rows to plot.
+    """
+    figure, axis = plt.subplots(figsize=(6, 4))
+    methods = list(dict.fromkeys(row["method"] for row in rows if row["split"] == split))
+    for color, method in zip(plt.cm.tab10.colors, methods):
+        ensemble = sorted(
+            (row["size"], row[metric])
+            for row in rows
+            if row["method"] == method and row["split"] == split and row["model"] == "ensemble"
+        )
+        members = [
+            row[metric]
+            for row in rows
+            if row["method"] == method and row["split"] == split and row["model"] == "member"
+        ]
+        sizes, values = zip(*ensemble)
+        axis.plot(sizes, values, marker="o", color=color, label=f"{method} ensemble")
+        axis.axhline(np.mean(members), color=color, linestyle="--", linewidth=1, label=f"{method} mean member")
+    axis.set_xlabel("ensemble size (members)")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylabel(METRIC_LABELS.get(metric, metric))
+    axis.set_title(f"Ensemble {METRIC_LABELS.get(metric, metric)} vs size ({split})")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_interpolation(curves: dict[str, dict], path, split: str = "test", metric: str = "accuracy") -> Figure:
+    """
+    Interpolation curves (see `interpolation_curve`) of one split, e.g. between member 0 and each other member.
+
+    Args:
+        curves (`dict`): Curves by label, e.g. `{"member 0 -> 1": curve, ...}`.
+        path (`str` or `os.PathLike`): Where to save the PNG.
+        split (`str`, *optional*, defaults to `"test"`): Which split of the curves to plot.
+        metric (`str`, *optional*, defaults to `"accuracy"`): `"accuracy"` or `"loss"`.
+    """
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, curve in curves.items():
+        axis.plot(curve["alpha"], curve[split][metric], marker="o", label=label)
+    axis.set_xlabel("interpolation coefficient α (0: first model, 1: second)")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric.capitalize()} along linear paths between members ({split})")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_reliability(diagram: dict, path, title: str = "Reliability diagram") -> Figure:
+    """
+    A reliability diagram from `metrics.reliability_diagram`: accuracy per confidence bin against the diagonal.
+
+    Args:
+        diagram (`dict`): `bin_edges`, `confidence`, `accuracy`, `count` per bin.
+        path (`str` or `os.PathLike`): Where to save the PNG.
+        title (`str`, *optional*): Figure title.
+    """
+    figure, axis = plt.subplots(figsize=(5, 5))
+    edges = np.asarray(diagram["bin_edges"])
+    filled = np.asarray(diagram["count"]) > 0
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    axis.bar(centers[filled], np.asarray(diagram["accuracy"])[filled], width=width * 0.9, label="accuracy per bin")
+    axis.plot([0, 1], [0, 1], color="black", linestyle="--", label="perfect calibration")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("confidence (max probability)")
+    axis.set_ylabel("accuracy")
+    axis.set_title(title)
+    axis.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def plot_corruption_bars(results: dict[str, dict[str, float]], path, metric: str = "accuracy") -> Figure:
+    """
+    Grouped bars of a metric per corruption (averaged over severities), one bar per model.
+
+    Args:
+        results (`dict`): `{corruption: {model label: value}}`, e.g. from `evaluate_robustness`.
+        path (`str` or `os.PathLike`): Where to save the PNG.
+        metric (`str`, *optional*, defaults to `"accuracy"`): Name of the metric, for the axis label.
+    """
+    corruptions = list(results)
+    models = list(dict.fromkeys(model for values in results.values() for model in values))
+    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(corruptions)) + 2, 4))
+    width = 0.8 / max(1, len(models))
+    positions = np.arange(len(corruptions))
+    for index, model in enumerate(models):
+        values = [results[c].get(model, np.nan) for c in corruptions]
+        axis.bar(positions + index * width - 0.4 + width / 2, values, width=width, label=model)
+    axis.set_xticks(positions, corruptions, rotation=30, ha="right")
+    axis.set_xlabel("corruption (mean over severities)")
+    axis.set_ylabel(METRIC_LABELS.get(metric, metric))
+    axis.set_title(f"Robustness: {METRIC_LABELS.get(metric, metric)} per corruption")
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # outside the bars
+    axis.grid(alpha=0.3, axis="y")
+    return _save(figure, path)
