@@ -133,3 +133,41 @@ def plot_corruption_bars(results: dict[str, dict[str, float]], path, metric: str
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # outside the bars
     axis.grid(alpha=0.3, axis="y")
     return _save(figure, path)
+
+
+def plot_sweep_heatmaps(cells: list[dict], path) -> Figure:
+    """
+    Heatmaps over the sweep grid (cycle learning-rate ratio x cycle length ratio) of the ensemble accuracy, the mean
+    member accuracy and the interpolation barrier: where accuracy drops and the barrier rises, the cycles leave the
+    pre-train basin.
+
+    Args:
+        cells (`list[dict]`): Cells of `sweep_cycle_hyperparameters` (`lr_ratio`, `length_ratio` and the scores).
+        path (`str` or `os.PathLike`): Where to save the PNG.
+    """
+    lr_ratios = sorted({cell["lr_ratio"] for cell in cells})
+    length_ratios = sorted({cell["length_ratio"] for cell in cells})
+    panels = (
+        ("ensemble_accuracy", "ensemble accuracy"),
+        ("member_accuracy", "mean member accuracy"),
+        ("barrier", "accuracy barrier"),
+    )
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for axis, (key, title) in zip(axes, panels):
+        grid = np.full((len(length_ratios), len(lr_ratios)), np.nan)
+        for cell in cells:
+            grid[length_ratios.index(cell["length_ratio"]), lr_ratios.index(cell["lr_ratio"])] = cell[key]
+        image = axis.imshow(grid, origin="lower", cmap="viridis_r" if key == "barrier" else "viridis")
+        for (row, column), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                red, green, blue, _ = image.cmap(image.norm(value))
+                ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"  # readable on the cell
+                axis.text(column, row, f"{value:.3f}", ha="center", va="center", color=ink, fontsize=8)
+        axis.set_xticks(range(len(lr_ratios)), [f"{r:g}" for r in lr_ratios])
+        axis.set_yticks(range(len(length_ratios)), [f"{r:g}" for r in length_ratios])
+        axis.set_xlabel("cycle learning rate / first learning rate")
+        axis.set_ylabel("cycle length / first length")
+        axis.set_title(title)
+        figure.colorbar(image, ax=axis, label=title)
+    figure.suptitle("StarSSE cycle-hyperparameter sweep (validation split)")
+    return _save(figure, path)

@@ -259,6 +259,23 @@ class RunDirectory:
             atomic_write_json(self.manifest_path, manifest)
         return entry
 
+    def import_member(self, index: int, source: str | os.PathLike, seed: int, steps: int) -> dict[str, Any]:
+        """
+        Copy a finished model directory (e.g. member 0 of another run) in as member `index` of this run and record
+        it; its Trainer checkpoints are left behind. The run must be claimed first.
+
+        Args:
+            index (`int`): Member index it becomes.
+            source (`str` or `os.PathLike`): A `save_pretrained` directory with safetensors weights.
+            seed (`int`), steps (`int`): Its seed and optimizer steps, for the manifest.
+        """
+        if not weight_files(source):
+            raise FileNotFoundError(f"{source} holds no *.safetensors weights to import.")
+        target = self.member_dir(index)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(CHECKPOINTS_DIR, ".*"))
+        return self.record_member(index, None, seed, steps)
+
 
 def load_weights(model: torch.nn.Module, model_dir: str | os.PathLike) -> None:
     """

@@ -7,6 +7,7 @@ import json
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list
@@ -377,6 +378,27 @@ class StarSSETrainer(Trainer):
             return greedy_soup(self._run_dir(), self.eval_dataset, out_dir=output_dir, **options)[0]
 
         return self._main_process_only(make_soup)
+
+    def adopt_member(self, source: str | os.PathLike, index: int = 0) -> None:
+        """
+        Use an already trained model directory as member `index` (normally 0) of this run, so that StarSSE or SSE
+        cycles branch from it without training it again: several runs with different cycle settings can share one
+        first member (as `sweep_cycle_hyperparameters` does). A member the run already has complete is kept.
+
+        Args:
+            source (`str` or `os.PathLike`): A `save_pretrained` directory (e.g. `members/member-00` of another run).
+            index (`int`, *optional*, defaults to 0): The member it becomes.
+        """
+        state_file = Path(source) / TRAINER_STATE_NAME
+        steps = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
+        run = RunDirectory(self._run_dir())
+
+        def adopt():
+            run.claim(self._run_header(), overwrite=self.args.overwrite_output_dir)
+            if index not in run.complete_members():
+                run.import_member(index, source, self.args.seed + index, steps)
+
+        self._on_main_process(adopt)
 
     def _run_dir(self) -> str:
         if not isinstance(self.args, StarSSETrainingArguments):

@@ -1,0 +1,56 @@
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from transformers import TrainerCallback
+
+from hf_starsse.sweep import sweep_cycle_hyperparameters
+
+from conftest import load_text_model, make_args, text_dataset
+
+
+class CountTrainings(TrainerCallback):
+    """Counts train() calls per (run directory, member)."""
+
+    def __init__(self):
+        self.runs = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        member_dir = Path(args.output_dir).parent
+        self.runs.append((member_dir.parent.parent.name, member_dir.name))
+
+
+def test_sweep_reuses_member_0_and_resumes(tmp_path, pretrained_bert):
+    counter = CountTrainings()
+    options = dict(
+        model_init=lambda: load_text_model(pretrained_bert, seed=None),
+        args=make_args(tmp_path / "sweep", num_members=2, cycle_steps=None),
+        train_dataset=text_dataset(),
+        eval_dataset=text_dataset(n=16, seed=9),
+        lr_ratios=(0.5, 4.0),
+        length_ratios=(0.5, 1.0),
+        trainer_kwargs={"callbacks": [counter]},
+        num_interpolation_points=3,
+    )
+    results = sweep_cycle_hyperparameters(**options)
+    member0_runs = [run for run in counter.runs if run[1] == "member-00"]
+    assert member0_runs == [("member0", "member-00")]  # trained once, adopted by the 4 cells
+    assert sorted(counter.runs) == sorted([("member0", "member-00")] + [(c, "member-01") for c in (
+        "lr0.5-len0.5", "lr0.5-len1", "lr4-len0.5", "lr4-len1")])  # fmt: skip
+    cells = {(c["lr_ratio"], c["length_ratio"]): c for c in results["cells"]}
+    assert len(cells) == 4 and cells[(4.0, 1.0)]["cycle_learning_rate"] == pytest.approx(4e-3)
+    assert cells[(0.5, 0.5)]["cycle_epochs"] == 0.5 and cells[(0.5, 0.5)]["cycle_steps"] is None
+    for cell in cells.values():
+        assert 0 <= cell["ensemble_accuracy"] <= 1 and cell["barrier"] >= 0
+    assert results["best"]["ensemble_accuracy"] == max(c["ensemble_accuracy"] for c in cells.values())
+    adopted = json.loads((tmp_path / "sweep/cells/lr4-len1/ensemble.json").read_text())["members"][0]
+    original = json.loads((tmp_path / "sweep/member0/ensemble.json").read_text())["members"][0]
+    assert adopted["sha256"] == original["sha256"]
+    with Image.open(tmp_path / "sweep/sweep_heatmaps.png") as image:
+        assert image.format == "PNG"
+
+    counter.runs.clear()
+    again = sweep_cycle_hyperparameters(**{**options, "length_ratios": (0.5, 1.0, 2.0)})
+    assert sorted(counter.runs) == [("lr0.5-len2", "member-01"), ("lr4-len2", "member-01")]  # only the new cells
+    assert len(again["cells"]) == 6
