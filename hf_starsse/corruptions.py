@@ -123,3 +123,61 @@ def corrupt(images: torch.Tensor, corruption: str, severity: int, seed: int = 0)
     generator = torch.Generator().manual_seed(seed)
     corrupted = CORRUPTIONS[corruption](batch.cpu(), _LEVELS[corruption][severity - 1], generator).clamp(0, 1)
     return corrupted[0] if single else corrupted
+
+
+def corrupted_splits(
+    images: torch.Tensor,
+    labels,
+    preprocess=None,
+    corruptions: tuple[str, ...] = tuple(CORRUPTIONS),
+    severities: tuple[int, ...] = SEVERITIES,
+    seed: int = 0,
+) -> dict:
+    """
+    Corrupted copies of a test set, one split per corruption and severity, named `"<corruption>/<severity>"`, ready for
+    `evaluate_ensemble(..., datasets={"test": ..., **corrupted_splits(...)})` and `summarize_robustness`.
+
+    Args:
+        images (`torch.Tensor`): `(N, C, H, W)` test images in [0, 1], before normalisation.
+        labels: `(N,)` labels.
+        preprocess (`Callable`, *optional*): Turns a batch of [0, 1] images into the model's `pixel_values` (e.g.
+            resizing and normalising like the image processor). Default: the images as they are.
+        corruptions (`tuple[str]`, *optional*): Which corruptions (default: all of `CORRUPTIONS`).
+        severities (`tuple[int]`, *optional*): Which severities (default: 1..5).
+        seed (`int`, *optional*, defaults to 0): Seed of the random corruptions; split `i` uses `seed + i`.
+    """
+    from datasets import Dataset
+
+    labels = torch.as_tensor(labels).tolist()
+    splits = {}
+    for index, (corruption, severity) in enumerate((c, s) for c in corruptions for s in severities):
+        pixels = corrupt(images, corruption, severity, seed + index)
+        pixels = preprocess(pixels) if preprocess is not None else pixels
+        dataset = Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels}).with_format("torch")
+        splits[f"{corruption}/{severity}"] = dataset
+    return splits
+
+
+def summarize_robustness(rows: list[dict], metric: str = "accuracy") -> dict[str, dict[str, float]]:
+    """
+    Mean of `metric` over severities per corruption, and over all corrupted splits (`"mean"`), for each model of an
+    `evaluate_ensemble` table whose splits come from `corrupted_splits`.
+
+    Returns:
+        `dict`: `{corruption or "mean": {model label: value}}`, with labels like `"ensemble (5)"`, `"member 0"`,
+        `"uniform_soup"`; the input of `plots.plot_corruption_bars`.
+    """
+    values: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        if "/" not in row["split"]:
+            continue
+        corruption = row["split"].split("/")[0]
+        if row["model"] == "member":
+            label = f"member {row['member']}"
+        elif row["model"] == "ensemble":
+            label = f"ensemble ({row['size']})"
+        else:
+            label = row["model"]
+        for key in (corruption, "mean"):
+            values.setdefault(key, {}).setdefault(label, []).append(row[metric])
+    return {key: {label: float(np.mean(v)) for label, v in labels.items()} for key, labels in values.items()}

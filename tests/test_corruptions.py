@@ -37,3 +37,25 @@ def test_bad_arguments(images):
         corrupt(images, "contrast", 6)
     with pytest.raises(ValueError, match="float tensor"):
         corrupt(torch.zeros(2, 2, dtype=torch.uint8), "contrast", 1)
+
+
+def test_corrupted_splits_and_summary(images):
+    from hf_starsse.corruptions import corrupted_splits, summarize_robustness
+
+    splits = corrupted_splits(images, [0, 1, 2, 0], corruptions=("contrast", "jpeg"), severities=(1, 5))
+    assert list(splits) == ["contrast/1", "contrast/5", "jpeg/1", "jpeg/5"]
+    assert torch.allclose(splits["contrast/5"][:]["pixel_values"], corrupt(images, "contrast", 5, seed=1))
+    assert splits["jpeg/1"][:]["labels"].tolist() == [0, 1, 2, 0]
+    halved = corrupted_splits(
+        images, [0, 1, 2, 0], preprocess=lambda x: x / 2, corruptions=("contrast",), severities=(1,)
+    )
+    assert torch.allclose(halved["contrast/1"][:]["pixel_values"], corrupt(images, "contrast", 1) / 2)
+    rows = [
+        {"split": split, "model": model, "member": member, "size": size, "accuracy": accuracy}
+        for split, accuracy in (("contrast/1", 0.9), ("contrast/5", 0.5), ("jpeg/1", 0.8), ("test", 1.0))
+        for model, member, size in (("ensemble", None, 3), ("member", 0, 1))
+    ]
+    summary = summarize_robustness(rows)
+    assert summary["contrast"]["ensemble (3)"] == pytest.approx(0.7)
+    assert summary["mean"]["member 0"] == pytest.approx((0.9 + 0.5 + 0.8) / 3)
+    assert set(summary) == {"contrast", "jpeg", "mean"}  # the clean "test" split is not a corruption

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hf_starsse import build_ensemble
 from hf_starsse.evaluation import evaluate_ensemble, predict_probs
 from hf_starsse.metrics import classification_metrics
 
-from conftest import text_dataset
+from conftest import image_dataset, text_dataset
 
 
 def test_table_of_members_ensembles_and_soups(tmp_path, text_run):
@@ -60,3 +61,20 @@ def test_predict_probs_needs_labels(text_run):
         predict_probs(model, text_dataset().remove_columns("labels"))
     probs, labels = predict_probs(model, text_dataset(n=8))
     assert probs.shape == (8, 3) and np.allclose(probs.sum(-1), 1) and labels.dtype.kind == "i"
+
+
+def test_robustness_on_corrupted_test_sets(tmp_path, image_run):
+    from hf_starsse.corruptions import corrupted_splits, summarize_robustness
+    from hf_starsse.plots import plot_corruption_bars
+
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(12, 3, 16, 16, generator=generator), torch.randint(0, 3, (12,), generator=generator)
+    splits = corrupted_splits(images, labels, preprocess=lambda x: (x - 0.5) / 0.5, severities=(1, 3))
+    rows = evaluate_ensemble(image_run.args.output_dir, splits, train_dataset=image_dataset(), output_dir=tmp_path)
+    assert {row["split"] for row in rows} == set(splits) and len(splits) == 16
+    summary = summarize_robustness(rows)
+    assert set(summary) == {"gaussian_noise", "shot_noise", "gaussian_blur", "contrast", "brightness", "pixelate",
+                            "jpeg", "rotation", "mean"}  # fmt: skip
+    assert set(summary["mean"]) == {"member 0", "member 1", "ensemble (1)", "ensemble (2)", "uniform_soup"}
+    plot_corruption_bars({k: v for k, v in summary.items() if k != "mean"}, tmp_path / "robustness.png")
+    assert (tmp_path / "robustness.png").stat().st_size > 0
