@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .soups import LABEL_COLUMNS, _model_inputs, has_batchnorm, recalibrate_batchnorm
+from .members import load_members
+from .soups import LABEL_COLUMNS, _base_model, _model_inputs, has_batchnorm, recalibrate_batchnorm
 
 logger = logging.get_logger(__name__)
 
@@ -118,3 +119,30 @@ def weight_distance(model_a: nn.Module | dict, model_b: nn.Module | dict) -> flo
     return math.sqrt(
         sum((a.detach().double().cpu() - b.detach().double().cpu()).pow(2).sum().item() for a, b in pairs)
     )
+
+
+def member_distances(source, pretrained: nn.Module | None = None) -> list[dict]:
+    """
+    L2 distance (see `weight_distance`) of every member from member 0 and, when given, from the pre-trained model.
+
+    Args:
+        source (`str`, `os.PathLike` or `list`): A run directory or a list of member directories.
+        pretrained (`nn.Module`, *optional*): The pre-trained model (its backbone is matched to the members').
+
+    Returns:
+        `list[dict]`: `{"member", "to_member_0", "to_pretrained"}` per member (`to_pretrained` is None without
+        `pretrained`).
+    """
+    member_dirs = load_members(source)
+    first = _base_model(member_dirs[0])
+    rows = []
+    for index, member_dir in enumerate(member_dirs):
+        member = first if index == 0 else _base_model(member_dir)
+        rows.append(
+            {
+                "member": index,
+                "to_member_0": weight_distance(member, first),
+                "to_pretrained": None if pretrained is None else weight_distance(member, pretrained),
+            }
+        )
+    return rows

@@ -65,3 +65,13 @@ def test_weight_distance(text_run, pretrained_bert):
         weight_distance(model, torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="share one architecture"):
         interpolation_curve(model, torch.nn.Linear(2, 2), {})
+
+
+def test_member_distances(text_run, pretrained_bert):
+    from hf_starsse.diagnostics import member_distances
+
+    rows = member_distances(text_run.args.output_dir, BertModel.from_pretrained(pretrained_bert))
+    assert [row["member"] for row in rows] == [0, 1, 2] and rows[0]["to_member_0"] == 0.0
+    assert all(row["to_member_0"] > 0 for row in rows[1:]) and all(row["to_pretrained"] > 0 for row in rows)
+    model_1 = members(text_run, AutoModelForSequenceClassification, 2)
+    assert rows[1]["to_member_0"] == pytest.approx(weight_distance(model_1[1], model_1[0]))

@@ -1,0 +1,200 @@
+"""The `hf-starsse` command line: train, soup, evaluate and sweep, built on `HfArgumentParser`.
+
+    hf-starsse train --model_name_or_path M --dataset D --output_dir runs/x --num_members 5 ...
+    hf-starsse train config.yaml                      # the same options from a YAML or JSON file
+    hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
+    hf-starsse evaluate --run_dir runs/x --dataset D --split test
+    hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
+
+Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`.
+"""
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from .data import DataArguments, prepare_task
+from .evaluation import evaluate_ensemble
+from .members import load_members
+from .soups import greedy_soup, uniform_soup
+from .sweep import sweep_cycle_hyperparameters
+from .trainer import StarSSETrainer
+from .training_args import StarSSETrainingArguments
+
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+
+
+@dataclass
+class SoupArguments:
+    run_dir: str = field(metadata={"help": "The run directory whose complete members go into the soup."})
+    output_dir: str = field(metadata={"help": "Where the soup is saved (a plain checkpoint of the base model)."})
+    method: str = field(default="uniform", metadata={"help": "uniform or greedy.", "choices": ["uniform", "greedy"]})
+    batch_size: int = field(default=32, metadata={"help": "Batch size of the BatchNorm pass and greedy scoring."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+
+
+@dataclass
+class EvaluateArguments:
+    run_dir: str = field(metadata={"help": "The run directory to evaluate (evaluation.csv/json are written there)."})
+    splits: list[str] = field(default_factory=lambda: ["test"], metadata={"help": "Dataset splits to evaluate."})
+    soups: list[str] = field(default_factory=lambda: ["uniform"], metadata={"help": "Soups to add: uniform, greedy."})
+    batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
+
+
+@dataclass
+class SweepArguments:
+    lr_ratios: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0], metadata={"help": "Cycle LR / first LR values."}
+    )
+    length_ratios: list[float] = field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0], metadata={"help": "Cycle length / first length values."}
+    )
+
+
+def _data_for_run(run_dir: str, **options) -> DataArguments | None:
+    """Data options whose model is the run's first member (its processor files prepare the data)."""
+    if options.get("dataset") is None:
+        return None
+    return DataArguments(model_name_or_path=str(load_members(run_dir)[0]), **options)
+
+
+def train(data: DataArguments, args: StarSSETrainingArguments) -> None:
+    task = prepare_task(data)
+    if task.is_image:
+        args.remove_unused_columns = False  # the transform needs the raw image column
+    trainer = StarSSETrainer(
+        model_init=task.model_init,
+        args=args,
+        train_dataset=task.train_dataset,
+        eval_dataset=task.eval_dataset,
+        processing_class=task.processing_class,
+        data_collator=task.data_collator,
+    )
+    output = trainer.train()
+    print(f"Trained {output.metrics.get('train_members', 1)} member(s) into {args.output_dir}.")
+
+
+def soup(options: SoupArguments, data: DataArguments | None) -> None:
+    task = prepare_task(data) if data is not None else None
+    common = dict(
+        out_dir=options.output_dir,
+        train_dataset=task.train_dataset if task else None,
+        data_collator=task.data_collator if task else None,
+        batch_size=options.batch_size,
+        overwrite=options.overwrite,
+    )
+    if options.method == "greedy":
+        if task is None or task.eval_dataset is None:
+            raise ValueError("A greedy soup picks members on held-out data: pass --dataset and --eval_split.")
+        _, chosen = greedy_soup(options.run_dir, task.eval_dataset, **common)
+        print(f"Greedy soup of members {chosen} saved to {options.output_dir}.")
+    else:
+        uniform_soup(options.run_dir, **common)
+        print(f"Uniform soup saved to {options.output_dir}.")
+
+
+def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
+    task = prepare_task(
+        data, splits=(data.train_split, *options.splits) + ((data.eval_split,) if data.eval_split else ())
+    )
+    datasets = {split: task.prepare(task.splits[split]) for split in options.splits}
+    if "greedy" in options.soups:
+        datasets["validation"] = task.eval_dataset
+    rows = evaluate_ensemble(
+        options.run_dir,
+        datasets,
+        soups=tuple(options.soups),
+        train_dataset=task.train_dataset,
+        data_collator=task.data_collator,
+        batch_size=options.batch_size,
+    )
+    for row in rows:
+        if row["model"] != "member":
+            print(f"{row['split']:>12} {row['model']:>13} size {row['size']}: accuracy {row['accuracy']:.4f} "
+                  f"nll {row['nll']:.4f} ece {row['ece']:.4f}")  # fmt: skip
+    print(f"Wrote {options.run_dir}/evaluation.csv and evaluation.json.")
+
+
+def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArguments) -> None:
+    if data.eval_split is None:
+        raise ValueError("The sweep scores cells on held-out data: pass --eval_split (a validation split).")
+    task = prepare_task(data)
+    results = sweep_cycle_hyperparameters(
+        task.model_init,
+        args,
+        task.train_dataset,
+        task.eval_dataset,
+        lr_ratios=tuple(options.lr_ratios),
+        length_ratios=tuple(options.length_ratios),
+        trainer_kwargs={"processing_class": task.processing_class, "data_collator": task.data_collator},
+    )
+    best = results["best"]
+    print(
+        f"Best cell: cycle LR x{best['lr_ratio']:g}, length x{best['length_ratio']:g} (ensemble accuracy "
+        f"{best['ensemble_accuracy']:.4f}). Results in {args.output_dir}/sweep.json and sweep_heatmaps.png."
+    )
+
+
+COMMANDS = ("train", "soup", "evaluate", "sweep")
+
+
+def _parse(classes: tuple, command: str, argv: list[str]) -> tuple:
+    """Options from the command line, or from one YAML/JSON file given instead."""
+    parser = HfArgumentParser(classes, prog=f"hf-starsse {command}")
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def _optional_data_options() -> type:
+    """`DataArguments` without the model (a run's member provides it) and with every field optional."""
+    fields = [f for f in dataclasses.fields(DataArguments) if f.name != "model_name_or_path"]
+    spec = [(f.name, f.type | None, dataclasses.field(default=None, metadata=f.metadata)) for f in fields]
+    return dataclasses.make_dataclass("DataOptions", spec)
+
+
+def _run(command: str, argv: list[str]) -> None:
+    if command == "train":
+        train(*_parse((DataArguments, StarSSETrainingArguments), command, argv))
+        return
+    if command == "sweep":
+        sweep(*_parse((DataArguments, StarSSETrainingArguments, SweepArguments), command, argv))
+        return
+    own = SoupArguments if command == "soup" else EvaluateArguments
+    options, data_options = _parse((own, _optional_data_options()), command, argv)
+    given = {key: value for key, value in dataclasses.asdict(data_options).items() if value is not None}
+    data = _data_for_run(options.run_dir, **given)
+    if command == "soup":
+        soup(options, data)
+    elif data is None:
+        raise ValueError("evaluate needs --dataset (and --splits to evaluate).")
+    else:
+        evaluate(options, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `hf-starsse`; returns the exit status (user errors: one line on stderr, status 2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(
+                f"\nhf-starsse: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}.",
+                file=sys.stderr,
+            )
+            return 2
+        return 0
+    try:
+        _run(argv[0], argv[1:])
+    except USER_ERRORS as err:
+        print(f"hf-starsse {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
+from transformers import MobileNetV2ImageProcessor
+
+from hf_starsse.cli import main
+
+from conftest import VOCAB
+
+COMMON = ["--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true",
+          "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--learning_rate", "0.001"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["alpha", "beta", "gamma"])})
+
+    def split(n):
+        words = rng.integers(5, len(VOCAB), (n, 8))
+        return Dataset.from_dict(
+            {"text": [" ".join(VOCAB[i] for i in row) for row in words], "label": (words[:, 0] % 3).tolist()},
+            features=features,
+        )
+
+    path = tmp_path_factory.mktemp("cli") / "text_data"
+    DatasetDict({"train": split(32), "validation": split(16), "test": split(16)}).save_to_disk(path)
+    return str(path)
+
+
+def test_train_soup_evaluate_and_yaml(tmp_path, pretrained_bert, text_data):
+    run = tmp_path / "run"
+    base = ["--model_name_or_path", pretrained_bert, "--dataset", text_data, "--eval_split", "validation"]
+    assert main(["train", *base, "--output_dir", str(run), "--num_members", "2", "--cycle_steps", "2", *COMMON]) == 0
+    manifest = json.loads((run / "ensemble.json").read_text())
+    assert [m["index"] for m in manifest["members"]] == [0, 1]
+    config = json.loads((run / "members/member-01/config.json").read_text())
+    assert config["id2label"] == {"0": "alpha", "1": "beta", "2": "gamma"}
+
+    assert main(["soup", "--run_dir", str(run), "--output_dir", str(tmp_path / "soup")]) == 0
+    assert (tmp_path / "soup/soup.json").is_file() and (tmp_path / "soup/tokenizer.json").is_file()
+    assert main(["evaluate", "--run_dir", str(run), "--dataset", text_data, "--splits", "test", "validation"]) == 0
+    rows = json.loads((run / "evaluation.json").read_text())
+    assert {row["split"] for row in rows} == {"test", "validation"}
+
+    config = {"model_name_or_path": pretrained_bert, "dataset": text_data, "output_dir": str(tmp_path / "yaml_run"),
+              "num_members": 2, "cycle_steps": 2, "ensemble_method": "sse", "report_to": "none", "use_cpu": True,
+              "save_strategy": "no", "disable_tqdm": True, "per_device_train_batch_size": 8,
+              "num_train_epochs": 1, "learning_rate": 0.001}  # fmt: skip
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    assert main(["train", str(config_file)]) == 0
+    assert json.loads((tmp_path / "yaml_run/ensemble.json").read_text())["ensemble_method"] == "sse"
+
+
+def test_sweep_command(tmp_path, pretrained_bert, text_data):
+    argv = ["sweep", "--model_name_or_path", pretrained_bert, "--dataset", text_data, "--eval_split", "validation",
+            "--output_dir", str(tmp_path / "sweep"), "--num_members", "2", "--lr_ratios", "1", "2",
+            "--length_ratios", "0.5", *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "sweep/sweep.json").read_text())
+    assert len(results["cells"]) == 2 and results["best"]["lr_ratio"] in (1, 2)
+
+
+def test_image_classification(tmp_path, pretrained_mobilenet):
+    model_dir = tmp_path / "mobilenet"
+    shutil.copytree(pretrained_mobilenet, model_dir)
+    MobileNetV2ImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+        model_dir
+    )
+    rng = np.random.default_rng(1)
+    images = [PILImage.fromarray((rng.random((20, 20, 3)) * 255).astype("uint8")) for _ in range(16)]
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    data = Dataset.from_dict({"image": images, "label": [i % 2 for i in range(16)]}, features=features)
+    DatasetDict({"train": data}).save_to_disk(tmp_path / "images")
+    argv = ["train", "--model_name_or_path", str(model_dir), "--dataset", str(tmp_path / "images"),
+            "--output_dir", str(tmp_path / "run"), "--num_members", "2", "--cycle_steps", "1", *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    assert len(json.loads((tmp_path / "run/ensemble.json").read_text())["members"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--dataset", "/nonexistent/data"], "is neither a save_to_disk directory nor a data file"),
+        (["train", "--label_column", "category"], "no label column 'category'"),
+        (["train", "--text_column", "body"], "No text column 'body'"),
+        (["train", "--eval_split", "dev"], "has no split 'dev'"),
+        (["train", "--cycle_epochs", "1", "--cycle_steps", "3"], "cycle_epochs or cycle_steps, not both"),
+        (["sweep"], "pass --eval_split"),
+        (["evaluate", "--run_dir", "/nonexistent/run"], "needs --dataset"),
+        (["soup", "--run_dir", "/nonexistent/run", "--output_dir", "x", "--dataset", "d"], "has no ensemble.json"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, pretrained_bert, text_data, capsys, argv, message):
+    command, *rest = argv
+    if command in ("train", "sweep"):
+        defaults = {"--model_name_or_path": pretrained_bert, "--dataset": text_data, "--output_dir": str(tmp_path)}
+        for key, value in defaults.items():
+            if key not in rest:
+                rest += [key, value]
+        rest += COMMON
+    assert main([command, *rest]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_help_and_console_script(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for option in ("--ensemble_method", "--cycle_learning_rate", "--dataset", "--label_column", "--learning_rate"):
+        assert option in help_text
+    assert main(["frobnicate"]) == 2
+    result = subprocess.run([sys.executable, "-m", "hf_starsse.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "hf-starsse train" in result.stdout
+    script = shutil.which("hf-starsse", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert script is not None and subprocess.run([script, "--help"], capture_output=True).returncode == 0
