@@ -10,12 +10,14 @@ Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `tr
 """
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+import torch
+from transformers import AutoConfig, HfArgumentParser
 
-from .data import DataArguments, prepare_task
+from .data import DataArguments, PreparedTask, prepare_task
 from .evaluation import evaluate_ensemble
 from .members import load_members
 from .soups import greedy_soup, uniform_soup
@@ -60,10 +62,22 @@ def _data_for_run(run_dir: str, **options) -> DataArguments | None:
     return DataArguments(model_name_or_path=str(load_members(run_dir)[0]), **options)
 
 
-def train(data: DataArguments, args: StarSSETrainingArguments) -> None:
-    task = prepare_task(data)
+def _prepare_for_run(data: DataArguments, splits: tuple[str, ...] = ()) -> PreparedTask:
+    """Prepare data for a trained run: labels are mapped to the members' own class ids (their `id2label`)."""
+    config = AutoConfig.from_pretrained(data.model_name_or_path)
+    names = [config.id2label[index] for index in range(len(config.id2label))]
+    return prepare_task(data, splits=(data.train_split, *splits), label_names=names)
+
+
+def _configure(args: StarSSETrainingArguments, task: PreparedTask) -> StarSSETrainingArguments:
     if task.is_image:
         args.remove_unused_columns = False  # the transform needs the raw image column
+    return args
+
+
+def train(data: DataArguments, args: StarSSETrainingArguments) -> None:
+    task = prepare_task(data)
+    args = _configure(args, task)
     trainer = StarSSETrainer(
         model_init=task.model_init,
         args=args,
@@ -77,7 +91,9 @@ def train(data: DataArguments, args: StarSSETrainingArguments) -> None:
 
 
 def soup(options: SoupArguments, data: DataArguments | None) -> None:
-    task = prepare_task(data) if data is not None else None
+    if options.method == "greedy" and (data is None or data.eval_split is None):
+        raise ValueError("A greedy soup picks members on held-out data: pass --dataset and --eval_split.")
+    task = _prepare_for_run(data) if data is not None else None
     common = dict(
         out_dir=options.output_dir,
         train_dataset=task.train_dataset if task else None,
@@ -86,8 +102,6 @@ def soup(options: SoupArguments, data: DataArguments | None) -> None:
         overwrite=options.overwrite,
     )
     if options.method == "greedy":
-        if task is None or task.eval_dataset is None:
-            raise ValueError("A greedy soup picks members on held-out data: pass --dataset and --eval_split.")
         _, chosen = greedy_soup(options.run_dir, task.eval_dataset, **common)
         print(f"Greedy soup of members {chosen} saved to {options.output_dir}.")
     else:
@@ -96,9 +110,9 @@ def soup(options: SoupArguments, data: DataArguments | None) -> None:
 
 
 def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
-    task = prepare_task(
-        data, splits=(data.train_split, *options.splits) + ((data.eval_split,) if data.eval_split else ())
-    )
+    if "greedy" in options.soups and data.eval_split is None:
+        raise ValueError("A greedy soup picks members on held-out data: pass --eval_split.")
+    task = _prepare_for_run(data, tuple(options.splits) + ((data.eval_split,) if data.eval_split else ()))
     datasets = {split: task.prepare(task.splits[split]) for split in options.splits}
     if "greedy" in options.soups:
         datasets["validation"] = task.eval_dataset
@@ -123,7 +137,7 @@ def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArg
     task = prepare_task(data)
     results = sweep_cycle_hyperparameters(
         task.model_init,
-        args,
+        _configure(args, task),
         task.train_dataset,
         task.eval_dataset,
         lr_ratios=tuple(options.lr_ratios),
@@ -191,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _run(argv[0], argv[1:])
     except USER_ERRORS as err:
-        print(f"hf-starsse {argv[0]}: error: {err}", file=sys.stderr)
+        if os.environ.get("HF_STARSSE_DEBUG") or isinstance(err, torch.OutOfMemoryError):
+            raise  # full traceback: a failure of the machine, or asked for
+        print(f"hf-starsse {argv[0]}: error: {err} (HF_STARSSE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

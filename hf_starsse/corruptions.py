@@ -6,6 +6,7 @@ The same inputs, severity and seed always give the same output.
 """
 
 import io
+import zlib
 
 import numpy as np
 import torch
@@ -125,6 +126,11 @@ def corrupt(images: torch.Tensor, corruption: str, severity: int, seed: int = 0)
     return corrupted[0] if single else corrupted
 
 
+def corruption_seed(seed: int, corruption: str, severity: int, index: int) -> int:
+    """The seed of one image's corruption: fixed by the image's index, the corruption and the severity only."""
+    return (seed * 1_000_003 + zlib.crc32(f"{corruption}/{severity}".encode()) * 65_537 + index) % 2**63
+
+
 def corrupted_splits(
     images: torch.Tensor,
     labels,
@@ -134,28 +140,42 @@ def corrupted_splits(
     seed: int = 0,
 ) -> dict:
     """
-    Corrupted copies of a test set, one split per corruption and severity, named `"<corruption>/<severity>"`, ready for
-    `evaluate_ensemble(..., datasets={"test": ..., **corrupted_splits(...)})` and `summarize_robustness`.
+    Corrupted versions of a test set, one split per corruption and severity, named `"<corruption>/<severity>"`, for
+    `evaluate_ensemble(..., datasets={"test": ..., **corrupted_splits(...)})` and `summarize_robustness`. The clean
+    images are stored once; each split corrupts its rows when they are read (`with_transform`), and image `i` always
+    gets the same corruption whatever the batch or the other splits.
 
     Args:
-        images (`torch.Tensor`): `(N, C, H, W)` test images in [0, 1], before normalisation.
+        images (`torch.Tensor`): `(N, C, H, W)` test images in [0, 1], before normalisation. The corruption
+            strengths (noise, blur in pixels, block sizes, rotation) are calibrated for small images (32-64 px).
         labels: `(N,)` labels.
         preprocess (`Callable`, *optional*): Turns a batch of [0, 1] images into the model's `pixel_values` (e.g.
             resizing and normalising like the image processor). Default: the images as they are.
         corruptions (`tuple[str]`, *optional*): Which corruptions (default: all of `CORRUPTIONS`).
         severities (`tuple[int]`, *optional*): Which severities (default: 1..5).
-        seed (`int`, *optional*, defaults to 0): Seed of the random corruptions; split `i` uses `seed + i`.
+        seed (`int`, *optional*, defaults to 0): Base seed of the random corruptions.
     """
     from datasets import Dataset
 
-    labels = torch.as_tensor(labels).tolist()
-    splits = {}
-    for index, (corruption, severity) in enumerate((c, s) for c in corruptions for s in severities):
-        pixels = corrupt(images, corruption, severity, seed + index)
-        pixels = preprocess(pixels) if preprocess is not None else pixels
-        dataset = Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels}).with_format("torch")
-        splits[f"{corruption}/{severity}"] = dataset
-    return splits
+    clean = Dataset.from_dict(
+        {"image": images.numpy(), "labels": torch.as_tensor(labels).tolist(), "index": list(range(len(images)))}
+    )
+
+    def transform_for(corruption: str, severity: int):
+        def transform(batch):
+            pixels = torch.stack(
+                [
+                    corrupt(torch.as_tensor(np.asarray(image, dtype=np.float32)), corruption, severity,
+                            corruption_seed(seed, corruption, severity, index))
+                    for image, index in zip(batch["image"], batch["index"])
+                ]
+            )  # fmt: skip
+            pixels = preprocess(pixels) if preprocess is not None else pixels
+            return {"pixel_values": pixels, "labels": torch.as_tensor(batch["labels"])}
+
+        return transform
+
+    return {f"{c}/{s}": clean.with_transform(transform_for(c, s)) for c in corruptions for s in severities}
 
 
 def summarize_robustness(rows: list[dict], metric: str = "accuracy") -> dict[str, dict[str, float]]:

@@ -46,14 +46,14 @@ class DataArguments:
 
 def load_dataset_dict(path: str, config: str | None = None) -> datasets.DatasetDict:
     """A `DatasetDict` from a save_to_disk directory, a data file, or the Hub (clear error when offline)."""
-    local = Path(path)
+    local = Path(path).expanduser()
     if local.is_dir() and any((local / name).exists() for name in ("dataset_dict.json", "state.json")):
-        loaded = datasets.load_from_disk(path)
+        loaded = datasets.load_from_disk(str(local))
         return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
     if local.is_file():
         if local.suffix not in DATA_FILE_TYPES:
             raise ValueError(f"{path}: unsupported data file; use one of {', '.join(DATA_FILE_TYPES)}.")
-        return datasets.load_dataset(DATA_FILE_TYPES[local.suffix], data_files={"train": path})
+        return datasets.load_dataset(DATA_FILE_TYPES[local.suffix], data_files={"train": str(local)})
     if local.exists() or path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{path} is neither a save_to_disk directory nor a data file.")
     try:
@@ -94,13 +94,17 @@ class PreparedTask:
     splits: datasets.DatasetDict  # every split of the dataset, unprepared
 
 
-def prepare_task(data: DataArguments, splits: tuple[str, ...] | None = None) -> PreparedTask:
+def prepare_task(
+    data: DataArguments, splits: tuple[str, ...] | None = None, label_names: list[str] | None = None
+) -> PreparedTask:
     """
     Load the model's processor and the dataset, check the columns, and prepare the splits for training.
 
     Args:
         data (`DataArguments`): Model, dataset and column options.
         splits (`tuple[str]`, *optional*): Splits that must exist (default: the training and evaluation splits).
+        label_names (`list[str]`, *optional*): The label of each class id of an already trained model (its
+            `id2label`); dataset labels are mapped to these ids by name. Default: the training split's labels.
     """
     dataset_dict = load_dataset_dict(data.dataset, data.dataset_config)
     for split in splits or tuple(s for s in (data.train_split, data.eval_split) if s):
@@ -114,13 +118,14 @@ def prepare_task(data: DataArguments, splits: tuple[str, ...] | None = None) -> 
         )
     if len(train) == 0:
         raise ValueError(f"The {data.train_split!r} split of {data.dataset} is empty.")
-    names = _label_names(train, data.label_column)
+    names = label_names or _label_names(train, data.label_column)
     label2id = {name: index for index, name in enumerate(names)}
+    to_ids = _label_converter(train.features[data.label_column], label2id)
     image_column = _image_column(train, data.image_column)
     if image_column is not None:
-        prepare, processor, collator, auto_class = _image_preparation(data, train, image_column, label2id)
+        prepare, processor, collator, auto_class = _image_preparation(data, train, image_column, to_ids)
     else:
-        prepare, processor, collator, auto_class = _text_preparation(data, train, label2id)
+        prepare, processor, collator, auto_class = _text_preparation(data, train, to_ids)
 
     def model_init():
         return auto_class.from_pretrained(
@@ -149,24 +154,39 @@ def prepare_task(data: DataArguments, splits: tuple[str, ...] | None = None) -> 
     return task
 
 
-def _labels_to_ids(values, names_in_dataset: bool, label2id: dict) -> list[int]:
-    return [value if names_in_dataset else label2id[str(value)] for value in values]
+def _label_converter(feature, label2id: dict):
+    """A function from a batch of dataset labels to the model's class ids, matching labels by name."""
+    if isinstance(feature, datasets.ClassLabel):
+        unknown = [name for name in feature.names if name not in label2id]
+        if unknown:
+            raise ValueError(f"Dataset labels {unknown} are not among the model's labels {list(label2id)}.")
+        lookup = [label2id[name] for name in feature.names]
+        return lambda values: [lookup[value] for value in values]
+
+    def convert(values):
+        try:
+            return [label2id[str(value)] for value in values]
+        except KeyError as err:
+            raise ValueError(f"Label {err.args[0]!r} is not among the model's labels {list(label2id)}.") from None
+
+    return convert
 
 
-def _text_preparation(data: DataArguments, train: datasets.Dataset, label2id: dict):
+def _text_preparation(data: DataArguments, train: datasets.Dataset, to_ids):
     column = data.text_column or next((c for c in ("text", "sentence") if c in train.column_names), None)
     if column is None or column not in train.column_names:
         raise ValueError(
             f"No text column {data.text_column or 'text/sentence'!r} in {train.column_names}; set --text_column, or "
             "--image_column for image data."
         )
+    if data.text_pair_column is not None and data.text_pair_column not in train.column_names:
+        raise ValueError(f"No text pair column {data.text_pair_column!r} in {train.column_names}.")
     tokenizer = AutoTokenizer.from_pretrained(data.model_name_or_path)
-    class_label = isinstance(train.features[data.label_column], datasets.ClassLabel)
 
     def tokenize(batch):
         pair = batch[data.text_pair_column] if data.text_pair_column else None
         encoded = tokenizer(batch[column], pair, truncation=True, max_length=data.max_length)
-        encoded["labels"] = _labels_to_ids(batch[data.label_column], class_label, label2id)
+        encoded["labels"] = to_ids(batch[data.label_column])
         return encoded
 
     def prepare(dataset):
@@ -175,16 +195,15 @@ def _text_preparation(data: DataArguments, train: datasets.Dataset, label2id: di
     return prepare, tokenizer, DataCollatorWithPadding(tokenizer), AutoModelForSequenceClassification
 
 
-def _image_preparation(data: DataArguments, train: datasets.Dataset, column: str, label2id: dict):
+def _image_preparation(data: DataArguments, train: datasets.Dataset, column: str, to_ids):
     if column not in train.column_names:
         raise ValueError(f"No image column {column!r} in {train.column_names}; set --image_column.")
     processor = AutoImageProcessor.from_pretrained(data.model_name_or_path)
-    class_label = isinstance(train.features[data.label_column], datasets.ClassLabel)
 
     def transform(batch):
         images = [image.convert("RGB") for image in batch[column]]
         pixels = processor(images, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixels, "labels": _labels_to_ids(batch[data.label_column], class_label, label2id)}
+        return {"pixel_values": pixels, "labels": to_ids(batch[data.label_column])}
 
     def prepare(dataset):
         return dataset.with_transform(transform)

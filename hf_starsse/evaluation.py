@@ -2,16 +2,20 @@
 
 import csv
 import io
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.utils import logging
 
 from .members import load_members
 from .metrics import classification_metrics, disagreement, ensemble_gain, mean_pairwise_kl
 from .run_dir import MANIFEST_NAME, RunDirectory, atomic_write_json, atomic_write_text
 from .soups import LABEL_COLUMNS, _base_model, _model_inputs, greedy_soup, make_dataloader, uniform_soup
+
+logger = logging.get_logger(__name__)
 
 RESULTS_NAME = "evaluation"
 
@@ -40,19 +44,31 @@ def predict_probs(model, dataset, data_collator=None, batch_size: int = 32) -> t
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def _run_info(source, count: int) -> tuple[str, list[int]]:
-    """The ensemble method and each member's optimizer steps, from the manifest when `source` is a run directory."""
+def _run_info(source, count: int) -> tuple[str, list[int], list]:
+    """The method, the members' indices and optimizer steps, from the manifest when `source` is a run directory."""
     if isinstance(source, (str, os.PathLike)) and (Path(source) / MANIFEST_NAME).is_file():
         manifest = RunDirectory(source).read_manifest()
-        return manifest["ensemble_method"], [entry["steps"] for entry in manifest["members"]][:count]
-    return "members", [None] * count
+        if len(manifest["members"]) < manifest["num_members"]:
+            logger.warning(
+                f"{source} has {len(manifest['members'])} of {manifest['num_members']} members complete; evaluating "
+                "those."
+            )
+        entries = manifest["members"][:count]
+        return (
+            manifest["ensemble_method"],
+            [entry["index"] for entry in entries],
+            [entry["steps"] for entry in entries],
+        )
+    return "members", list(range(count)), [None] * count
 
 
-def _ensemble_rows(method: str, split: str, member_probs: np.ndarray, labels: np.ndarray, steps: list) -> list[dict]:
+def _ensemble_rows(
+    method: str, split: str, member_probs: np.ndarray, labels: np.ndarray, indices: list[int], steps: list
+) -> list[dict]:
     member_metrics = [classification_metrics(probs, labels) for probs in member_probs]
     rows = [
-        {"method": method, "model": "member", "member": k, "size": 1, "split": split, **m, "steps": steps[k]}
-        for k, m in enumerate(member_metrics)
+        {"method": method, "model": "member", "member": index, "size": 1, "split": split, **m, "steps": cost}
+        for index, m, cost in zip(indices, member_metrics, steps)
     ]
     for size in range(1, len(member_probs) + 1):
         metrics = classification_metrics(member_probs[:size].mean(0), labels)
@@ -82,7 +98,8 @@ def _write_table(rows: list[dict], output_dir: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(output_dir / f"{RESULTS_NAME}.csv", buffer.getvalue())
-    atomic_write_json(output_dir / f"{RESULTS_NAME}.json", rows)
+    strict = [{key: None if isinstance(v, float) and math.isnan(v) else v for key, v in row.items()} for row in rows]
+    atomic_write_json(output_dir / f"{RESULTS_NAME}.json", strict)  # NaN (no pairs at size 1) as null
 
 
 def evaluate_ensemble(
@@ -123,7 +140,7 @@ def evaluate_ensemble(
     if "greedy" in soups and "validation" not in datasets:
         raise ValueError("A greedy soup picks members on held-out data: add a 'validation' split to datasets.")
     member_dirs = load_members(source)
-    method, steps = _run_info(source, len(member_dirs))
+    method, indices, steps = _run_info(source, len(member_dirs))
     predictions = {split: [] for split in datasets}
     labels = {}
     for member in member_dirs:
@@ -133,7 +150,7 @@ def evaluate_ensemble(
             predictions[split].append(probs)
     rows = []
     for split in datasets:
-        rows += _ensemble_rows(method, split, np.stack(predictions[split]), labels[split], steps)
+        rows += _ensemble_rows(method, split, np.stack(predictions[split]), labels[split], indices, steps)
     options = dict(train_dataset=train_dataset, data_collator=data_collator, batch_size=batch_size, device=device)
     soup_models = {}
     if "uniform" in soups:

@@ -51,9 +51,11 @@ def plot_metric_vs_size(rows: list[dict], path, metric: str = "accuracy", split:
             for row in rows
             if row["method"] == method and row["split"] == split and row["model"] == "member"
         ]
-        sizes, values = zip(*ensemble)
-        axis.plot(sizes, values, marker="o", color=color, label=f"{method} ensemble")
-        axis.axhline(np.mean(members), color=color, linestyle="--", linewidth=1, label=f"{method} mean member")
+        if ensemble:
+            sizes, values = zip(*ensemble)
+            axis.plot(sizes, values, marker="o", color=color, label=f"{method} ensemble")
+        if members:
+            axis.axhline(np.mean(members), color=color, linestyle="--", linewidth=1, label=f"{method} mean member")
     axis.set_xlabel("ensemble size (members)")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -114,7 +116,7 @@ def plot_corruption_bars(results: dict[str, dict[str, float]], path, metric: str
     Grouped bars of a metric per corruption (averaged over severities), one bar per model.
 
     Args:
-        results (`dict`): `{corruption: {model label: value}}`, e.g. from `evaluate_robustness`.
+        results (`dict`): `{corruption: {model label: value}}`, e.g. from `corruptions.summarize_robustness`.
         path (`str` or `os.PathLike`): Where to save the PNG.
         metric (`str`, *optional*, defaults to `"accuracy"`): Name of the metric, for the axis label.
     """

@@ -12,20 +12,23 @@ output_dir/
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from transformers import PreTrainedModel
+from transformers.utils import logging
 
 from . import plots
 from .diagnostics import barrier_height, interpolation_curve
 from .evaluation import evaluate_ensemble
-from .run_dir import atomic_write_json
+from .run_dir import atomic_write_json, weights_sha256
 from .soups import _base_model, make_dataloader
 from .trainer import StarSSETrainer
 from .training_args import StarSSETrainingArguments
 
 SWEEP_RESULTS_NAME = "sweep.json"
+logger = logging.get_logger(__name__)
 
 
 def _cell_name(lr_ratio: float, length_ratio: float) -> str:
@@ -101,19 +104,25 @@ def sweep_cycle_hyperparameters(
         num_interpolation_points (`int`, *optional*, defaults to 5): Points of the barrier's interpolation curve.
 
     Returns:
-        `dict`: `cells` (one dict per cell: ratios, cycle settings and scores) and `best` (the cell with the highest
-        ensemble accuracy, then lowest NLL).
+        `dict`: `cells` (one dict per cell of the requested grid: ratios, cycle settings and scores), `best` (the
+        cell with the highest ensemble accuracy, then lowest NLL) and `setup` (member 0's sha256 and the settings).
     """
     if args.num_members < 2:
         raise ValueError("A sweep compares ensembles: set num_members to 2 or more.")
     root = Path(args.output_dir)
     trainer_kwargs = dict(trainer_kwargs or {}, model_init=model_init, train_dataset=train_dataset)
-    first_args = dataclasses.replace(args, output_dir=str(root / "member0"), num_members=1, members_to_train=None)
+    no_cycles = dict(cycle_learning_rate=None, cycle_epochs=None, cycle_steps=None)  # member 0 has none
+    first_args = dataclasses.replace(
+        args, output_dir=str(root / "member0"), num_members=1, members_to_train=None, **no_cycles
+    )
     StarSSETrainer(args=first_args, **trainer_kwargs).train()  # skipped when member 0 is complete
     member0 = root / "member0" / "members" / "member-00"
-    results_path = root / SWEEP_RESULTS_NAME
-    done = json.loads(results_path.read_text())["cells"] if results_path.is_file() else []
-    cells = {(cell["lr_ratio"], cell["length_ratio"]): cell for cell in done}
+    setup = {
+        "member0_sha256": weights_sha256(member0),
+        "num_members": args.num_members,
+        "hyperparameters": first_args.run_hyperparameters(),
+    }
+    cells = _finished_cells(root / SWEEP_RESULTS_NAME, setup)
     for lr_ratio in lr_ratios:
         for length_ratio in length_ratios:
             if (lr_ratio, length_ratio) in cells:
@@ -132,10 +141,23 @@ def sweep_cycle_hyperparameters(
                 "cycle_steps": cell_args.cycle_steps,
                 **scores,
             }
-            results = {"cells": list(cells.values())}
-            atomic_write_json(results_path, results)  # each finished cell is kept, even if a later one fails
-    best = max(cells.values(), key=lambda cell: (cell["ensemble_accuracy"], -cell["ensemble_nll"]))
-    results = {"cells": list(cells.values()), "best": best}
-    atomic_write_json(results_path, results)
-    plots.plot_sweep_heatmaps(results["cells"], root / "sweep_heatmaps.png")
-    return results
+            # each finished cell is kept, even if a later one fails
+            atomic_write_json(root / SWEEP_RESULTS_NAME, {"setup": setup, "cells": list(cells.values())})
+    grid = [cells[(lr_ratio, length_ratio)] for lr_ratio in lr_ratios for length_ratio in length_ratios]
+    best = max(grid, key=lambda cell: (cell["ensemble_accuracy"], -cell["ensemble_nll"]))
+    atomic_write_json(root / SWEEP_RESULTS_NAME, {"setup": setup, "cells": list(cells.values()), "best": best})
+    plots.plot_sweep_heatmaps(grid, root / "sweep_heatmaps.png")
+    return {"setup": setup, "cells": grid, "best": best}
+
+
+def _finished_cells(results_path: Path, setup: dict) -> dict:
+    """Cells of an earlier sweep with the same member 0 and settings, by (lr_ratio, length_ratio)."""
+    if not results_path.is_file():
+        return {}
+    saved = json.loads(results_path.read_text())
+    if saved.get("setup") != setup:
+        logger.warning(f"{results_path} comes from a sweep with another member 0 or settings; its cells are redone.")
+        shutil.rmtree(results_path.parent / "cells", ignore_errors=True)  # branches of the old member 0
+        results_path.unlink()
+        return {}
+    return {(cell["lr_ratio"], cell["length_ratio"]): cell for cell in saved["cells"]}

@@ -19,7 +19,7 @@ from transformers.utils import logging
 
 from . import __version__
 from .ensemble import build_ensemble
-from .run_dir import RunDirectory, load_weights
+from .run_dir import RunDirectory, load_weights, weights_sha256
 from .schedule import get_cycle_schedule
 from .soups import greedy_soup, uniform_soup
 from .training_args import StarSSETrainingArguments
@@ -395,8 +395,14 @@ class StarSSETrainer(Trainer):
 
         def adopt():
             run.claim(self._run_header(), overwrite=self.args.overwrite_output_dir)
-            if index not in run.complete_members():
+            complete = run.complete_members()
+            if index not in complete:
                 run.import_member(index, source, self.args.seed + index, steps)
+            elif complete[index]["sha256"] != weights_sha256(source):
+                raise ValueError(
+                    f"Member {index} of {run.path} differs from {source}; its branches were trained from another "
+                    "model. Use a new output_dir (or overwrite_output_dir=True) to start from this one."
+                )
 
         self._on_main_process(adopt)
 

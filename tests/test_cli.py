@@ -69,21 +69,46 @@ def test_sweep_command(tmp_path, pretrained_bert, text_data):
     assert len(results["cells"]) == 2 and results["best"]["lr_ratio"] in (1, 2)
 
 
-def test_image_classification(tmp_path, pretrained_mobilenet):
-    model_dir = tmp_path / "mobilenet"
-    shutil.copytree(pretrained_mobilenet, model_dir)
-    MobileNetV2ImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
-        model_dir
-    )
+@pytest.fixture(scope="module")
+def image_data(tmp_path_factory, pretrained_mobilenet):
+    """A tiny MobileNetV2 with its image processor, and a 2-class dataset of PIL images."""
+    root = tmp_path_factory.mktemp("cli_images")
+    shutil.copytree(pretrained_mobilenet, root / "mobilenet")
+    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    processor.save_pretrained(root / "mobilenet")
     rng = np.random.default_rng(1)
     images = [PILImage.fromarray((rng.random((20, 20, 3)) * 255).astype("uint8")) for _ in range(16)]
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
     data = Dataset.from_dict({"image": images, "label": [i % 2 for i in range(16)]}, features=features)
-    DatasetDict({"train": data}).save_to_disk(tmp_path / "images")
-    argv = ["train", "--model_name_or_path", str(model_dir), "--dataset", str(tmp_path / "images"),
-            "--output_dir", str(tmp_path / "run"), "--num_members", "2", "--cycle_steps", "1", *COMMON]  # fmt: skip
+    DatasetDict({"train": data}).save_to_disk(root / "images")
+    return str(root / "mobilenet"), str(root / "images")
+
+
+def test_image_classification_train_and_sweep(tmp_path, image_data):
+    model_dir, data_dir = image_data
+    argv = ["train", "--model_name_or_path", model_dir, "--dataset", data_dir, "--output_dir", str(tmp_path / "run"),
+            "--num_members", "2", "--cycle_steps", "1", *COMMON]  # fmt: skip
     assert main(argv) == 0
     assert len(json.loads((tmp_path / "run/ensemble.json").read_text())["members"]) == 2
+    argv = ["sweep", "--model_name_or_path", model_dir, "--dataset", data_dir, "--eval_split", "train",
+            "--output_dir", str(tmp_path / "sweep"), "--num_members", "2", "--lr_ratios", "1", "--length_ratios", "1",
+            *COMMON]  # fmt: skip
+    assert main(argv) == 0 and (tmp_path / "sweep/sweep_heatmaps.png").is_file()
+
+
+def test_evaluation_maps_labels_to_the_models_ids(tmp_path, pretrained_bert):
+    from hf_starsse.data import DataArguments, prepare_task
+
+    rows = {"text": ["w5 w6", "w7 w8", "w9 w10"], "label": ["neg", "neu", "pos"]}
+    DatasetDict(
+        {"train": Dataset.from_dict(rows), "test": Dataset.from_dict({"text": ["w5", "w6"], "label": ["pos", "neu"]}),
+         "odd": Dataset.from_dict({"text": ["w5"], "label": ["xyz"]})}
+    ).save_to_disk(tmp_path / "data")  # fmt: skip
+    data = DataArguments(model_name_or_path=pretrained_bert, dataset=str(tmp_path / "data"))
+    task = prepare_task(data, label_names=["neg", "neu", "pos"])
+    assert task.prepare(task.splits["test"])["labels"] == [2, 1]  # by name, not by the test split's own order
+    with pytest.raises(ValueError, match="Label 'xyz' is not among the model's labels"):
+        task.prepare(task.splits["odd"])
 
 
 @pytest.mark.parametrize(

@@ -40,12 +40,18 @@ def test_bad_arguments(images):
 
 
 def test_corrupted_splits_and_summary(images):
-    from hf_starsse.corruptions import corrupted_splits, summarize_robustness
+    from hf_starsse.corruptions import corrupted_splits, corruption_seed, summarize_robustness
 
-    splits = corrupted_splits(images, [0, 1, 2, 0], corruptions=("contrast", "jpeg"), severities=(1, 5))
-    assert list(splits) == ["contrast/1", "contrast/5", "jpeg/1", "jpeg/5"]
-    assert torch.allclose(splits["contrast/5"][:]["pixel_values"], corrupt(images, "contrast", 5, seed=1))
-    assert splits["jpeg/1"][:]["labels"].tolist() == [0, 1, 2, 0]
+    splits = corrupted_splits(images, [0, 1, 2, 0], corruptions=("contrast", "gaussian_noise"), severities=(1, 5))
+    assert list(splits) == ["contrast/1", "contrast/5", "gaussian_noise/1", "gaussian_noise/5"]
+    noisy = splits["gaussian_noise/5"][:]["pixel_values"]
+    expected = torch.stack([corrupt(image, "gaussian_noise", 5, corruption_seed(0, "gaussian_noise", 5, i))
+                            for i, image in enumerate(images)])  # fmt: skip
+    assert torch.allclose(noisy, expected)
+    assert torch.allclose(splits["gaussian_noise/5"][2:3]["pixel_values"][0], noisy[2])  # per image, not per batch
+    alone = corrupted_splits(images, [0, 1, 2, 0], corruptions=("gaussian_noise",), severities=(5,))
+    assert torch.equal(alone["gaussian_noise/5"][:]["pixel_values"], noisy)  # independent of the other splits
+    assert splits["contrast/1"][:]["labels"].tolist() == [0, 1, 2, 0]
     halved = corrupted_splits(
         images, [0, 1, 2, 0], preprocess=lambda x: x / 2, corruptions=("contrast",), severities=(1,)
     )

@@ -54,3 +54,37 @@ def test_sweep_reuses_member_0_and_resumes(tmp_path, pretrained_bert):
     again = sweep_cycle_hyperparameters(**{**options, "length_ratios": (0.5, 1.0, 2.0)})
     assert sorted(counter.runs) == [("lr0.5-len2", "member-01"), ("lr4-len2", "member-01")]  # only the new cells
     assert len(again["cells"]) == 6
+
+
+def test_changed_setup_redoes_the_cells(tmp_path, pretrained_bert):
+    counter = CountTrainings()
+    options = dict(
+        model_init=lambda: load_text_model(pretrained_bert, seed=None),
+        train_dataset=text_dataset(),
+        eval_dataset=text_dataset(n=16, seed=9),
+        lr_ratios=(2.0,),
+        length_ratios=(1.0,),
+        trainer_kwargs={"callbacks": [counter]},
+        num_interpolation_points=2,
+    )
+    sweep_cycle_hyperparameters(
+        args=make_args(tmp_path / "sweep", num_members=2, max_steps=4, cycle_steps=None), **options
+    )
+    cell = json.loads((tmp_path / "sweep/sweep.json").read_text())["cells"][0]
+    assert cell["cycle_steps"] == 4 and cell["cycle_epochs"] is None  # lengths in steps follow max_steps
+    counter.runs.clear()
+    changed = make_args(tmp_path / "sweep", num_members=2, max_steps=4, learning_rate=2e-3, overwrite_output_dir=True)
+    results = sweep_cycle_hyperparameters(args=changed, **options)
+    assert sorted(counter.runs) == [("lr2-len1", "member-01"), ("member0", "member-00")]  # all redone
+    assert results["cells"][0]["cycle_learning_rate"] == pytest.approx(4e-3)
+
+
+def test_adopting_a_different_member_0_is_refused(tmp_path, text_run):
+    from hf_starsse import StarSSETrainer
+
+    members = Path(text_run.args.output_dir) / "members"
+    trainer = StarSSETrainer(model=load_text_model(str(members / "member-00")), args=make_args(tmp_path / "run"))
+    trainer.adopt_member(members / "member-00")
+    trainer.adopt_member(members / "member-00")  # the same model again: nothing to do
+    with pytest.raises(ValueError, match="Member 0 of .* differs from"):
+        trainer.adopt_member(members / "member-01")
