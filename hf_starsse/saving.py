@@ -1,6 +1,5 @@
 """Writing model directories (ensembles, soups) atomically, with the members' processor files."""
 
-import json
 import os
 import shutil
 import tempfile
@@ -31,18 +30,18 @@ def save_model_dir(
     model: PreTrainedModel,
     out_dir: str | os.PathLike,
     processor_source: Path,
-    records: dict[str, dict] | None = None,
+    extra_files: dict[str, str] | None = None,
     overwrite: bool = False,
 ) -> None:
     """
-    Save `model` with `save_pretrained`, plus the processor files of `processor_source` and JSON `records`, into a
+    Save `model` with `save_pretrained`, plus the processor files of `processor_source` and `extra_files`, into a
     temporary directory next to `out_dir`, then rename it into place: `out_dir` is either complete or untouched.
 
     Args:
         model (`PreTrainedModel`): The model to save.
         out_dir (`str` or `os.PathLike`): Destination directory.
         processor_source (`Path`): A member directory whose tokenizer / image-processor files are copied.
-        records (`dict[str, dict]`, *optional*): Extra JSON files to write, by file name.
+        extra_files (`dict[str, str]`, *optional*): More text files (model card, records) by file name.
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
     """
     out_dir = Path(out_dir)
@@ -55,8 +54,8 @@ def save_model_dir(
         model.save_pretrained(tmp)
         for file in processor_files(processor_source):
             shutil.copy2(file, tmp / file.name)
-        for name, record in (records or {}).items():
-            (tmp / name).write_text(json.dumps(record, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         fsync_files(tmp)
         _move_into_place(tmp, out_dir, overwrite)
     except BaseException:

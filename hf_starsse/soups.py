@@ -6,6 +6,7 @@ on training data after averaging.
 """
 
 import inspect
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, PreTrainedModel, default_data_collator
 from transformers.utils import logging
 
+from .hub import soup_card
 from .members import copy_member_tensors, load_members
 from .saving import save_model_dir
 
@@ -131,6 +133,11 @@ def _soup(member_dirs: list[Path], options: _SoupOptions) -> tuple[PreTrainedMod
     return model.eval(), True
 
 
+def _soup_files(model: PreTrainedModel, source, record: dict) -> dict[str, str]:
+    """The soup's record and model card."""
+    return {SOUP_RECORD_NAME: json.dumps(record, indent=2) + "\n", "README.md": str(soup_card(model, source, record))}
+
+
 def uniform_soup(
     members,
     out_dir: str | os.PathLike | None = None,
@@ -163,9 +170,9 @@ def uniform_soup(
     options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     model, recalibrated = _soup(member_dirs, options)
     if out_dir is not None:
-        members = [str(member) for member in member_dirs]
-        record = {"method": "uniform", "members": members, "batchnorm_recalibrated": recalibrated}
-        save_model_dir(model, out_dir, member_dirs[0], {SOUP_RECORD_NAME: record}, overwrite)
+        names = [str(member) for member in member_dirs]
+        record = {"method": "uniform", "members": names, "batchnorm_recalibrated": recalibrated}
+        save_model_dir(model, out_dir, member_dirs[0], _soup_files(model, members, record), overwrite)
     return model
 
 
@@ -242,5 +249,5 @@ def greedy_soup(
             "score": best,
             "batchnorm_recalibrated": recalibrated,
         }
-        save_model_dir(soup, out_dir, member_dirs[chosen[0]], {SOUP_RECORD_NAME: record}, overwrite)
+        save_model_dir(soup, out_dir, member_dirs[chosen[0]], _soup_files(soup, members, record), overwrite)
     return soup, chosen

@@ -9,6 +9,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
+from ..hub import ensemble_card
 from ..members import IGNORED_CONFIG_KEYS, check_member_configs, copy_member_tensors, load_members
 from ..run_dir import MANIFEST_NAME, RunDirectory
 from ..saving import save_model_dir
@@ -93,5 +94,6 @@ def build_ensemble(
     copy_member_tensors(list(model.members), member_dirs)
     model.eval()
     if out_dir is not None:
-        save_model_dir(model, out_dir, member_dirs[0], overwrite=overwrite)
+        card = str(ensemble_card(model, source))
+        save_model_dir(model, out_dir, member_dirs[0], {"README.md": card}, overwrite=overwrite)
     return model
