@@ -2,12 +2,14 @@
 
 __version__ = "0.1.0"
 
+from .diagnostics import interpolation_curve  # noqa: E402
 from .ensemble import (  # noqa: E402
     EnsembleConfig,
     EnsembleForImageClassification,
     EnsembleForSequenceClassification,
     build_ensemble,
 )
+from .evaluation import evaluate_ensemble  # noqa: E402
 from .members import load_members  # noqa: E402
 from .run_dir import RunDirectory, load_weights  # noqa: E402
 from .schedule import get_cycle_schedule  # noqa: E402
@@ -23,8 +25,10 @@ __all__ = [
     "StarSSETrainer",
     "StarSSETrainingArguments",
     "build_ensemble",
+    "evaluate_ensemble",
     "get_cycle_schedule",
     "greedy_soup",
+    "interpolation_curve",
     "load_members",
     "load_weights",
     "recalibrate_batchnorm",
