@@ -10,24 +10,16 @@ from torch import nn
 from transformers.utils import logging
 
 from .members import load_members
-from .soups import LABEL_COLUMNS, _base_model, _model_inputs, has_batchnorm, recalibrate_batchnorm
+from .soups import _base_model, has_batchnorm, predict_logits, recalibrate_batchnorm
 
 logger = logging.get_logger(__name__)
 
 
-@torch.no_grad()
 def _evaluate(model: nn.Module, loader) -> dict[str, float]:
     """Accuracy and mean cross-entropy of `model` on the batches of `loader`."""
-    model.eval()
-    device = next(model.parameters()).device
-    correct, loss, count = 0, 0.0, 0
-    for batch in loader:
-        labels = next(batch[name] for name in LABEL_COLUMNS if name in batch).to(device)
-        logits = model(**_model_inputs(model, batch, device)).logits.float()
-        correct += (logits.argmax(-1) == labels).sum().item()
-        loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        count += len(labels)
-    return {"accuracy": correct / count, "loss": loss / count}
+    logits, labels = predict_logits(model, loader)
+    accuracy = (logits.argmax(-1) == labels).float().mean().item()
+    return {"accuracy": accuracy, "loss": nn.functional.cross_entropy(logits, labels).item()}
 
 
 def _interpolate(state_a: dict, state_b: dict, alpha: float) -> dict:

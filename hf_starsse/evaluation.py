@@ -12,8 +12,8 @@ from transformers.utils import logging
 
 from .members import load_members
 from .metrics import classification_metrics, disagreement, ensemble_gain, mean_pairwise_kl
-from .run_dir import MANIFEST_NAME, RunDirectory, atomic_write_json, atomic_write_text
-from .soups import LABEL_COLUMNS, _base_model, _model_inputs, greedy_soup, make_dataloader, uniform_soup
+from .run_dir import atomic_write_json, atomic_write_text, run_manifest
+from .soups import _base_model, greedy_soup, make_dataloader, predict_logits, uniform_soup
 
 logger = logging.get_logger(__name__)
 
@@ -31,23 +31,14 @@ def predict_probs(model, dataset, data_collator=None, batch_size: int = 32) -> t
         data_collator (`Callable`, *optional*): Batches rows (default: `default_data_collator`).
         batch_size (`int`, *optional*, defaults to 32): Evaluation batch size.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    probs, labels = [], []
-    for batch in make_dataloader(model, dataset, data_collator, batch_size):
-        label_column = next((name for name in LABEL_COLUMNS if name in batch), None)
-        if label_column is None:
-            raise ValueError(f"The dataset has no label column (one of {LABEL_COLUMNS}).")
-        logits = model(**_model_inputs(model, batch, device)).logits.float()
-        probs.append(logits.softmax(-1).cpu().double().numpy())
-        labels.append(batch[label_column].cpu().numpy())
-    return np.concatenate(probs), np.concatenate(labels)
+    logits, labels = predict_logits(model, make_dataloader(model, dataset, data_collator, batch_size))
+    return logits.softmax(-1).double().numpy(), labels.numpy()
 
 
 def _run_info(source, count: int) -> tuple[str, list[int], list]:
     """The method, the members' indices and optimizer steps, from the manifest when `source` is a run directory."""
-    if isinstance(source, (str, os.PathLike)) and (Path(source) / MANIFEST_NAME).is_file():
-        manifest = RunDirectory(source).read_manifest()
+    manifest = run_manifest(source)
+    if manifest is not None:
         if len(manifest["members"]) < manifest["num_members"]:
             logger.warning(
                 f"{source} has {len(manifest['members'])} of {manifest['num_members']} members complete; evaluating "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .run_dir import MANIFEST_NAME, RunDirectory
+from .run_dir import run_manifest
 
 TEMPLATES = Path(__file__).parent / "model_cards"
 EVALUATION_NAME = "evaluation.json"
@@ -37,13 +37,6 @@ TASKS = {
     "EnsembleForImageClassification": ("image-classification", "AutoModelForImageClassification"),
     "EnsembleForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
 }
-
-
-def run_manifest(source) -> dict | None:
-    """The manifest of `source` when it is a run directory."""
-    if isinstance(source, (str, os.PathLike)) and (Path(source) / MANIFEST_NAME).is_file():
-        return RunDirectory(source).read_manifest()
-    return None
 
 
 def evaluation_rows(source) -> list[dict]:

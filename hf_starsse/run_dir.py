@@ -277,6 +277,13 @@ class RunDirectory:
         return self.record_member(index, None, seed, steps)
 
 
+def run_manifest(source) -> dict | None:
+    """The manifest of `source` when it is a run directory (a path with `ensemble.json`), else `None`."""
+    if isinstance(source, (str, os.PathLike)) and (Path(source) / MANIFEST_NAME).is_file():
+        return RunDirectory(source).read_manifest()
+    return None
+
+
 def load_weights(model: torch.nn.Module, model_dir: str | os.PathLike) -> None:
     """
     Load the safetensors weights of a `save_pretrained` directory into `model` in place (see `load_state`).

@@ -182,17 +182,22 @@ def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _score(model: nn.Module, loader: DataLoader, metric: Callable) -> float:
+def predict_logits(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits `(N, C)` of `model` (eval mode) over the batches of `loader`, and the labels `(N,)`, on CPU."""
     model.eval()
     device = next(model.parameters()).device
     logits, labels = [], []
     for batch in loader:
         label_column = next((name for name in LABEL_COLUMNS if name in batch), None)
         if label_column is None:
-            raise ValueError(f"eval_dataset batches have no label column (one of {LABEL_COLUMNS}).")
+            raise ValueError(f"The dataset has no label column (one of {LABEL_COLUMNS}).")
         logits.append(model(**_model_inputs(model, batch, device)).logits.float().cpu())
         labels.append(batch[label_column].cpu())
-    return metric(torch.cat(logits), torch.cat(labels))
+    return torch.cat(logits), torch.cat(labels)
+
+
+def _score(model: nn.Module, loader: DataLoader, metric: Callable) -> float:
+    return metric(*predict_logits(model, loader))
 
 
 def greedy_soup(

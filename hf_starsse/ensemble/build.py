@@ -1,7 +1,6 @@
 """`build_ensemble`: an ensemble model from a run directory or member directories."""
 
 import os
-from pathlib import Path
 
 from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import (
@@ -11,7 +10,7 @@ from transformers.models.auto.modeling_auto import (
 
 from ..hub import ensemble_card
 from ..members import IGNORED_CONFIG_KEYS, check_member_configs, copy_member_tensors, load_members
-from ..run_dir import MANIFEST_NAME, RunDirectory
+from ..run_dir import run_manifest
 from ..saving import save_model_dir
 from .configuration_ensemble import EnsembleConfig
 from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
@@ -43,9 +42,9 @@ def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
 
 def _manifest_fields(source, positions: list[int]) -> dict:
     """Method, hyperparameters and member lineage from the run manifest, when `source` is a run directory."""
-    if not isinstance(source, (str, os.PathLike)) or not (Path(source) / MANIFEST_NAME).is_file():
+    manifest = run_manifest(source)
+    if manifest is None:
         return {}
-    manifest = RunDirectory(source).read_manifest()
     return {
         "ensemble_method": manifest.get("ensemble_method"),
         "cycle_hyperparameters": manifest.get("hyperparameters"),
