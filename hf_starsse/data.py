@@ -4,14 +4,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    PretrainedConfig,
     default_data_collator,
 )
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
+
+from .members import check_pickle_weights
+from .run_dir import weight_files
 
 DATA_FILE_TYPES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -42,6 +52,29 @@ class DataArguments:
     max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    allow_pickle: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept a model with only pickle weights (pytorch_model.bin), read with torch.load("
+            "weights_only=True). Only for checkpoints from a source you trust."
+        },
+    )
+
+    def __post_init__(self):
+        for option in ("model_name_or_path", "dataset"):
+            _check_hub_id(getattr(self, option), option)
+
+
+def _check_hub_id(name: str, option: str) -> None:
+    """Refuse a name that is neither an existing path, nor path-like, nor a valid Hub repository id."""
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        raise ValueError(
+            f"--{option} {name!r} is neither a local path nor a valid Hub id ({err}). Fix the name or the path."
+        ) from None
 
 
 def load_dataset_dict(path: str, config: str | None = None) -> datasets.DatasetDict:
@@ -64,6 +97,35 @@ def load_dataset_dict(path: str, config: str | None = None) -> datasets.DatasetD
             f"Could not load dataset {path!r} from the Hub ({reason}). Without network access, pass a local dataset "
             "(a save_to_disk directory or a data file)."
         ) from err
+
+
+def load_model_config(name: str) -> PretrainedConfig:
+    """The config of a model by Hub id or local path (clear error when offline or missing)."""
+    try:
+        return AutoConfig.from_pretrained(name)
+    except OSError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"Could not load model {name!r} ({reason}). Without network access (HF_HUB_OFFLINE=1), pass a local "
+            "save_pretrained directory or a model already in the Hub cache."
+        ) from err
+
+
+def _check_model(data: DataArguments, image_column: str | None) -> None:
+    """The model must classify what the dataset holds, and have safetensors weights unless pickles are allowed."""
+    config = load_model_config(data.model_name_or_path)
+    if image_column is not None and config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        raise ValueError(
+            f"Dataset {data.dataset} holds images (column {image_column!r}) but {data.model_name_or_path} is a "
+            f"{config.model_type!r} model, which does not classify images. Use an image model, or another dataset."
+        )
+    if image_column is None and config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ValueError(
+            f"Dataset {data.dataset} holds no image column but {data.model_name_or_path} is a {config.model_type!r} "
+            "model, which does not classify text. Use a text model, or set --image_column for image data."
+        )
+    if Path(data.model_name_or_path).is_dir() and not weight_files(data.model_name_or_path):
+        check_pickle_weights(data.model_name_or_path, data.allow_pickle)
 
 
 def _label_names(dataset: datasets.Dataset, column: str) -> list[str]:
@@ -122,6 +184,7 @@ def prepare_task(
     label2id = {name: index for index, name in enumerate(names)}
     to_ids = _label_converter(train.features[data.label_column], label2id)
     image_column = _image_column(train, data.image_column)
+    _check_model(data, image_column)
     if image_column is not None:
         prepare, processor, collator, auto_class = _image_preparation(data, train, image_column, to_ids)
     else:
@@ -134,6 +197,7 @@ def prepare_task(
             id2label=dict(enumerate(names)),
             label2id=label2id,
             ignore_mismatched_sizes=True,
+            use_safetensors=None if data.allow_pickle else True,
         )
 
     def select(dataset, limit):
@@ -152,6 +216,48 @@ def prepare_task(
         splits=dataset_dict,
     )
     return task
+
+
+def check_train_dataset(dataset, model, label_names: list[str]) -> None:
+    """
+    Check training data before a run starts: present and not empty and, for a `datasets.Dataset` without a transform
+    (whose columns are what the model gets), holding the model's input, a label column, and labels among its classes.
+
+    Args:
+        dataset: The training dataset.
+        model (`PreTrainedModel`): The model to train (its `main_input_name` and `config.num_labels`).
+        label_names (`list[str]`): Names of the label columns the model takes (`Trainer.label_names`).
+    """
+    if dataset is None:
+        raise ValueError("Training needs a train_dataset; pass one to the trainer.")
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError("train_dataset is empty: give the trainer a dataset with at least one example.")
+    if not isinstance(dataset, datasets.Dataset) or dataset.format["type"] == "custom":
+        return
+    columns = dataset.column_names
+    model_input = getattr(model, "main_input_name", None)
+    if model_input and model_input not in columns and "inputs_embeds" not in columns:
+        raise ValueError(
+            f"train_dataset has no {model_input!r} column (columns: {columns}), the input of {type(model).__name__}: "
+            "prepare it with the model's tokenizer or image processor (an image dataset for a text model, or the "
+            "other way round?)."
+        )
+    label_column = next((c for c in (*label_names, "label", "label_ids") if c in columns), None)
+    if label_column is None:
+        raise ValueError(
+            f"train_dataset has no label column ({', '.join(label_names) or 'labels'}; columns: {columns}). Add the "
+            "labels, or rename their column to 'labels'."
+        )
+    num_labels = getattr(getattr(model, "config", None), "num_labels", 1)
+    if num_labels < 2 or model.config.problem_type not in (None, "single_label_classification"):
+        return  # regression or multi-label: no class ids to check
+    values = dataset.unique(label_column)
+    outside = sorted(v for v in values if isinstance(v, int) and v != -100 and not 0 <= v < num_labels)
+    if outside:
+        raise ValueError(
+            f"train_dataset column {label_column!r} holds labels {outside[:5]} outside the model's {num_labels} "
+            "classes (0..num_labels-1). Map the labels to class ids, or load the model with the right num_labels."
+        )
 
 
 def _label_converter(feature, label2id: dict):

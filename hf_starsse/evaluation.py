@@ -103,6 +103,7 @@ def evaluate_ensemble(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     output_dir: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
 ) -> list[dict]:
     """
     Evaluate every member, the ensemble of the first `size` members for `size` in 1..K, and soups, on every split.
@@ -119,6 +120,8 @@ def evaluate_ensemble(
         device (`str` or `torch.device`, *optional*): Where models run (default: CPU).
         output_dir (`str` or `os.PathLike`, *optional*): Where `evaluation.csv` and `evaluation.json` are written
             (default: the run directory, when `source` is one).
+        allow_pickle (`bool`, *optional*, defaults to `False`): Accept members with only pickle weights (see
+            `load_members`).
 
     Returns:
         `list[dict]`: One row per (model, size, split) with `method`, `model` (`member`, `ensemble`, `uniform_soup`,
@@ -130,7 +133,7 @@ def evaluate_ensemble(
         raise ValueError(f"Unknown soups {sorted(unknown)}; choose from 'uniform' and 'greedy'.")
     if "greedy" in soups and "validation" not in datasets:
         raise ValueError("A greedy soup picks members on held-out data: add a 'validation' split to datasets.")
-    member_dirs = load_members(source)
+    member_dirs = load_members(source, allow_pickle)
     method, indices, steps = _run_info(source, len(member_dirs))
     predictions = {split: [] for split in datasets}
     labels = {}
@@ -142,7 +145,13 @@ def evaluate_ensemble(
     rows = []
     for split in datasets:
         rows += _ensemble_rows(method, split, np.stack(predictions[split]), labels[split], indices, steps)
-    options = dict(train_dataset=train_dataset, data_collator=data_collator, batch_size=batch_size, device=device)
+    options = dict(
+        train_dataset=train_dataset,
+        data_collator=data_collator,
+        batch_size=batch_size,
+        device=device,
+        allow_pickle=allow_pickle,
+    )
     soup_models = {}
     if "uniform" in soups:
         soup_models["uniform_soup"] = (uniform_soup(member_dirs, **options), len(member_dirs))

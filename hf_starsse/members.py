@@ -9,13 +9,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .run_dir import MANIFEST_NAME, RunDirectory, untied_missing, weight_files
+from .run_dir import MANIFEST_NAME, RunDirectory, pickle_weight_files, untied_missing, weight_files
 
 # Config entries allowed to differ between members.
 IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version"}
 
 
-def load_members(source: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
+def load_members(source: str | os.PathLike | list[str | os.PathLike], allow_pickle: bool = False) -> list[Path]:
     """
     The member directories of an ensemble, in order, checked before anything is loaded from them.
 
@@ -23,6 +23,9 @@ def load_members(source: str | os.PathLike | list[str | os.PathLike]) -> list[Pa
         source (`str`, `os.PathLike` or `list`):
             A run directory (its manifest lists the complete members; each one's sha256 is verified), or a list of
             `save_pretrained` directories holding safetensors weights.
+        allow_pickle (`bool`, *optional*, defaults to `False`):
+            Accept listed directories that hold only pickle weights (`pytorch_model*.bin`); they are read with
+            `torch.load(weights_only=True)`. Only for checkpoints from a source you trust.
 
     Returns:
         `list[Path]`: One directory per member.
@@ -42,13 +45,28 @@ def load_members(source: str | os.PathLike | list[str | os.PathLike]) -> list[Pa
         raise ValueError("No member directories given.")
     for member in members:
         if not weight_files(member):
-            raise FileNotFoundError(
-                f"{member} holds no *.safetensors weights. Save members with save_pretrained (pickle checkpoints are "
-                "never loaded)."
-            )
+            check_pickle_weights(member, allow_pickle)
         if not (member / "config.json").is_file():
             raise FileNotFoundError(f"{member} has no config.json: members are save_pretrained directories.")
     return members
+
+
+def check_pickle_weights(model_dir: str | os.PathLike, allow_pickle: bool) -> None:
+    """
+    Accept a directory without safetensors weights only if it has pickle weights and `allow_pickle` is set.
+
+    Raises:
+        `FileNotFoundError`: naming the directory and the way out.
+    """
+    pickles = pickle_weight_files(model_dir)
+    if not pickles:
+        raise FileNotFoundError(f"{model_dir} holds no *.safetensors weights. Save models with save_pretrained.")
+    if not allow_pickle:
+        raise FileNotFoundError(
+            f"{model_dir} holds only pickle weights ({pickles[0].name}), which are not loaded by default since "
+            "unpickling can run code. Convert them to safetensors, or pass allow_pickle=True (--allow_pickle) if you "
+            "trust their source (they are then read with torch.load(weights_only=True))."
+        )
 
 
 def check_member_configs(member_dirs: list[Path]) -> dict:
@@ -71,11 +89,27 @@ def check_member_configs(member_dirs: list[Path]) -> dict:
 
 
 def _tensor_index(member: Path) -> dict[str, Path]:
+    """The weight file of each tensor name: safetensors files, or else pickle files (see `load_members`)."""
     index = {}
     for file in weight_files(member):
         with safe_open(file, "pt") as f:
             index.update(dict.fromkeys(f.keys(), file))
+    for file in [] if index else pickle_weight_files(member):
+        index.update(dict.fromkeys(_load_pickle(file), file))
     return index
+
+
+def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
+    """A pickle state dict, memory-mapped, unpickled with `weights_only=True` (tensors and plain containers only)."""
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _read_tensor(file: Path, name: str) -> torch.Tensor:
+    if file.suffix != ".safetensors":
+        return _load_pickle(file)[name]
+    # open per read: a file mapping kept open would keep every member's pages resident
+    with safe_open(file, "pt") as f:
+        return f.get_tensor(name)
 
 
 def iter_member_tensors(member_dirs: list[Path]) -> Iterator[tuple[str, Iterator[torch.Tensor]]]:
@@ -97,9 +131,7 @@ def iter_member_tensors(member_dirs: list[Path]) -> Iterator[tuple[str, Iterator
     def checked(name: str) -> Iterator[torch.Tensor]:
         shape, dtype = None, None
         for member, index in zip(member_dirs, indexes):
-            # open per read: a file mapping kept open would keep every member's pages resident
-            with safe_open(index[name], "pt") as f:
-                tensor = f.get_tensor(name)
+            tensor = _read_tensor(index[name], name)
             shape, dtype = shape or tensor.shape, dtype or tensor.dtype
             if tensor.shape != shape or tensor.dtype != dtype:
                 raise ValueError(

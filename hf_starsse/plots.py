@@ -1,7 +1,9 @@
 """Plots of evaluation results, saved as PNG: ensemble quality vs size, interpolation curves, reliability diagrams,
 per-corruption robustness. Each function saves the figure to `path` and returns it."""
 
+import io
 import os
+from pathlib import Path
 
 import matplotlib
 
@@ -11,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .run_dir import atomic_write_bytes  # noqa: E402
 
 METRIC_LABELS = {
     "accuracy": "accuracy",
@@ -22,9 +26,12 @@ METRIC_LABELS = {
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> Figure:
+    """Save `figure` atomically (the format from the file suffix, PNG by default) and close it."""
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=120, format=Path(path).suffix[1:] or "png")
     plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
     return figure
 
 

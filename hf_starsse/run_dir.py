@@ -27,6 +27,8 @@ CHECKPOINTS_DIR = "checkpoints"
 FORMAT_VERSION = 1
 # Manifest fields that define a run: a directory holding a run that differs in any of them is refused.
 IDENTITY_KEYS = ("ensemble_method", "base_model", "hyperparameters")
+# Fields every manifest member entry has, with their types.
+ENTRY_FIELDS = (("index", int), ("path", str), ("sha256", str))
 
 
 def fsync_dir(path: Path) -> None:
@@ -38,13 +40,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory, fsync, then rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same directory, fsync, then rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -57,6 +59,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     fsync_dir(path.parent)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (see `atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode())
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as indented JSON to `path` atomically (see `atomic_write_text`)."""
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
@@ -65,6 +72,11 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 def weight_files(model_dir: str | os.PathLike) -> list[Path]:
     """The safetensors weight files of a `save_pretrained` directory, sorted by name."""
     return sorted(Path(model_dir).glob("*.safetensors"))
+
+
+def pickle_weight_files(model_dir: str | os.PathLike) -> list[Path]:
+    """The pickle weight files (`pytorch_model*.bin`) of a `save_pretrained` directory, sorted by name."""
+    return sorted(Path(model_dir).glob("pytorch_model*.bin"))
 
 
 def weights_sha256(model_dir: str | os.PathLike) -> str:
@@ -147,6 +159,13 @@ class RunDirectory:
             raise ValueError(f"{self.manifest_path} is not an hf_starsse manifest (no 'members' list).")
         if manifest.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise ValueError(f"{self.manifest_path} was written by a newer hf_starsse; upgrade the library.")
+        for position, entry in enumerate(manifest["members"]):
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(key), kind) for key, kind in ENTRY_FIELDS):
+                raise ValueError(
+                    f"{self.manifest_path}: members[{position}] is not a member entry (needs "
+                    f"{', '.join(key for key, _ in ENTRY_FIELDS)}); the manifest is damaged. Restore it, or start "
+                    "over in a new output_dir."
+                )
         return manifest
 
     def claim(self, header: dict[str, Any], overwrite: bool = False) -> None:
@@ -157,6 +176,7 @@ class RunDirectory:
             header (`dict`): Manifest fields without `members`.
             overwrite (`bool`): Discard a run with different settings instead of raising.
         """
+        self._check_writable()
         self.path.mkdir(parents=True, exist_ok=True)
         with self._lock():
             try:
@@ -183,6 +203,14 @@ class RunDirectory:
                 {"format_version": FORMAT_VERSION, **header, "num_members": num_members, "members": members},
             )
 
+    def _check_writable(self) -> None:
+        existing = next(path for path in (self.path, *self.path.parents) if path.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"output_dir {str(self.path)!r} cannot be written: {existing} is not a writable directory. Choose "
+                "another output_dir, or make it writable."
+            )
+
     @staticmethod
     def _differences(manifest: dict[str, Any], header: dict[str, Any]) -> list[str]:
         saved = {key: manifest.get(key) for key in IDENTITY_KEYS}
@@ -200,10 +228,13 @@ class RunDirectory:
         self.manifest_path.unlink(missing_ok=True)
 
     def _resolve(self, entry: dict[str, Any]) -> Path:
+        """The directory of a manifest entry, which must lie inside the run directory (symlinks followed)."""
         relative = Path(entry["path"])
-        if relative.is_absolute() or ".." in relative.parts:
+        inside = not relative.is_absolute() and ".." not in relative.parts
+        if not inside or not (self.path / relative).resolve().is_relative_to(self.path.resolve()):
             raise ValueError(
-                f"{self.manifest_path}: member {entry['index']} has path {entry['path']!r} outside the run directory."
+                f"{self.manifest_path}: member {entry['index']} has path {entry['path']!r}, which leads outside the "
+                "run directory. Member paths must be relative paths inside it: restore the manifest entry."
             )
         return self.path / relative
 

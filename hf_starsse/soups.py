@@ -148,6 +148,7 @@ def uniform_soup(
     num_batches: int | None = None,
     device: str | torch.device | None = None,
     overwrite: bool = False,
+    allow_pickle: bool = False,
 ) -> PreTrainedModel:
     """
     Average all members' weights into one model of the base architecture.
@@ -162,11 +163,13 @@ def uniform_soup(
         num_batches (`int`, *optional*): Limit the BatchNorm pass to this many batches.
         device (`str` or `torch.device`, *optional*): Where the soup is built and recalibrated (default: CPU).
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
+        allow_pickle (`bool`, *optional*, defaults to `False`): Accept members with only pickle weights (see
+            `load_members`).
 
     Returns:
         [`~transformers.PreTrainedModel`]: The soup, in eval mode.
     """
-    member_dirs = load_members(members)
+    member_dirs = load_members(members, allow_pickle)
     options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     model, recalibrated = _soup(member_dirs, options)
     if out_dir is not None:
@@ -212,6 +215,7 @@ def greedy_soup(
     num_batches: int | None = None,
     device: str | torch.device | None = None,
     overwrite: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[PreTrainedModel, list[int]]:
     """
     Greedy soup (Wortsman et al., 2022): sort members by `metric` on held-out `eval_dataset`, then add each member
@@ -222,12 +226,13 @@ def greedy_soup(
         members (`str`, `os.PathLike` or `list`): A run directory or a list of member directories.
         eval_dataset: Held-out data with a label column (never the test split).
         metric (`Callable`, *optional*): `metric(logits, labels) -> float`, higher is better (default: accuracy).
-        out_dir, train_dataset, data_collator, batch_size, num_batches, device, overwrite: As in [`uniform_soup`].
+        out_dir, train_dataset, data_collator, batch_size, num_batches, device, overwrite, allow_pickle: As in
+            [`uniform_soup`].
 
     Returns:
         `tuple`: The soup and the positions (in `load_members` order) of the members it contains.
     """
-    member_dirs = load_members(members)
+    member_dirs = load_members(members, allow_pickle)
     options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     loader, scores = None, []
     for member in member_dirs:

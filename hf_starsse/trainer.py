@@ -18,6 +18,7 @@ from transformers.trainer_utils import TrainOutput, enable_full_determinism, get
 from transformers.utils import logging
 
 from . import __version__
+from .data import check_train_dataset
 from .ensemble import build_ensemble
 from .run_dir import RunDirectory, load_weights, weights_sha256
 from .schedule import get_cycle_schedule
@@ -146,6 +147,7 @@ class StarSSETrainer(Trainer):
             raise ValueError(
                 "StarSSETrainer does not run hyperparameter-search trials: tune the first member with a plain Trainer."
             )
+        check_train_dataset(self.train_dataset, self.accelerator.unwrap_model(self.model), self.label_names)
         ensemble_args = self.args
         self._run = run = RunDirectory(ensemble_args.output_dir)
         todo = self._on_main_process(self._plan)
@@ -420,6 +422,14 @@ class StarSSETrainer(Trainer):
                 "publish the ensemble."
             )
         super().init_hf_repo(token, private)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """As `Trainer._save`, but the `training_args.bin` pickle it writes never holds `hub_token`."""
+        token, self.args.hub_token = self.args.hub_token, None
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.args.hub_token = token
 
     def call_model_init(self, trial=None) -> nn.Module:
         model = super().call_model_init(trial)

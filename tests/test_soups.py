@@ -105,11 +105,21 @@ def test_mismatched_members_refused(tmp_path, text_run, edit, config_edit, messa
     assert not (tmp_path / "soup").exists() and [p.name for p in tmp_path.iterdir()] == ["bad"]
 
 
-def test_pickle_only_member_refused(tmp_path, text_run):
-    member = copy_member(members_of(text_run, 1)[0], tmp_path / "pickled")
-    (member / "model.safetensors").rename(member / "pytorch_model.bin")
-    with pytest.raises(FileNotFoundError, match="pickle checkpoints are never loaded"):
-        uniform_soup([member])
+def test_pickle_only_members_need_the_opt_in_and_load_weights_only(tmp_path, text_run, monkeypatch):
+    members = members_of(text_run, 2)
+    pickled = [copy_member(member, tmp_path / f"pickled-{i}") for i, member in enumerate(members)]
+    for member in pickled:
+        torch.save(load_file(member / "model.safetensors"), member / "pytorch_model.bin")
+        (member / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="holds only pickle weights .* pass allow_pickle=True"):
+        uniform_soup(pickled)
+    loads = []
+    original_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or original_load(*a, **k))
+    soup = uniform_soup(pickled, allow_pickle=True)
+    assert loads and all(weights_only is True for weights_only in loads)
+    expected = uniform_soup(members).state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in soup.state_dict().items())
 
 
 def test_greedy_soup_adds_only_members_that_do_not_hurt(tmp_path, text_run):

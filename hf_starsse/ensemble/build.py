@@ -58,6 +58,7 @@ def build_ensemble(
     members: list[int] | None = None,
     member_weights: list[float] | None = None,
     overwrite: bool = False,
+    allow_pickle: bool = False,
 ) -> PreTrainedModel:
     """
     Build an ensemble model (`EnsembleForSequenceClassification` or `EnsembleForImageClassification`) whose members
@@ -71,11 +72,13 @@ def build_ensemble(
             for the ensemble of size 2. Default: all.
         member_weights (`list[float]`, *optional*): Weights of the members in the average (default: uniform).
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
+        allow_pickle (`bool`, *optional*, defaults to `False`): Accept members with only pickle weights (see
+            `load_members`).
 
     Returns:
         [`~transformers.PreTrainedModel`]: The ensemble, in eval mode.
     """
-    member_dirs = load_members(source)
+    member_dirs = load_members(source, allow_pickle)
     positions = list(range(len(member_dirs))) if members is None else list(members)
     outside = [position for position in positions if not 0 <= position < len(member_dirs)]
     if outside or not positions or len(set(positions)) < len(positions):
