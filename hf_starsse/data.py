@@ -86,7 +86,10 @@ def load_dataset_dict(path: str, config: str | None = None) -> datasets.DatasetD
     if local.is_file():
         if local.suffix not in DATA_FILE_TYPES:
             raise ValueError(f"{path}: unsupported data file; use one of {', '.join(DATA_FILE_TYPES)}.")
-        return datasets.load_dataset(DATA_FILE_TYPES[local.suffix], data_files={"train": str(local)})
+        try:
+            return datasets.load_dataset(DATA_FILE_TYPES[local.suffix], data_files={"train": str(local)})
+        except ValueError as err:
+            raise ValueError(f"Could not read {path} ({err}). Check that it holds rows with a label column.") from err
     if local.exists() or path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{path} is neither a save_to_disk directory nor a data file.")
     try:

@@ -176,7 +176,7 @@ class RunDirectory:
             header (`dict`): Manifest fields without `members`.
             overwrite (`bool`): Discard a run with different settings instead of raising.
         """
-        self._check_writable()
+        self.check_writable()
         self.path.mkdir(parents=True, exist_ok=True)
         with self._lock():
             try:
@@ -203,7 +203,8 @@ class RunDirectory:
                 {"format_version": FORMAT_VERSION, **header, "num_members": num_members, "members": members},
             )
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
+        """Raise a `PermissionError` naming the run directory when it cannot be created or written."""
         existing = next(path for path in (self.path, *self.path.parents) if path.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(

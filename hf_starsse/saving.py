@@ -45,9 +45,7 @@ def save_model_dir(
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
     """
     out_dir = Path(out_dir)
-    _refuse_overwriting_sources(out_dir, processor_source)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} is not empty; choose another directory or pass overwrite=True.")
+    check_out_dir(out_dir, [processor_source], overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
@@ -64,10 +62,16 @@ def save_model_dir(
     fsync_dir(out_dir.parent)
 
 
-def _refuse_overwriting_sources(out_dir: Path, member: Path) -> None:
-    out_dir, member = out_dir.resolve(), member.resolve()
-    if out_dir == member or out_dir in member.parents:
+def check_out_dir(out_dir: str | os.PathLike, members: list[Path], overwrite: bool = False) -> None:
+    """
+    Refuse an output directory that is or holds one of `members`, or that is not empty (unless `overwrite`): called
+    before building a model, and again when saving it.
+    """
+    out_dir = Path(out_dir).resolve()
+    if any(out_dir == member.resolve() or out_dir in member.resolve().parents for member in members):
         raise ValueError(f"{out_dir} holds the members themselves; save to a directory outside the run.")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} is not empty; choose another directory or pass overwrite=True.")
 
 
 def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:

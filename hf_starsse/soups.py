@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from .hub import soup_card
 from .members import copy_member_tensors, load_members
-from .saving import save_model_dir
+from .saving import check_out_dir, save_model_dir
 
 logger = logging.get_logger(__name__)
 
@@ -170,6 +170,8 @@ def uniform_soup(
         [`~transformers.PreTrainedModel`]: The soup, in eval mode.
     """
     member_dirs = load_members(members, allow_pickle)
+    if out_dir is not None:
+        check_out_dir(out_dir, member_dirs, overwrite)
     options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     model, recalibrated = _soup(member_dirs, options)
     if out_dir is not None:
@@ -233,6 +235,8 @@ def greedy_soup(
         `tuple`: The soup and the positions (in `load_members` order) of the members it contains.
     """
     member_dirs = load_members(members, allow_pickle)
+    if out_dir is not None:
+        check_out_dir(out_dir, member_dirs, overwrite)
     options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     loader, scores = None, []
     for member in member_dirs:

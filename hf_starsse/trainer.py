@@ -61,6 +61,9 @@ class StarSSETrainer(Trainer):
     _run: RunDirectory | None = None  # the run directory, during ensemble training
 
     def __init__(self, *args, **kwargs):
+        training_args = kwargs["args"] if "args" in kwargs else args[1] if len(args) > 1 else None
+        if isinstance(training_args, StarSSETrainingArguments) and training_args.should_save:
+            RunDirectory(training_args.output_dir).check_writable()  # before Trainer creates it
         super().__init__(*args, **kwargs)
         self._carried_optimizer_state: dict | None = None
         self._initial_state: dict[str, torch.Tensor] | None = None

@@ -11,7 +11,7 @@ from transformers.models.auto.modeling_auto import (
 from ..hub import ensemble_card
 from ..members import IGNORED_CONFIG_KEYS, check_member_configs, copy_member_tensors, load_members
 from ..run_dir import run_manifest
-from ..saving import save_model_dir
+from ..saving import check_out_dir, save_model_dir
 from .configuration_ensemble import EnsembleConfig
 from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
 
@@ -79,6 +79,8 @@ def build_ensemble(
         [`~transformers.PreTrainedModel`]: The ensemble, in eval mode.
     """
     member_dirs = load_members(source, allow_pickle)
+    if out_dir is not None:
+        check_out_dir(out_dir, member_dirs, overwrite)
     positions = list(range(len(member_dirs))) if members is None else list(members)
     outside = [position for position in positions if not 0 <= position < len(member_dirs)]
     if outside or not positions or len(set(positions)) < len(positions):
