@@ -20,6 +20,11 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 from safetensors.torch import load_file
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import sort_checkpoints
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 MANIFEST_NAME = "ensemble.json"
 MEMBERS_DIR = "members"
@@ -122,6 +127,24 @@ class RunDirectory:
     def checkpoints_dir(self, index: int) -> Path:
         """Trainer checkpoints of member `index` while it trains."""
         return self.member_dir(index) / CHECKPOINTS_DIR
+
+    def last_checkpoint(self, index: int) -> str | None:
+        """
+        The newest Trainer checkpoint of member `index` to resume from, or `None`. The Trainer writes
+        `trainer_state.json` last, so a checkpoint whose state does not parse was cut short by a crash and is skipped.
+        So is one taken at the last step: resuming from it inside an epoch, `Trainer` would take one step too many.
+        """
+        if not self.checkpoints_dir(index).is_dir():
+            return None
+        for checkpoint in reversed(sort_checkpoints(str(self.checkpoints_dir(index)))):
+            try:
+                state = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())
+            except (OSError, ValueError):
+                logger.warning(f"Skipping {checkpoint}: it was not completely written (interrupted while saving).")
+                continue
+            if state["global_step"] < state["max_steps"]:
+                return checkpoint
+        return None
 
     def lock_member(self, index: int) -> FileLock:
         """

@@ -14,7 +14,7 @@ from accelerate.utils import broadcast_object_list
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import TrainOutput, enable_full_determinism, get_last_checkpoint, set_seed
+from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
 from . import __version__
@@ -221,10 +221,9 @@ class StarSSETrainer(Trainer):
         if self.model_init is None:
             self._init_member_weights(self.accelerator.unwrap_model(self.model))
         if resume_from_checkpoint in (None, True):
-            checkpoints = run.checkpoints_dir(member)
-            last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+            last = run.last_checkpoint(member)
             if resume_from_checkpoint and last is None:
-                raise ValueError(f"No valid checkpoint found for member {member} in {checkpoints}")
+                raise ValueError(f"No valid checkpoint found for member {member} in {run.checkpoints_dir(member)}")
             resume_from_checkpoint = last
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint, ignore_keys_for_eval=ignore_keys_for_eval
