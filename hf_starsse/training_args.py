@@ -37,7 +37,7 @@ RUN_IDENTITY_FIELDS = (
 )
 
 
-@dataclass
+@dataclass(repr=False)  # keep TrainingArguments.__repr__, which masks tokens
 class StarSSETrainingArguments(TrainingArguments):
     """
     [`~transformers.TrainingArguments`] for [`StarSSETrainer`]. The usual fields (`learning_rate`, `num_train_epochs`,

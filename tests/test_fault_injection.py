@@ -1,8 +1,8 @@
 """Fault injection: a K=4 StarSSE run killed (SIGKILL) at random points and resumed ends as an uninterrupted run.
 
-On CPU the result is bit-identical: a member resumed from a mid-member Trainer checkpoint gets its RNG states, optimizer,
-schedule and data position back, and every later member reseeds itself (seed + index) and starts from its parent's
-saved weights.
+On CPU the result is bit-identical: a member resumed from a mid-member Trainer checkpoint gets its RNG states,
+optimizer, schedule and data position back, and every later member reseeds itself (seed + index) and starts from its
+parent's saved weights.
 """
 
 import json
