@@ -25,6 +25,7 @@ def test_metric_vs_size(tmp_path):
     figure = plots.plot_metric_vs_size(rows, tmp_path / "size.png")
     assert all(labelled(figure)) and len(figure.axes[0].lines) == 4
     check_png(tmp_path / "size.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["size.png"]  # written through a renamed temporary file
 
 
 def test_interpolation_reliability_and_corruptions(tmp_path):

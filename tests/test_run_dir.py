@@ -5,7 +5,7 @@ import torch
 from transformers import BertForMaskedLM
 
 from hf_starsse import RunDirectory, load_weights
-from hf_starsse.run_dir import atomic_write_json, weights_sha256
+from hf_starsse.run_dir import atomic_write_bytes, atomic_write_json, weights_sha256
 
 from conftest import bert_config
 
@@ -26,6 +26,18 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"x": 2})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    atomic_write_bytes(tmp_path / "plot.png", b"old")
+
+    def disk_full(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("hf_starsse.run_dir.os.fsync", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(tmp_path / "plot.png", b"new")
+    assert (tmp_path / "plot.png").read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
 def test_claim_record_and_verify(tmp_path):
@@ -101,3 +113,16 @@ def test_load_weights_accepts_tied_weights(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="do not fit Linear"):
         load_weights(torch.nn.Linear(2, 2), tmp_path)
+
+
+def test_last_checkpoint_skips_torn_and_final_checkpoints(tmp_path):
+    run = RunDirectory(tmp_path)
+    assert run.last_checkpoint(1) is None
+    for step, state in ((2, '{"global_step": 2, "max_steps": 6}'), (4, '{"global_step": 4, "max'), (6, None)):
+        checkpoint = run.checkpoints_dir(1) / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        if state is not None:
+            (checkpoint / "trainer_state.json").write_text(state)
+    assert run.last_checkpoint(1) == str(run.checkpoints_dir(1) / "checkpoint-2")  # 4 torn, 6 without state
+    (run.checkpoints_dir(1) / "checkpoint-6/trainer_state.json").write_text('{"global_step": 6, "max_steps": 6}')
+    assert run.last_checkpoint(1) == str(run.checkpoints_dir(1) / "checkpoint-2")  # 6 ends training: not resumable
