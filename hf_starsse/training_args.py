@@ -152,16 +152,18 @@ class StarSSETrainingArguments(TrainingArguments):
 
     def _check_branch_parallel(self) -> None:
         if self.ensemble_method != "starsse":
+            kind = "form a chain" if self.ensemble_method == "sse" else "are independent fine-tunes"
             raise ValueError(
-                f"branch_parallel=True trains StarSSE branches side by side; ensemble_method={self.ensemble_method!r} "
-                "members depend on each other (sse) or are not branches (local_de). Use ensemble_method='starsse', or "
-                "one job per member with members_to_train (local_de)."
+                f"branch_parallel=True trains the branches of member 0 side by side, which only StarSSE has: "
+                f"ensemble_method={self.ensemble_method!r} members {kind}. Use ensemble_method='starsse', or train "
+                "members in separate jobs with members_to_train."
             )
         sharded = [name for name in ("fsdp", "deepspeed") if getattr(self, name)]
         if sharded:
             raise ValueError(
-                f"branch_parallel=True trains one whole model per process, which {' and '.join(sharded)} shard across "
-                "processes. Drop it (each branch must fit one device), or train data-parallel without branch_parallel."
+                f"branch_parallel=True trains a whole model in each process, but {' and '.join(sharded)} would shard "
+                f"it across processes. Remove {' and '.join(sharded)} (each branch must fit one device), or leave "
+                "branch_parallel=False to train every member data-parallel."
             )
 
     def _cycle_settings(self) -> list[str]:
