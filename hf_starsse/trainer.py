@@ -46,6 +46,11 @@ class StarSSETrainer(Trainer):
     With plain [`~transformers.TrainingArguments`] (or `num_members=1`) it trains exactly like `Trainer`. The
     constructor takes the same arguments as `Trainer`.
 
+    In a multi-process launch (`accelerate launch`, `torchrun`) every member is trained data-parallel, and the main
+    process writes snapshots and the manifest while the others wait. With `branch_parallel=True` (StarSSE), member 0
+    is trained data-parallel, then each process trains its own share of the branches on the full dataset. Separate
+    jobs can share one `output_dir` with `members_to_train` (job arrays): writers lock each member and the manifest.
+
     Example:
     ```python
     from hf_starsse import StarSSETrainer, StarSSETrainingArguments
@@ -129,18 +134,20 @@ class StarSSETrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
         """
         Train every member listed by `args.members_to_train` (all by default) that is not complete yet. With plain
-        `TrainingArguments` this is `Trainer.train`.
+        `TrainingArguments` this is `Trainer.train`. With `args.branch_parallel` in a multi-process launch, the
+        processes share the StarSSE branches and the model ends as the run's last member on every process.
 
         Args:
             resume_from_checkpoint (`str` or `bool`, *optional*):
-                A checkpoint of the first member still to train. Unfinished members resume from their last checkpoint
-                anyway.
+                A checkpoint of the first member still to train (not used for parallel branches). Unfinished members
+                resume from their last checkpoint anyway.
             trial (*optional*): Not supported for ensembles (hyperparameter search runs a plain `Trainer`).
             ignore_keys_for_eval (`list[str]`, *optional*): As in `Trainer.train`.
 
         Returns:
             [`~transformers.trainer_utils.TrainOutput`]: The member's output when one member was trained; otherwise
-            the total optimizer steps, the step-weighted training loss and summed runtime of the members trained.
+            the total optimizer steps, the step-weighted training loss and summed runtime of the members trained (by
+            this process, for parallel branches).
         """
         if not isinstance(self.args, StarSSETrainingArguments):
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
