@@ -5,6 +5,7 @@ output_dir/
   ensemble.json                                # manifest, rewritten atomically under a file lock
   members/member-00/                           # save_pretrained dir of a member
   members/member-00/checkpoints/checkpoint-N/  # ordinary Trainer checkpoints, for resume
+  .processes/process-N.json                    # while branch-parallel processes meet: each one's report
 ```
 A member is complete only once the manifest lists it with the sha256 of its weights.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ logger = logging.get_logger(__name__)
 MANIFEST_NAME = "ensemble.json"
 MEMBERS_DIR = "members"
 CHECKPOINTS_DIR = "checkpoints"
+PROCESS_REPORTS_DIR = ".processes"
 FORMAT_VERSION = 1
 # Manifest fields that define a run: a directory holding a run that differs in any of them is refused.
 IDENTITY_KEYS = ("ensemble_method", "base_model", "hyperparameters")
@@ -282,7 +285,9 @@ class RunDirectory:
             complete[entry["index"]] = entry
         return complete
 
-    def record_member(self, index: int, parent: int | None, seed: int, steps: int) -> dict[str, Any]:
+    def record_member(
+        self, index: int, parent: int | None, seed: int, steps: int, processes: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """
         Mark a member complete: flush its files, hash its weights, and add it to the manifest atomically.
 
@@ -291,6 +296,7 @@ class RunDirectory:
             parent (`int`, *optional*): The member whose weights it started from (`None`: the pre-trained model).
             seed (`int`): The member's seed.
             steps (`int`): Optimizer steps it was trained for.
+            processes (`dict`, *optional*): How a multi-process launch trained it (recorded as `"processes"`).
 
         Returns:
             `dict`: The manifest entry.
@@ -305,6 +311,8 @@ class RunDirectory:
             "path": member_dir.relative_to(self.path).as_posix(),
             "sha256": weights_sha256(member_dir),
         }
+        if processes is not None:
+            entry["processes"] = processes
         with self._lock():
             manifest = self.read_manifest()
             if manifest is None:
@@ -330,6 +338,29 @@ class RunDirectory:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target, ignore=shutil.ignore_patterns(CHECKPOINTS_DIR, ".*"))
         return self.record_member(index, None, seed, steps)
+
+    def _reports_dir(self) -> Path:
+        return self.path / PROCESS_REPORTS_DIR
+
+    def clear_process_reports(self) -> None:
+        """Remove the reports of an earlier meeting of processes (e.g. of a launch that crashed)."""
+        shutil.rmtree(self._reports_dir(), ignore_errors=True)
+
+    def report_process(self, process: int, report: dict[str, Any]) -> None:
+        """Write process `process`'s report (JSON-serialisable) for `wait_for_reports`."""
+        self._reports_dir().mkdir(exist_ok=True)
+        atomic_write_json(self._reports_dir() / f"process-{process}.json", report)
+
+    def wait_for_reports(self, num_processes: int, poll_seconds: float = 0.5) -> list[dict[str, Any]]:
+        """
+        Wait, without a time limit, until processes `0..num_processes-1` have reported, and return their reports.
+        Processes that train for different lengths of time meet here rather than in a collective call, which would
+        time out (`ddp_timeout`).
+        """
+        paths = [self._reports_dir() / f"process-{process}.json" for process in range(num_processes)]
+        while not all(path.is_file() for path in paths):
+            time.sleep(poll_seconds)
+        return [json.loads(path.read_text()) for path in paths]
 
 
 def run_manifest(source) -> dict | None:

@@ -7,10 +7,12 @@ import json
 import math
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, broadcast_object_list
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINER_STATE_NAME
@@ -44,6 +46,11 @@ class StarSSETrainer(Trainer):
 
     With plain [`~transformers.TrainingArguments`] (or `num_members=1`) it trains exactly like `Trainer`. The
     constructor takes the same arguments as `Trainer`.
+
+    In a multi-process launch (`accelerate launch`, `torchrun`) every member is trained data-parallel, and the main
+    process writes snapshots and the manifest while the others wait. With `branch_parallel=True` (StarSSE), member 0
+    is trained data-parallel, then each process trains its own share of the branches on the full dataset. Separate
+    jobs can share one `output_dir` with `members_to_train` (job arrays): writers lock each member and the manifest.
 
     Example:
     ```python
@@ -131,18 +138,20 @@ class StarSSETrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
         """
         Train every member listed by `args.members_to_train` (all by default) that is not complete yet. With plain
-        `TrainingArguments` this is `Trainer.train`.
+        `TrainingArguments` this is `Trainer.train`. With `args.branch_parallel` in a multi-process launch, the
+        processes share the StarSSE branches and the model ends as the run's last member on every process.
 
         Args:
             resume_from_checkpoint (`str` or `bool`, *optional*):
-                A checkpoint of the first member still to train. Unfinished members resume from their last checkpoint
-                anyway.
+                A checkpoint of the first member still to train (not used for parallel branches). Unfinished members
+                resume from their last checkpoint anyway.
             trial (*optional*): Not supported for ensembles (hyperparameter search runs a plain `Trainer`).
             ignore_keys_for_eval (`list[str]`, *optional*): As in `Trainer.train`.
 
         Returns:
             [`~transformers.trainer_utils.TrainOutput`]: The member's output when one member was trained; otherwise
-            the total optimizer steps, the step-weighted training loss and summed runtime of the members trained.
+            the total optimizer steps, the step-weighted training loss and summed runtime of the members trained (by
+            this process, for parallel branches).
         """
         if not isinstance(self.args, StarSSETrainingArguments):
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
@@ -154,22 +163,112 @@ class StarSSETrainer(Trainer):
         ensemble_args = self.args
         self._run = run = RunDirectory(ensemble_args.output_dir)
         todo = self._on_main_process(self._plan)
-        outputs = []
+        branches = self._parallel_branches(todo)
+        in_turn = [member for member in todo if member not in branches]
+        processes = {"mode": "data_parallel", "num_processes": self.accelerator.num_processes}
         try:
-            for member in todo:
-                checkpoint = resume_from_checkpoint if member == todo[0] else None
-                lock = self._main_process_only(lambda: run.lock_member(member))  # noqa: B023
-                try:
-                    outputs.append(self._train_member(ensemble_args, member, checkpoint, ignore_keys_for_eval))
-                finally:
-                    if lock is not None:
-                        lock.release()
+            outputs = self._train_members(
+                ensemble_args, in_turn, resume_from_checkpoint, ignore_keys_for_eval, processes
+            )
+            if branches:
+                outputs += self._train_branches(ensemble_args, branches, ignore_keys_for_eval)
         finally:
             self.args, self._member, self._run = ensemble_args, None, None
-        if not todo:
+        if not todo or branches:  # the model ends as the last member, as after training the members in turn
             load_weights(self.accelerator.unwrap_model(self.model), run.member_dir(ensemble_args.members()[-1]))
         self.state.log_history = self._member_logs(run, ensemble_args.members())
         return _combine_outputs(outputs)
+
+    def _train_members(
+        self, ensemble_args, members: list[int], resume_from_checkpoint, ignore_keys_for_eval, processes: dict
+    ) -> list[TrainOutput]:
+        """Train `members` one after another, each under its member lock (taken by the main process)."""
+        outputs = []
+        for member in members:
+            checkpoint = resume_from_checkpoint if member == members[0] else None
+            lock = self._main_process_only(lambda: self._run.lock_member(member))  # noqa: B023
+            try:
+                outputs.append(self._train_member(ensemble_args, member, checkpoint, ignore_keys_for_eval, processes))
+            finally:
+                if lock is not None:
+                    lock.release()
+        return outputs
+
+    def _parallel_branches(self, todo: list[int]) -> list[int]:
+        """The members of `todo` that processes train side by side (`branch_parallel`); the others go in turn."""
+        if not self.args.branch_parallel:
+            return []
+        if self.accelerator.num_processes == 1:
+            logger.warning("branch_parallel=True in a single process: the branches are trained one after another.")
+            return []
+        return [member for member in todo if member > 0]
+
+    def _train_branches(self, ensemble_args, branches: list[int], ignore_keys_for_eval) -> list[TrainOutput]:
+        """
+        Give each process its share of `branches` to train on its own (full dataset, no gradient synchronisation),
+        then wait until every process has finished its share. Each process records its own members in the manifest
+        (under its file lock), so a crash of one process leaves the members of the others complete.
+        """
+        process, num_processes = self.accelerator.process_index, self.accelerator.num_processes
+        with self.accelerator.split_between_processes(branches) as share:
+            share = list(share)
+        logger.warning(
+            f"branch_parallel: process {process} of {num_processes} trains StarSSE branches {share} of {branches}, "
+            "each on the full dataset without gradient synchronisation."
+        )
+        self._main_process_only(self._run.clear_process_reports)
+        outputs, error = [], None
+        try:
+            with self._single_process():
+                processes = {"mode": "branch_parallel", "process": process, "num_processes": num_processes}
+                outputs = self._train_members(ensemble_args, share, None, ignore_keys_for_eval, processes)
+        except Exception as err:  # reported to the other processes below, so that none waits forever
+            error = err
+        self._run.report_process(process, {"members": share, "error": None if error is None else repr(error)})
+        reports = self._run.wait_for_reports(num_processes)
+        self.accelerator.wait_for_everyone()
+        self._main_process_only(self._run.clear_process_reports)
+        if error is not None:
+            raise error
+        failed = [
+            f"process {index} ({report['members']}): {report['error']}"
+            for index, report in enumerate(reports)
+            if report["error"]
+        ]
+        if failed:
+            raise RuntimeError(
+                f"Branch-parallel training failed on {'; '.join(failed)}. The other branches are complete; run again "
+                "to train the missing ones."
+            )
+        return outputs
+
+    @contextmanager
+    def _single_process(self):
+        """
+        Let this process train on its own: accelerate (so the Trainer) sees one process, hence no DDP wrapper, no
+        data sharding and no collective call, and the process saves, logs and checkpoints its own members. The
+        launch's state and accelerator come back afterwards.
+        """
+        states = (PartialState._shared_state, AcceleratorState._shared_state)
+        saved = [dict(state) for state in states]
+        launch = self.accelerator, self.gather_function
+        model = self.accelerator.unwrap_model(self.model)
+        self.accelerator.free_memory()  # drops the DDP wrapper of the members trained data-parallel
+        for state in states:
+            state.update(distributed_type=DistributedType.NO, num_processes=1, process_index=0, local_process_index=0)
+        if isinstance(model, PreTrainedModel):  # save_pretrained writes on torch.distributed rank 0 only
+            model.should_save_on_this_rank = lambda is_main_process: is_main_process
+        try:
+            self.create_accelerator_and_postprocess()
+            self.model_wrapped = self.model
+            yield
+        finally:
+            for state, values in zip(states, saved):
+                state.clear()
+                state.update(values)
+            self.accelerator, self.gather_function = launch
+            self.model_wrapped = self.model
+            vars(model).pop("should_save_on_this_rank", None)
 
     def _plan(self) -> list[int]:
         """Claim the run directory and list the members still to train (on the main process)."""
@@ -204,7 +303,9 @@ class StarSSETrainer(Trainer):
         self._on_main_process(lambda: result.append(fn()))
         return result[0] if result else None
 
-    def _train_member(self, ensemble_args, member, resume_from_checkpoint, ignore_keys_for_eval) -> TrainOutput:
+    def _train_member(
+        self, ensemble_args, member, resume_from_checkpoint, ignore_keys_for_eval, processes: dict
+    ) -> TrainOutput:
         run = self._run
         self.args = self._member_args(ensemble_args, member)
         self._member = member
@@ -228,7 +329,7 @@ class StarSSETrainer(Trainer):
         output = super().train(
             resume_from_checkpoint=resume_from_checkpoint, ignore_keys_for_eval=ignore_keys_for_eval
         )
-        self._save_member(member)
+        self._save_member(member, processes if processes["num_processes"] > 1 else None)
         return output
 
     def _member_args(self, ensemble_args, member) -> StarSSETrainingArguments:
@@ -290,7 +391,7 @@ class StarSSETrainer(Trainer):
         if scaler is not None and self.args.reset_optimizer_each_cycle:
             scaler.load_state_dict(self._initial_scaler_state)
 
-    def _save_member(self, member: int) -> None:
+    def _save_member(self, member: int, processes: dict | None) -> None:
         member_dir = self._run.member_dir(member)
         self.save_model(str(member_dir), _internal_call=True)
         optimizer_state = None
@@ -301,7 +402,7 @@ class StarSSETrainer(Trainer):
             self.state.save_to_json(str(member_dir / TRAINER_STATE_NAME))
             if optimizer_state is not None:
                 torch.save(optimizer_state, member_dir / OPTIMIZER_STATE_NAME)
-            self._run.record_member(member, self._parent(member), self.args.seed, self.state.global_step)
+            self._run.record_member(member, self._parent(member), self.args.seed, self.state.global_step, processes)
 
         self._on_main_process(record)
 

@@ -64,6 +64,10 @@ class StarSSETrainingArguments(TrainingArguments):
             optimizer state of the member it starts from.
         members_to_train (`list[int]`, *optional*):
             Train only these member indices into the shared `output_dir` (parallel StarSSE branches, job arrays).
+        branch_parallel (`bool`, defaults to `False`):
+            StarSSE only: in a multi-process launch (`accelerate launch`, `torchrun`), train member 0 data-parallel,
+            then give each process its own share of the branches, each trained on the full dataset without gradient
+            synchronisation. Without it every member is trained data-parallel.
         overwrite_output_dir (`bool`, defaults to `False`):
             Discard a run with different settings found in `output_dir` instead of refusing to start.
     """
@@ -103,6 +107,13 @@ class StarSSETrainingArguments(TrainingArguments):
             "help": "Train only these member indices into the shared output_dir (parallel branches, job arrays)."
         },
     )
+    branch_parallel: bool = field(
+        default=False,
+        metadata={
+            "help": "StarSSE in a multi-process launch: member 0 data-parallel, then each process trains its own "
+            "share of the branches on the full dataset (no gradient synchronisation between branches)."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Discard a run with different settings found in output_dir instead of refusing to start."},
@@ -129,12 +140,30 @@ class StarSSETrainingArguments(TrainingArguments):
             raise ValueError(f"cycle_steps={self.cycle_steps} must be at least 1.")
         if not 0 <= self.cycle_warmup_ratio < 1:
             raise ValueError(f"cycle_warmup_ratio={self.cycle_warmup_ratio} must be in [0, 1).")
+        if self.branch_parallel:
+            self._check_branch_parallel()
         if self.members_to_train is not None:
             self.members_to_train = self._validated_members(self.members_to_train)
         if self.ensemble_method == "local_de" and self._cycle_settings():
             logger.warning(
                 f"ensemble_method='local_de' fine-tunes every member with the first member's recipe, so "
                 f"{', '.join(self._cycle_settings())} {'is' if len(self._cycle_settings()) == 1 else 'are'} ignored."
+            )
+
+    def _check_branch_parallel(self) -> None:
+        if self.ensemble_method != "starsse":
+            kind = "form a chain" if self.ensemble_method == "sse" else "are independent fine-tunes"
+            raise ValueError(
+                f"branch_parallel=True trains the branches of member 0 side by side, which only StarSSE has: "
+                f"ensemble_method={self.ensemble_method!r} members {kind}. Use ensemble_method='starsse', or train "
+                "members in separate jobs with members_to_train."
+            )
+        sharded = [name for name in ("fsdp", "deepspeed") if getattr(self, name)]
+        if sharded:
+            raise ValueError(
+                f"branch_parallel=True trains a whole model in each process, but {' and '.join(sharded)} would shard "
+                f"it across processes. Remove {' and '.join(sharded)} (each branch must fit one device), or leave "
+                "branch_parallel=False to train every member data-parallel."
             )
 
     def _cycle_settings(self) -> list[str]:

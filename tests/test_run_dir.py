@@ -1,4 +1,7 @@
 import json
+import multiprocessing
+import threading
+import time
 
 import pytest
 import torch
@@ -126,3 +129,44 @@ def test_last_checkpoint_skips_torn_and_final_checkpoints(tmp_path):
     assert run.last_checkpoint(1) == str(run.checkpoints_dir(1) / "checkpoint-2")  # 4 torn, 6 without state
     (run.checkpoints_dir(1) / "checkpoint-6/trainer_state.json").write_text('{"global_step": 6, "max_steps": 6}')
     assert run.last_checkpoint(1) == str(run.checkpoints_dir(1) / "checkpoint-2")  # 6 ends training: not resumable
+
+
+def record_members(path, members, barrier):
+    run = RunDirectory(path)
+    barrier.wait()
+    for index in members:
+        run.record_member(index, parent=0, seed=index, steps=1)
+
+
+def test_concurrent_writers_lose_no_manifest_entries(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.claim({**HEADER, "num_members": 24})
+    for index in range(24):
+        add_member(run, index, torch.nn.Linear(2, index + 1))
+    atomic_write_json(run.manifest_path, {**run.read_manifest(), "members": []})
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    writers = [
+        context.Process(target=record_members, args=(tmp_path, range(start, 24, 4), barrier)) for start in range(4)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+    assert [writer.exitcode for writer in writers] == [0] * 4
+    assert sorted(run.complete_members()) == list(range(24))
+
+
+def test_processes_meet_through_reports(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.report_process(1, {"members": [3], "error": None})
+    reports = []
+    waiter = threading.Thread(target=lambda: reports.extend(run.wait_for_reports(2, poll_seconds=0.01)))
+    waiter.start()
+    time.sleep(0.1)
+    assert waiter.is_alive() and not reports  # process 0 has not reported yet
+    run.report_process(0, {"members": [1, 2], "error": "ValueError('x')"})
+    waiter.join(timeout=5)
+    assert reports == [{"members": [1, 2], "error": "ValueError('x')"}, {"members": [3], "error": None}]
+    run.clear_process_reports()
+    assert not (tmp_path / ".processes").exists()

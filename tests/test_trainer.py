@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import pytest
@@ -428,3 +429,11 @@ def test_crash_between_snapshot_and_manifest(tmp_path, pretrained_bert, monkeypa
     assert recorder.members == [1]  # resumed from its last checkpoint, then recorded
     train_text(tmp_path / "reference", pretrained_bert, num_members=2, save_strategy="steps", save_steps=2)
     assert_same(member_weights(tmp_path / "run", 1), member_weights(tmp_path / "reference/run", 1))
+
+
+def test_branch_parallel_in_one_process_trains_in_turn(tmp_path, pretrained_bert, caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_starsse"):
+        train_text(tmp_path, pretrained_bert, branch_parallel=True)
+    assert "branch_parallel=True in a single process: the branches are trained one after another" in caplog.text
+    entries = json.loads((tmp_path / "run/ensemble.json").read_text())["members"]
+    assert [e["index"] for e in entries] == [0, 1, 2] and all("processes" not in e for e in entries)

@@ -26,6 +26,9 @@ def make(tmp_path, **kwargs):
         ({"members_to_train": []}, "members_to_train is empty"),
         ({"members_to_train": [1, 1]}, "lists a member twice"),
         ({"members_to_train": [1, 3], "ensemble_method": "sse"}, "member 3 starts from member 2"),
+        ({"branch_parallel": True, "ensemble_method": "sse"}, "ensemble_method='sse' members form a chain"),
+        ({"branch_parallel": True, "ensemble_method": "local_de"}, "'local_de' members are independent fine-tunes"),
+        ({"branch_parallel": True, "fsdp": True, "use_cpu": True}, "fsdp would shard it across processes"),
     ],
 )
 def test_invalid_arguments(tmp_path, kwargs, message):

@@ -1,0 +1,91 @@
+"""A tiny StarSSE run for tests/test_distributed.py, launched with torchrun (or plainly, as one process).
+
+Every process writes `record-<rank>.json` next to the run: per member it trained, the learning rate after each
+optimizer step, the samples it saw, whether it started from member 0's saved weights, and its process count.
+"""
+
+import argparse
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, default_data_collator
+
+from hf_starsse import StarSSETrainer
+from hf_starsse.run_dir import RunDirectory, load_weights
+
+from conftest import load_text_model, make_args, text_dataset, tokenizer
+
+
+class Recorder(TrainerCallback):
+    """Records learning rates, samples and starting weights of each member (by seed) and can kill its process."""
+
+    def __init__(self, run_dir: Path, model_path: str, kill_member: int | None, kill_after: int | None):
+        self.run, self.model_path = RunDirectory(run_dir), model_path
+        self.kill_member, self.kill_after = kill_member, kill_after
+        self.members: dict[int, dict] = {}
+        self.current: dict | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        member = args.seed
+        self.current = self.members[member] = {"lrs": [], "samples": [], "starts_from_member_0": None}
+        if member > 0:
+            start = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            member_0 = load_text_model(self.model_path, seed=None)
+            load_weights(member_0, self.run.member_dir(0))
+            self.current["starts_from_member_0"] = all(
+                torch.equal(start[name], tensor) for name, tensor in member_0.state_dict().items()
+            )
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.current["lrs"].append(lr_scheduler.get_last_lr()[0])
+        if args.seed == self.kill_member and state.global_step == 5:
+            while self.kill_after not in self.run.complete_members():  # let the other process finish its member
+                time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def collate(self, features: list[dict]) -> dict:
+        self.current["samples"].extend(tuple(feature["input_ids"]) for feature in features)
+        return default_data_collator(features)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("model_path")
+    parser.add_argument("--num_members", type=int, default=3)
+    parser.add_argument("--members_to_train", type=int, nargs="*")
+    parser.add_argument("--branch_parallel", action="store_true")
+    parser.add_argument("--kill_member", type=int, help="SIGKILL the process training this member at step 5")
+    parser.add_argument("--kill_after", type=int, help="... once this member is complete")
+    options = parser.parse_args()
+    args = make_args(
+        options.run_dir,
+        num_members=options.num_members,
+        members_to_train=options.members_to_train,
+        branch_parallel=options.branch_parallel,
+        cycle_steps=None,
+        cycle_epochs=1,
+        save_strategy="steps",
+        save_steps=4,
+    )
+    recorder = Recorder(options.run_dir, options.model_path, options.kill_member, options.kill_after)
+    trainer = StarSSETrainer(
+        model=load_text_model(options.model_path),
+        args=args,
+        train_dataset=text_dataset(),
+        processing_class=tokenizer(),
+        data_collator=recorder.collate,
+        callbacks=[recorder],
+    )
+    trainer.train()
+    record = {"num_processes": trainer.accelerator.num_processes, "members": recorder.members}
+    rank = trainer.accelerator.process_index
+    (options.run_dir.parent / f"record-{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
