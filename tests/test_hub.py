@@ -6,15 +6,16 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+import transformers
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, TrainingArguments
 
-from hf_starsse import build_ensemble, greedy_soup, push_ensemble_to_hub, uniform_soup
+from hf_starsse import StarSSETrainer, build_ensemble, greedy_soup, push_ensemble_to_hub, uniform_soup
 from hf_starsse.evaluation import evaluate_ensemble
 from hf_starsse.hub import model_files
 
-from conftest import text_dataset
+from conftest import load_text_model, make_args, text_dataset, tokenizer
 from hub_server import LocalHub
 
 FAKE_TOKEN = "hf_FAKEtokenXYZ0123456789abcdefghij"
@@ -194,3 +195,44 @@ def test_push_refuses_other_folders(local_hub, pretrained_bert, text_run, tmp_pa
         push_ensemble_to_hub(tmp_path / "ensemble", "team/x", soup_repo_id="team/y", dry_run=True)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         push_ensemble_to_hub(tmp_path / "missing", "team/x", dry_run=True)
+
+
+def test_trainer_push_to_hub_after_training(local_hub, text_run, monkeypatch, capfd, caplog):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # the token from the environment, as Trainer users set it
+    commit = text_run.push_to_hub()
+    repo_id = f"tester/{Path(text_run.args.output_dir).name}"  # the Trainer's default: output_dir's name
+    assert commit.oid and local_hub.commits[-1].message == "End of training"
+    files = local_hub.files(repo_id)
+    config = json.loads(files["config.json"])
+    assert (config["model_type"], config["num_members"]) == ("starsse_ensemble", 3)
+    assert {"README.md", "ensemble.json", "model.safetensors"} <= set(files) and not any("/" in f for f in files)
+    future = text_run.push_to_hub(commit_message="Again", blocking=False)
+    assert future.result().oid and local_hub.commits[-1].message == "Again"
+    captured = capfd.readouterr()
+    assert_token_never_leaked(local_hub, captured.out, captured.err, caplog.text, roots=(text_run.args.output_dir,))
+
+
+def test_push_to_hub_during_training_needs_hub_strategy_end(local_hub, pretrained_bert, tmp_path):
+    hub_options = dict(push_to_hub=True, hub_model_id="team/k2", hub_token=FAKE_TOKEN, hub_private_repo=True)
+    args = make_args(tmp_path / "refused", num_members=2, **hub_options)
+    with pytest.raises(ValueError, match="Set hub_strategy='end'"):
+        StarSSETrainer(model=load_text_model(pretrained_bert), args=args, train_dataset=text_dataset())
+    args = make_args(tmp_path / "run", num_members=2, hub_strategy="end", hub_revision="dev", **hub_options)
+    trainer = StarSSETrainer(model=load_text_model(pretrained_bert), args=args, train_dataset=text_dataset())
+    assert local_hub.repos["team/k2"].private is True  # created by the constructor, as Trainer does
+    trainer.train()
+    assert local_hub.commits == []  # nothing pushed while the members train
+    trainer.push_to_hub(commit_message="Two members")
+    (commit,) = local_hub.commits
+    assert (commit.repo_id, commit.revision, commit.message) == ("team/k2", "dev", "Two members")
+    assert json.loads(commit.files["config.json"])["num_members"] == 2
+
+
+def test_plain_training_arguments_push_like_trainer(local_hub, pretrained_bert, tmp_path, monkeypatch):
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared client, made anew for us
+    args = TrainingArguments(output_dir=str(tmp_path / "plain"), report_to="none", use_cpu=True, hub_token=FAKE_TOKEN)
+    trainer = StarSSETrainer(model=load_text_model(pretrained_bert), args=args, processing_class=tokenizer())
+    trainer.push_to_hub(commit_message="Plain")
+    files = local_hub.files("tester/plain")
+    assert local_hub.commits[0].message == "Plain" and "model.safetensors" in files
+    assert "training_args.bin" in files and "ensemble.json" not in files  # Trainer's own upload of output_dir
