@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from transformers import MobileNetV2ImageProcessor
 from hf_starsse.cli import main
 
 from conftest import VOCAB
+from hub_server import LocalHub
 
 COMMON = ["--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true",
           "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--learning_rate", "0.001"]  # fmt: skip
@@ -149,3 +152,31 @@ def test_help_and_console_script(capsys):
     assert result.returncode == 0 and "hf-starsse train" in result.stdout
     script = shutil.which("hf-starsse", path=str(__import__("pathlib").Path(sys.executable).parent))
     assert script is not None and subprocess.run([script, "--help"], capture_output=True).returncode == 0
+
+
+def test_push_dry_run_and_bad_repo_id(text_run, capsys):
+    run = text_run.args.output_dir
+    assert main(["push", "--path", run, "--repo_id", "me/ens", "--members_as_subfolders", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Would push to me/ens (revision main, visibility by default): 'Upload ensemble with hf_st")
+    assert re.search(r"members/member-02/model\.safetensors +<- " + re.escape(f"{run}/members/member-02/"), out)
+    assert main(["push", "--path", run, "--repo_id", "me/bad id", "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "repo_id='me/bad id' is not a valid Hub repository id" in err and len(err.splitlines()) == 1
+
+
+def test_push_command_uploads_through_hf_endpoint(text_run, tmp_path):
+    token = "hf_FAKEcliTOKEN0123456789abcdefghij"
+    with LocalHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf_home")}
+        argv = ["push", "--path", text_run.args.output_dir, "--repo_id", "cli-ensemble", "--private", "true",
+                "--commit_message", "From the CLI"]  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "hf_starsse.cli", *argv], capture_output=True, text=True, env=env, timeout=300
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hub.repos["tester/cli-ensemble"].private and hub.commits[0].message == "From the CLI"
+    assert "model.safetensors" in hub.files("tester/cli-ensemble")
+    assert f"files to tester/cli-ensemble: {hub.url}/tester/cli-ensemble/commit/" in result.stdout
+    assert token not in result.stdout + result.stderr
+    assert {auth for method, _, auth in hub.requests if method == "POST"} == {f"Bearer {token}"}

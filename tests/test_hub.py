@@ -1,6 +1,8 @@
 import json
+import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import huggingface_hub
@@ -236,3 +238,21 @@ def test_plain_training_arguments_push_like_trainer(local_hub, pretrained_bert, 
     files = local_hub.files("tester/plain")
     assert local_hub.commits[0].message == "Plain" and "model.safetensors" in files
     assert "training_args.bin" in files and "ensemble.json" not in files  # Trainer's own upload of output_dir
+
+
+REAL_HUB = os.environ.get("HF_TOKEN") and os.environ.get("HF_STARSSE_TEST_NAMESPACE")
+
+
+@pytest.mark.skipif(not REAL_HUB, reason="opt-in: set HF_TOKEN and HF_STARSSE_TEST_NAMESPACE to push to the real Hub")
+def test_push_to_the_real_hub(text_run):
+    api = huggingface_hub.HfApi()
+    repo_id = f"{os.environ['HF_STARSSE_TEST_NAMESPACE']}/hf-starsse-test-{uuid.uuid4().hex[:8]}"
+    try:
+        (upload,) = push_ensemble_to_hub(text_run.args.output_dir, repo_id, private=True, revision="test")
+        assert api.model_info(repo_id).private
+        assert {"config.json", "model.safetensors", "README.md"} <= set(api.list_repo_files(repo_id, revision="test"))
+        assert upload.commit.oid
+        card = ModelCard.load(api.hf_hub_download(repo_id, "README.md", revision="test"))
+        assert "hf_starsse" in card.data.tags
+    finally:
+        api.delete_repo(repo_id, missing_ok=True)
