@@ -5,37 +5,16 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import yaml
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
-from PIL import Image as PILImage
-from transformers import MobileNetV2ImageProcessor
+from datasets import Dataset, DatasetDict
 
 from hf_starsse.cli import main
 
-from conftest import VOCAB
 from hub_server import LocalHub
 
 COMMON = ["--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true",
           "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--learning_rate", "0.001"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def text_data(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    features = Features({"text": Value("string"), "label": ClassLabel(names=["alpha", "beta", "gamma"])})
-
-    def split(n):
-        words = rng.integers(5, len(VOCAB), (n, 8))
-        return Dataset.from_dict(
-            {"text": [" ".join(VOCAB[i] for i in row) for row in words], "label": (words[:, 0] % 3).tolist()},
-            features=features,
-        )
-
-    path = tmp_path_factory.mktemp("cli") / "text_data"
-    DatasetDict({"train": split(32), "validation": split(16), "test": split(16)}).save_to_disk(path)
-    return str(path)
 
 
 def test_train_soup_evaluate_and_yaml(tmp_path, pretrained_bert, text_data):
@@ -70,21 +49,6 @@ def test_sweep_command(tmp_path, pretrained_bert, text_data):
     assert main(argv) == 0
     results = json.loads((tmp_path / "sweep/sweep.json").read_text())
     assert len(results["cells"]) == 2 and results["best"]["lr_ratio"] in (1, 2)
-
-
-@pytest.fixture(scope="module")
-def image_data(tmp_path_factory, pretrained_mobilenet):
-    """A tiny MobileNetV2 with its image processor, and a 2-class dataset of PIL images."""
-    root = tmp_path_factory.mktemp("cli_images")
-    shutil.copytree(pretrained_mobilenet, root / "mobilenet")
-    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    processor.save_pretrained(root / "mobilenet")
-    rng = np.random.default_rng(1)
-    images = [PILImage.fromarray((rng.random((20, 20, 3)) * 255).astype("uint8")) for _ in range(16)]
-    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
-    data = Dataset.from_dict({"image": images, "label": [i % 2 for i in range(16)]}, features=features)
-    DatasetDict({"train": data}).save_to_disk(root / "images")
-    return str(root / "mobilenet"), str(root / "images")
 
 
 def test_image_classification_train_and_sweep(tmp_path, image_data):
