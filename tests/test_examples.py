@@ -84,13 +84,13 @@ def test_image_classification_example_reports_robustness(tmp_path, image_data):
     assert json.loads((tmp_path / "run/soup/soup.json").read_text())["batchnorm_recalibrated"] is True
 
 
-def slurm_env(tmp_path, **settings) -> dict:
+def slurm_env(**settings) -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **settings}
 
 
 def test_slurm_script_runs_its_phases_locally(tmp_path, pretrained_bert, text_data):
     env = slurm_env(
-        tmp_path, PHASE="local", MODEL=pretrained_bert, DATASET=text_data, OUTPUT_DIR=str(tmp_path / "run"),
+        PHASE="local", MODEL=pretrained_bert, DATASET=text_data, OUTPUT_DIR=str(tmp_path / "run"),
         NUM_MEMBERS="2", TRAIN_ARGS=" ".join(TRAINING), ACCELERATE_ARGS=" ".join(CPU_LAUNCH), REPO_ID="team/slurm",
         PUSH_ARGS="--dry_run",
     )  # fmt: skip
@@ -108,7 +108,7 @@ def test_slurm_script_submits_a_dependency_chain(tmp_path):
     fake.parent.mkdir()
     fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\necho $((100 + $(wc -l < {tmp_path}/calls)))\n')
     fake.chmod(0o755)
-    env = slurm_env(tmp_path, MODEL="m", DATASET="d", OUTPUT_DIR="runs/x", NUM_MEMBERS="4", SBATCH_ARGS="-p gpu")
+    env = slurm_env(MODEL="m", DATASET="d", OUTPUT_DIR="runs/x", NUM_MEMBERS="4", SBATCH_ARGS="-p gpu")
     env["PATH"] = f"{fake.parent}:{env['PATH']}"
     result = subprocess.run(["bash", str(EXAMPLES / "slurm_starsse.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
