@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
 from transformers import AutoModelForSequenceClassification
 
 from hub_server import LocalHub
@@ -118,3 +120,12 @@ def test_slurm_script_submits_a_dependency_chain(tmp_path):
     assert branches == f"--parsable -p gpu --dependency=afterok:101 --array=1-3 --export=ALL,PHASE=branch {script}"
     assert publish == f"--parsable -p gpu --dependency=afterok:102 --export=ALL,PHASE=publish {script}"
     assert "branches 1-3 (array 102), publish (103)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name,kind,processes",
+    [("cpu", "NO", 1), ("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 8), ("multi_node", "MULTI_GPU", 16)],
+)
+def test_accelerate_configs_load(name, kind, processes):
+    config = load_config_from_file(str(EXAMPLES / f"accelerate_configs/{name}.yaml"))
+    assert (config.distributed_type.value, config.num_processes, config.use_cpu) == (kind, processes, name == "cpu")

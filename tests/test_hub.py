@@ -230,9 +230,11 @@ def test_push_to_hub_during_training_needs_hub_strategy_end(local_hub, pretraine
     assert json.loads(commit.files["config.json"])["num_members"] == 2
 
 
-def test_plain_training_arguments_push_like_trainer(local_hub, pretrained_bert, tmp_path, monkeypatch):
+@pytest.mark.parametrize("single", [False, True], ids=["TrainingArguments", "num_members=1"])
+def test_without_ensemble_push_is_the_trainers(local_hub, pretrained_bert, tmp_path, monkeypatch, single):
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared client, made anew for us
-    args = TrainingArguments(output_dir=str(tmp_path / "plain"), report_to="none", use_cpu=True, hub_token=FAKE_TOKEN)
+    options = dict(output_dir=str(tmp_path / "plain"), report_to="none", use_cpu=True, hub_token=FAKE_TOKEN)
+    args = make_args(num_members=1, **options) if single else TrainingArguments(**options)
     trainer = StarSSETrainer(model=load_text_model(pretrained_bert), args=args, processing_class=tokenizer())
     trainer.push_to_hub(commit_message="Plain")
     files = local_hub.files("tester/plain")
