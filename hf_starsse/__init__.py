@@ -10,6 +10,7 @@ from .ensemble import (  # noqa: E402
     build_ensemble,
 )
 from .evaluation import evaluate_ensemble  # noqa: E402
+from .hub import push_ensemble_to_hub  # noqa: E402
 from .members import load_members  # noqa: E402
 from .run_dir import RunDirectory, load_weights  # noqa: E402
 from .schedule import get_cycle_schedule  # noqa: E402
@@ -31,6 +32,7 @@ __all__ = [
     "interpolation_curve",
     "load_members",
     "load_weights",
+    "push_ensemble_to_hub",
     "recalibrate_batchnorm",
     "uniform_soup",
 ]

@@ -1,10 +1,11 @@
-"""The `hf-starsse` command line: train, soup, evaluate and sweep, built on `HfArgumentParser`.
+"""The `hf-starsse` command line: train, soup, evaluate, sweep and push, built on `HfArgumentParser`.
 
     hf-starsse train --model_name_or_path M --dataset D --output_dir runs/x --num_members 5 ...
     hf-starsse train config.yaml                      # the same options from a YAML or JSON file
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
     hf-starsse evaluate --run_dir runs/x --dataset D --split test
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
+    hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
 
 Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`.
 """
@@ -19,6 +20,7 @@ from transformers import AutoConfig, HfArgumentParser
 
 from .data import DataArguments, PreparedTask, prepare_task
 from .evaluation import evaluate_ensemble
+from .hub import push_ensemble_to_hub
 from .members import load_members
 from .soups import greedy_soup, uniform_soup
 from .sweep import sweep_cycle_hyperparameters
@@ -53,6 +55,26 @@ class SweepArguments:
     length_ratios: list[float] = field(
         default_factory=lambda: [0.5, 1.0, 2.0, 4.0], metadata={"help": "Cycle length / first length values."}
     )
+
+
+@dataclass
+class PushArguments:
+    path: str = field(metadata={"help": "A run directory (its ensemble is built to upload), saved ensemble or soup."})
+    repo_id: str = field(metadata={"help": "The Hub repository: 'name' (your namespace) or 'namespace/name'."})
+    soup_repo_id: str | None = field(
+        default=None, metadata={"help": "Also push a soup to this separate repository (default soup: uniform)."}
+    )
+    soup_path: str | None = field(default=None, metadata={"help": "A saved soup to push to soup_repo_id."})
+    members_as_subfolders: bool = field(
+        default=False, metadata={"help": "Also upload every member of the run under members/member-NN/."}
+    )
+    private: bool | None = field(default=None, metadata={"help": "Make new repositories private."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created if missing)."})
+    commit_message: str | None = field(default=None, metadata={"help": "Commit message."})
+    token: str | None = field(
+        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login, which is safer)."}
+    )
+    dry_run: bool = field(default=False, metadata={"help": "Print which files would go where; upload nothing."})
 
 
 def _data_for_run(run_dir: str, **options) -> DataArguments | None:
@@ -151,7 +173,15 @@ def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArg
     )
 
 
-COMMANDS = ("train", "soup", "evaluate", "sweep")
+def push(options: PushArguments) -> None:
+    for upload in push_ensemble_to_hub(**dataclasses.asdict(options)):
+        if upload.commit is None:
+            print(f"Would push to {upload.describe()}")
+        else:
+            print(f"Pushed {len(upload.files)} files to {upload.repo_id}: {upload.commit.commit_url}")
+
+
+COMMANDS = ("train", "soup", "evaluate", "sweep", "push")
 
 
 def _parse(classes: tuple, command: str, argv: list[str]) -> tuple:
@@ -177,6 +207,9 @@ def _run(command: str, argv: list[str]) -> None:
         return
     if command == "sweep":
         sweep(*_parse((DataArguments, StarSSETrainingArguments, SweepArguments), command, argv))
+        return
+    if command == "push":
+        push(*_parse((PushArguments,), command, argv))
         return
     own = SoupArguments if command == "soup" else EvaluateArguments
     options, data_options = _parse((own, _optional_data_options()), command, argv)

@@ -20,14 +20,13 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, PreTrainedModel, default_data_collator
 from transformers.utils import logging
 
-from .hub import soup_card
+from .hub import SOUP_RECORD_NAME, soup_card
 from .members import copy_member_tensors, load_members
 from .saving import check_out_dir, save_model_dir
 
 logger = logging.get_logger(__name__)
 
 LABEL_COLUMNS = ("labels", "label", "label_ids")
-SOUP_RECORD_NAME = "soup.json"
 
 
 @dataclass

@@ -1,8 +1,12 @@
 """Tiny models built from config and synthetic data: no downloads, CPU, seconds."""
 
+import shutil
+
+import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -139,3 +143,36 @@ def image_run(tmp_path_factory, pretrained_mobilenet) -> StarSSETrainer:
     )
     trainer.train()
     return trainer
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory):
+    """A 3-class text dataset saved with save_to_disk (train, validation and test splits)."""
+    rng = np.random.default_rng(0)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["alpha", "beta", "gamma"])})
+
+    def split(n):
+        words = rng.integers(5, len(VOCAB), (n, 8))
+        return Dataset.from_dict(
+            {"text": [" ".join(VOCAB[i] for i in row) for row in words], "label": (words[:, 0] % 3).tolist()},
+            features=features,
+        )
+
+    path = tmp_path_factory.mktemp("cli") / "text_data"
+    DatasetDict({"train": split(32), "validation": split(16), "test": split(16)}).save_to_disk(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def image_data(tmp_path_factory, pretrained_mobilenet):
+    """A tiny MobileNetV2 with its image processor, and a 2-class dataset of PIL images (train and test splits)."""
+    root = tmp_path_factory.mktemp("cli_images")
+    shutil.copytree(pretrained_mobilenet, root / "mobilenet")
+    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    processor.save_pretrained(root / "mobilenet")
+    rng = np.random.default_rng(1)
+    images = [PILImage.fromarray((rng.random((20, 20, 3)) * 255).astype("uint8")) for _ in range(16)]
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    data = Dataset.from_dict({"image": images, "label": [i % 2 for i in range(16)]}, features=features)
+    DatasetDict({"train": data, "test": data.select(range(8))}).save_to_disk(root / "images")
+    return str(root / "mobilenet"), str(root / "images")

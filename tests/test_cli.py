@@ -1,38 +1,20 @@
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import yaml
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
-from PIL import Image as PILImage
-from transformers import MobileNetV2ImageProcessor
+from datasets import Dataset, DatasetDict
 
 from hf_starsse.cli import main
 
-from conftest import VOCAB
+from hub_server import LocalHub
 
 COMMON = ["--report_to", "none", "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true",
           "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--learning_rate", "0.001"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def text_data(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    features = Features({"text": Value("string"), "label": ClassLabel(names=["alpha", "beta", "gamma"])})
-
-    def split(n):
-        words = rng.integers(5, len(VOCAB), (n, 8))
-        return Dataset.from_dict(
-            {"text": [" ".join(VOCAB[i] for i in row) for row in words], "label": (words[:, 0] % 3).tolist()},
-            features=features,
-        )
-
-    path = tmp_path_factory.mktemp("cli") / "text_data"
-    DatasetDict({"train": split(32), "validation": split(16), "test": split(16)}).save_to_disk(path)
-    return str(path)
 
 
 def test_train_soup_evaluate_and_yaml(tmp_path, pretrained_bert, text_data):
@@ -67,21 +49,6 @@ def test_sweep_command(tmp_path, pretrained_bert, text_data):
     assert main(argv) == 0
     results = json.loads((tmp_path / "sweep/sweep.json").read_text())
     assert len(results["cells"]) == 2 and results["best"]["lr_ratio"] in (1, 2)
-
-
-@pytest.fixture(scope="module")
-def image_data(tmp_path_factory, pretrained_mobilenet):
-    """A tiny MobileNetV2 with its image processor, and a 2-class dataset of PIL images."""
-    root = tmp_path_factory.mktemp("cli_images")
-    shutil.copytree(pretrained_mobilenet, root / "mobilenet")
-    processor = MobileNetV2ImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    processor.save_pretrained(root / "mobilenet")
-    rng = np.random.default_rng(1)
-    images = [PILImage.fromarray((rng.random((20, 20, 3)) * 255).astype("uint8")) for _ in range(16)]
-    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
-    data = Dataset.from_dict({"image": images, "label": [i % 2 for i in range(16)]}, features=features)
-    DatasetDict({"train": data}).save_to_disk(root / "images")
-    return str(root / "mobilenet"), str(root / "images")
 
 
 def test_image_classification_train_and_sweep(tmp_path, image_data):
@@ -149,3 +116,31 @@ def test_help_and_console_script(capsys):
     assert result.returncode == 0 and "hf-starsse train" in result.stdout
     script = shutil.which("hf-starsse", path=str(__import__("pathlib").Path(sys.executable).parent))
     assert script is not None and subprocess.run([script, "--help"], capture_output=True).returncode == 0
+
+
+def test_push_dry_run_and_bad_repo_id(text_run, capsys):
+    run = text_run.args.output_dir
+    assert main(["push", "--path", run, "--repo_id", "me/ens", "--members_as_subfolders", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Would push to me/ens (revision main, visibility by default): 'Upload ensemble with hf_st")
+    assert re.search(r"members/member-02/model\.safetensors +<- " + re.escape(f"{run}/members/member-02/"), out)
+    assert main(["push", "--path", run, "--repo_id", "me/bad id", "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "repo_id='me/bad id' is not a valid Hub repository id" in err and len(err.splitlines()) == 1
+
+
+def test_push_command_uploads_through_hf_endpoint(text_run, tmp_path):
+    token = "hf_FAKEcliTOKEN0123456789abcdefghij"
+    with LocalHub() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf_home")}
+        argv = ["push", "--path", text_run.args.output_dir, "--repo_id", "cli-ensemble", "--private", "true",
+                "--commit_message", "From the CLI"]  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "hf_starsse.cli", *argv], capture_output=True, text=True, env=env, timeout=300
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hub.repos["tester/cli-ensemble"].private and hub.commits[0].message == "From the CLI"
+    assert "model.safetensors" in hub.files("tester/cli-ensemble")
+    assert f"files to tester/cli-ensemble: {hub.url}/tester/cli-ensemble/commit/" in result.stdout
+    assert token not in result.stdout + result.stderr
+    assert {auth for method, _, auth in hub.requests if method == "POST"} == {f"Bearer {token}"}
