@@ -5,6 +5,7 @@
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
     hf-starsse evaluate --run_dir runs/x --dataset D --split test
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
+    hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
 
 Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`.
 """
@@ -16,8 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoConfig, HfArgumentParser
+from transformers.utils import logging
 
 from .data import DataArguments, PreparedTask, prepare_task
+from .demo import TRAINING_DEFAULTS, DemoArguments, run_demo
 from .evaluation import evaluate_ensemble
 from .members import load_members
 from .soups import greedy_soup, uniform_soup
@@ -151,7 +154,16 @@ def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArg
     )
 
 
-COMMANDS = ("train", "soup", "evaluate", "sweep")
+def demo(argv: list[str]) -> None:
+    """The demo's options: `DemoArguments` and every training option, with the demo's recipe as defaults."""
+    parser = HfArgumentParser((DemoArguments, StarSSETrainingArguments), prog="hf-starsse demo")
+    parser.set_defaults(**TRAINING_DEFAULTS)
+    options = parser.parse_args_into_dataclasses(argv)
+    logging.set_verbosity_error()  # progress bars and the demo's lines, not the fresh-head load reports
+    run_demo(*options)
+
+
+COMMANDS = ("train", "soup", "evaluate", "sweep", "demo")
 
 
 def _parse(classes: tuple, command: str, argv: list[str]) -> tuple:
@@ -177,6 +189,9 @@ def _run(command: str, argv: list[str]) -> None:
         return
     if command == "sweep":
         sweep(*_parse((DataArguments, StarSSETrainingArguments, SweepArguments), command, argv))
+        return
+    if command == "demo":
+        demo(argv)
         return
     own = SoupArguments if command == "soup" else EvaluateArguments
     options, data_options = _parse((own, _optional_data_options()), command, argv)

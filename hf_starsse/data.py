@@ -13,6 +13,8 @@ from transformers import (
     default_data_collator,
 )
 
+from .soups import fix_batchnorm_momentum
+
 DATA_FILE_TYPES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -128,13 +130,15 @@ def prepare_task(
         prepare, processor, collator, auto_class = _text_preparation(data, train, to_ids)
 
     def model_init():
-        return auto_class.from_pretrained(
+        model = auto_class.from_pretrained(
             data.model_name_or_path,
             num_labels=len(names),
             id2label=dict(enumerate(names)),
             label2id=label2id,
             ignore_mismatched_sizes=True,
         )
+        fix_batchnorm_momentum(model)  # e.g. MobileNetV2's TF decay 0.997 would track the last batch only
+        return model
 
     def select(dataset, limit):
         return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
