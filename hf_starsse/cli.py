@@ -157,7 +157,10 @@ def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArg
 def demo(argv: list[str]) -> None:
     """The demo's options: `DemoArguments` and every training option, with the demo's recipe as defaults."""
     parser = HfArgumentParser((DemoArguments, StarSSETrainingArguments), prog="hf-starsse demo")
-    parser.set_defaults(**TRAINING_DEFAULTS)
+    defaults = dict(TRAINING_DEFAULTS)
+    if any(arg.split("=")[0] == "--cycle_steps" for arg in argv):
+        defaults["cycle_epochs"] = None  # the given cycle length replaces the demo's
+    parser.set_defaults(**defaults)
     options = parser.parse_args_into_dataclasses(argv)
     logging.set_verbosity_error()  # progress bars and the demo's lines, not the fresh-head load reports
     run_demo(*options)

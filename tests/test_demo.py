@@ -172,3 +172,10 @@ def test_offline_hub_model_fails_in_one_line(tmp_path):
     error = result.stderr.strip().splitlines()
     assert len(error) == 1 and "leave out --model to use the offline default" in error[0]
     assert not (tmp_path / "demo").exists()  # it failed before any work
+
+
+@pytest.mark.parametrize("option", [["--corruptions", "fog"], ["--severities", "6"]])
+def test_bad_shift_options_fail_before_training(tmp_path, capsys, option):
+    assert main(["demo", "--output_dir", str(tmp_path / "demo"), *option]) == 2
+    assert "--corruptions must be among" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

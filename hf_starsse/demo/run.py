@@ -20,7 +20,7 @@ import torch
 from transformers import AutoConfig
 
 from .. import plots
-from ..corruptions import CORRUPTIONS, corrupted_splits, summarize_robustness
+from ..corruptions import CORRUPTIONS, SEVERITIES, corrupted_splits, summarize_robustness
 from ..data import DataArguments, PreparedTask, prepare_task
 from ..evaluation import evaluate_ensemble
 from ..run_dir import atomic_write_text
@@ -67,8 +67,8 @@ class DemoArguments:
     )  # fmt: skip
     image_size: int = field(default=64, metadata={"help": "Input resolution of the default model, in pixels."})
     train_samples: int = field(default=4000, metadata={"help": "Training images used (the first N)."})
-    test_samples: int = field(default=2000, metadata={"help": "Test images used (the first N)."})
-    shift_samples: int = field(default=500, metadata={"help": "Test images corrupted for the shift set."})
+    test_samples: int = field(default=1000, metadata={"help": "Test images used (the first N)."})
+    shift_samples: int = field(default=250, metadata={"help": "Test images corrupted for the shift set."})
     corruptions: list[str] = field(
         default_factory=lambda: list(CORRUPTIONS), metadata={"help": "Corruptions of the shift set."}
     )
@@ -99,6 +99,13 @@ def _reachable(model: str) -> None:
 
 
 def _resolve(demo: DemoArguments) -> DataArguments:
+    """Check the options, then the model and dataset to use (the offline assets by default, cached)."""
+    unknown = sorted(set(demo.corruptions) - set(CORRUPTIONS))
+    if unknown or not set(demo.severities) <= set(SEVERITIES):
+        raise ValueError(
+            f"--corruptions must be among {', '.join(CORRUPTIONS)} and --severities among 1-5; got "
+            f"{unknown or demo.corruptions} and {demo.severities}."
+        )
     if demo.model is not None:
         _reachable(demo.model)
     if demo.dataset is not None and not Path(demo.dataset).expanduser().exists():
@@ -114,7 +121,7 @@ def _normalization(processor) -> tuple[torch.Tensor, torch.Tensor]:
     """The processor's per-channel mean and std as `(1, C, 1, 1)` tensors (0 and 1 when it does not normalise)."""
     if not getattr(processor, "do_normalize", False):
         return torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
-    return (torch.tensor(values).view(1, -1, 1, 1) for values in (processor.image_mean, processor.image_std))
+    return tuple(torch.tensor(values).view(1, -1, 1, 1) for values in (processor.image_mean, processor.image_std))
 
 
 def evaluation_sets(task: PreparedTask, demo: DemoArguments) -> dict:
