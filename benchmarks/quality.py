@@ -12,7 +12,12 @@ treatment.
     python benchmarks/quality.py                       # writes benchmarks/results/quality.md and quality_*.png
     python benchmarks/quality.py --seeds 0 --train-samples 500 --output-dir runs/quality-smoke   # a quick check
 
-Runs resume: complete members and sweep cells in `--output-dir` are reused.
+Runs resume: complete members, sweep cells and evaluations in `--output-dir` are reused. Seeds can run in parallel
+processes once the sweep is done, then a last run writes the report from the saved results:
+
+    python benchmarks/quality.py --run-seeds 0                                                # the sweep, seed 0
+    python benchmarks/quality.py --run-seeds 1 & python benchmarks/quality.py --run-seeds 2   # after the sweep
+    python benchmarks/quality.py                                                              # the report
 """
 
 import argparse
@@ -60,6 +65,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--length-ratios", type=float, nargs="+", default=[0.5], help="Sweep: cycle / first length.")
     parser.add_argument("--sweep-members", type=int, default=3, help="Ensemble size scored by the sweep.")
     parser.add_argument("--threads", type=int, default=1, help="Torch threads (1 is fastest on a shared machine).")
+    parser.add_argument(
+        "--run-seeds",
+        type=int,
+        nargs="+",
+        help="Train and evaluate only these seeds (parallel processes sharing "
+        "--output-dir, once the sweep is done); then run without it to write the report from the saved results.",
+    )
     parser.add_argument("--output-dir", default="runs/quality")
     parser.add_argument("--results", type=Path, default=RESULTS / "quality.md")
     return parser.parse_args()
@@ -149,13 +161,15 @@ def plot(all_rows: list[dict], members: int, prefix: Path) -> list[str]:
 
 
 def evaluation(run: Path, eval_sets: dict, task) -> list[dict]:
-    """`evaluate_ensemble` of a run, or its saved rows when they are newer than its manifest (a resumed benchmark)."""
-    saved, manifest = run / "evaluation.json", run / "ensemble.json"
-    if saved.is_file() and saved.stat().st_mtime > manifest.stat().st_mtime:
-        return json.loads(saved.read_text())
-    return evaluate_ensemble(
+    """`evaluate_ensemble` of a run, or the rows saved for the same members (same hashes) by an earlier process."""
+    saved, members = run / "quality_evaluation.json", json.loads((run / "ensemble.json").read_text())["members"]
+    if saved.is_file() and json.loads(saved.read_text())["members"] == members:
+        return json.loads(saved.read_text())["rows"]
+    rows = evaluate_ensemble(
         run, eval_sets, train_dataset=task.train_dataset, data_collator=task.data_collator, batch_size=128
     )
+    saved.write_text(json.dumps({"members": members, "rows": json.loads((run / "evaluation.json").read_text())}))
+    return rows
 
 
 def main() -> None:
@@ -164,6 +178,9 @@ def main() -> None:
     logging.set_verbosity_error()
     start = time.perf_counter()
     root = Path(options.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "started").is_file():
+        (root / "started").write_text(str(time.time()))  # the wall time covers resumed and parallel processes
     data = DataArguments(
         model_name_or_path=str(pretrained_mobilenet_v2(options.image_size)),
         dataset=str(fashion_mnist()),
@@ -199,7 +216,7 @@ def main() -> None:
     eval_sets = evaluation_sets(task, demo)
     summaries = {method: {} for method in METHODS}
     all_rows = []
-    for seed in options.seeds:
+    for seed in options.run_seeds or options.seeds:
         print(f"[quality] seed {seed}: first model", flush=True)
         member0 = first_model(options, task, trainer_kwargs, root, seed)
         for method in METHODS:
@@ -213,7 +230,9 @@ def main() -> None:
             rows = evaluation(run, eval_sets, task)
             summaries[method][seed] = summarize(rows)
             all_rows += rows
-    elapsed = time.perf_counter() - start
+    if options.run_seeds:
+        return
+    elapsed = time.time() - float((root / "started").read_text())
     write_results(report(options, sweep, summaries, all_rows, elapsed), options.results)
 
 
@@ -231,9 +250,9 @@ def report(options, sweep: dict, summaries: dict, all_rows: list[dict], elapsed:
     return [
         "# Ensemble quality: single model, Local DE, SSE and StarSSE",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, `python {' '.join(sys.argv)}`, {elapsed / 60:.0f} min on "
-        f"{platform.machine()} (2 cores) with {torch.get_num_threads()} torch thread(s) (load average at the end "
-        f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}: the machine was shared), torch {torch.__version__}.",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, `python {' '.join(sys.argv)}`, {elapsed / 60:.0f} min "
+        f"wall time on {platform.machine()} (2 cores) with {torch.get_num_threads()} torch thread(s) (load average at "
+        f"the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}: the machine was shared), torch {torch.__version__}.",
         "",
         f"ImageNet MobileNetV2 (torchvision weights) fine-tuned on Fashion-MNIST at {options.image_size} px: "
         f"{options.train_samples} training images, {options.validation_samples} validation images (the sweep "
