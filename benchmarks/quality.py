@@ -72,6 +72,7 @@ def parse_args() -> argparse.Namespace:
         help="Train and evaluate only these seeds (parallel processes sharing "
         "--output-dir, once the sweep is done); then run without it to write the report from the saved results.",
     )
+    parser.add_argument("--note", default="", help="Text added under the header (e.g. how the seeds were run).")
     parser.add_argument("--output-dir", default="runs/quality")
     parser.add_argument("--results", type=Path, default=RESULTS / "quality.md")
     return parser.parse_args()
@@ -247,10 +248,14 @@ def report(options, sweep: dict, summaries: dict, all_rows: list[dict], elapsed:
         for c in sweep["cells"]
     ]  # fmt: skip
     load = os.getloadavg()
+    argv = sys.argv[:]
+    if "--note" in argv:  # the note is shown below, not in the command
+        del argv[argv.index("--note") : argv.index("--note") + 2]
+    command = " ".join(argv)
     return [
         "# Ensemble quality: single model, Local DE, SSE and StarSSE",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, `python {' '.join(sys.argv)}`, {elapsed / 60:.0f} min "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, `python {command}`, {elapsed / 60:.0f} min "
         f"wall time on {platform.machine()} (2 cores) with {torch.get_num_threads()} torch thread(s) (load average at "
         f"the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}: the machine was shared), torch {torch.__version__}.",
         "",
@@ -261,11 +266,12 @@ def report(options, sweep: dict, summaries: dict, all_rows: list[dict], elapsed:
         f"{', '.join(map(str, options.severities))}, metrics averaged over them. K = {members}, seeds "
         f"{', '.join(map(str, options.seeds))} (mean ± sample std over seeds). First model: SGD (momentum 0.9), lr "
         f"{options.learning_rate}, {options.epochs:g} epochs, batch 32, linear decay; Local DE members repeat it "
-        f"with fresh heads. SSE/StarSSE cycles: lr {best['cycle_learning_rate']:g}, {best['cycle_epochs']:g} "
-        "epochs each, cosine, chosen on the validation split by the sweep below (best ensemble accuracy). Every "
+        f"with fresh heads. SSE/StarSSE cycles: lr {best['cycle_learning_rate']:g}, {best['cycle_epochs']:g} epoch(s) "
+        "each, cosine, chosen on the validation split by the sweep below (best ensemble accuracy). Every "
         "member of every method (hence every ensemble) and every soup had its BatchNorm statistics re-estimated on "
         "the training data. `steps`: optimizer steps of all the models involved.",
         "",
+        *([options.note, ""] if options.note else []),
         *markdown_table(aggregate(summaries, members), ["model", *COLUMNS.values(), "steps"]),
         "",
         "Paired differences (same seed, same member 0):",
