@@ -6,6 +6,7 @@
     hf-starsse evaluate --run_dir runs/x --dataset D --split test
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
     hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
+    hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
 
 Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`.
 """
@@ -17,8 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoConfig, HfArgumentParser
+from transformers.utils import logging
 
 from .data import DataArguments, PreparedTask, prepare_task
+from .demo import TRAINING_DEFAULTS, DemoArguments, run_demo
 from .evaluation import evaluate_ensemble
 from .hub import push_ensemble_to_hub
 from .members import load_members
@@ -181,7 +184,19 @@ def push(options: PushArguments) -> None:
             print(f"Pushed {len(upload.files)} files to {upload.repo_id}: {upload.commit.commit_url}")
 
 
-COMMANDS = ("train", "soup", "evaluate", "sweep", "push")
+def demo(argv: list[str]) -> None:
+    """The demo's options: `DemoArguments` and every training option, with the demo's recipe as defaults."""
+    parser = HfArgumentParser((DemoArguments, StarSSETrainingArguments), prog="hf-starsse demo")
+    defaults = dict(TRAINING_DEFAULTS)
+    if any(arg.split("=")[0] == "--cycle_steps" for arg in argv):
+        defaults["cycle_epochs"] = None  # the given cycle length replaces the demo's
+    parser.set_defaults(**defaults)
+    options = parser.parse_args_into_dataclasses(argv)
+    logging.set_verbosity_error()  # progress bars and the demo's lines, not the fresh-head load reports
+    run_demo(*options)
+
+
+COMMANDS = ("train", "soup", "evaluate", "sweep", "push", "demo")
 
 
 def _parse(classes: tuple, command: str, argv: list[str]) -> tuple:
@@ -210,6 +225,9 @@ def _run(command: str, argv: list[str]) -> None:
         return
     if command == "push":
         push(*_parse((PushArguments,), command, argv))
+        return
+    if command == "demo":
+        demo(argv)
         return
     own = SoupArguments if command == "soup" else EvaluateArguments
     options, data_options = _parse((own, _optional_data_options()), command, argv)

