@@ -29,6 +29,7 @@ def local_hub(monkeypatch, tmp_path):
     """The local Hub stand-in, with huggingface_hub pointed at it and no token from the environment or a login."""
     with LocalHub() as hub:
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared client, made anew
         monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login"))
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
@@ -232,7 +233,6 @@ def test_push_to_hub_during_training_needs_hub_strategy_end(local_hub, pretraine
 
 @pytest.mark.parametrize("single", [False, True], ids=["TrainingArguments", "num_members=1"])
 def test_without_ensemble_push_is_the_trainers(local_hub, pretrained_bert, tmp_path, monkeypatch, single):
-    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared client, made anew for us
     options = dict(output_dir=str(tmp_path / "plain"), report_to="none", use_cpu=True, hub_token=FAKE_TOKEN)
     args = make_args(num_members=1, **options) if single else TrainingArguments(**options)
     trainer = StarSSETrainer(model=load_text_model(pretrained_bert), args=args, processing_class=tokenizer())
