@@ -89,3 +89,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # an orderly gloo teardown (an abort at exit was seen without)
