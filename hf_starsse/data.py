@@ -21,8 +21,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from .members import check_pickle_weights
-from .run_dir import weight_files
 from .soups import fix_batchnorm_momentum
+from .weights import check_weight_files
 
 DATA_FILE_TYPES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -128,7 +128,7 @@ def _check_model(data: DataArguments, image_column: str | None) -> None:
             f"Dataset {data.dataset} holds no image column but {data.model_name_or_path} is a {config.model_type!r} "
             "model, which does not classify text. Use a text model, or set --image_column for image data."
         )
-    if Path(data.model_name_or_path).is_dir() and not weight_files(data.model_name_or_path):
+    if Path(data.model_name_or_path).is_dir() and not check_weight_files(data.model_name_or_path, "The model"):
         check_pickle_weights(data.model_name_or_path, data.allow_pickle)
 
 

@@ -10,7 +10,8 @@ from torch import nn
 from transformers.utils import logging
 
 from .members import load_members
-from .soups import _base_model, has_batchnorm, predict_logits, recalibrate_batchnorm
+from .soups import has_batchnorm, predict_logits, recalibrate_batchnorm
+from .weights import load_base_model
 
 logger = logging.get_logger(__name__)
 
@@ -126,10 +127,10 @@ def member_distances(source, pretrained: nn.Module | None = None) -> list[dict]:
         `pretrained`).
     """
     member_dirs = load_members(source)
-    first = _base_model(member_dirs[0])
+    first = load_base_model(member_dirs[0])
     rows = []
     for index, member_dir in enumerate(member_dirs):
-        member = first if index == 0 else _base_model(member_dir)
+        member = first if index == 0 else load_base_model(member_dir)
         rows.append(
             {
                 "member": index,

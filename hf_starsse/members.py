@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .run_dir import MANIFEST_NAME, RunDirectory, pickle_weight_files, untied_missing, weight_files
+from .run_dir import MANIFEST_NAME, RunDirectory
+from .weights import check_weight_files, pickle_weight_files, untied_missing, weight_files
 
 # Config entries allowed to differ between members.
 IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version"}
@@ -43,8 +44,8 @@ def load_members(source: str | os.PathLike | list[str | os.PathLike], allow_pick
     members = [Path(member) for member in source]
     if not members:
         raise ValueError("No member directories given.")
-    for member in members:
-        if not weight_files(member):
+    for position, member in enumerate(members):
+        if not check_weight_files(member, f"Member {position}"):
             check_pickle_weights(member, allow_pickle)
         if not (member / "config.json").is_file():
             raise FileNotFoundError(f"{member} has no config.json: members are save_pretrained directories.")

@@ -1,4 +1,6 @@
-"""The run directory: the manifest `ensemble.json`, member directories, weight hashes and atomic writes.
+"""The run directory: the manifest `ensemble.json` (the run's identity and its complete members), member
+directories, member locks and resume points. Atomic writes live in `atomic_io`, weight files and hashes in `weights`,
+the processes' meeting point in `coordination`; their names are re-exported here.
 
 ```
 output_dir/
@@ -10,21 +12,46 @@ output_dir/
 A member is complete only once the manifest lists it with the sha256 of its weights.
 """
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from filelock import FileLock, Timeout
-from safetensors.torch import load_file
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import sort_checkpoints
 from transformers.utils import logging
+
+from .atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, fsync_files
+from .coordination import Rendezvous
+from .weights import (
+    check_weight_files,
+    load_state,
+    load_weights,
+    pickle_weight_files,
+    untied_missing,
+    weight_files,
+    weights_sha256,
+)
+
+__all__ = [
+    "MANIFEST_NAME",
+    "RunDirectory",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_weight_files",
+    "fsync_dir",
+    "fsync_files",
+    "load_state",
+    "load_weights",
+    "pickle_weight_files",
+    "run_manifest",
+    "untied_missing",
+    "weight_files",
+    "weights_sha256",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -34,80 +61,11 @@ CHECKPOINTS_DIR = "checkpoints"
 PROCESS_REPORTS_DIR = ".processes"
 FORMAT_VERSION = 1
 # Manifest fields that define a run: a directory holding a run that differs in any of them is refused.
-IDENTITY_KEYS = ("ensemble_method", "base_model", "hyperparameters")
+IDENTITY_KEYS = ("ensemble_method", "base_model", "hyperparameters", "precision", "train_data")
+# Identity fields that manifests of earlier hf_starsse versions lack: such runs resume (with a warning) and get them.
+LATER_IDENTITY_KEYS = ("precision", "train_data")
 # Fields every manifest member entry has, with their types.
 ENTRY_FIELDS = (("index", int), ("path", str), ("sha256", str))
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (renames, new files) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same directory, fsync, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; shared run directories must stay readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` (UTF-8) to `path` atomically (see `atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON to `path` atomically (see `atomic_write_text`)."""
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def weight_files(model_dir: str | os.PathLike) -> list[Path]:
-    """The safetensors weight files of a `save_pretrained` directory, sorted by name."""
-    return sorted(Path(model_dir).glob("*.safetensors"))
-
-
-def pickle_weight_files(model_dir: str | os.PathLike) -> list[Path]:
-    """The pickle weight files (`pytorch_model*.bin`) of a `save_pretrained` directory, sorted by name."""
-    return sorted(Path(model_dir).glob("pytorch_model*.bin"))
-
-
-def weights_sha256(model_dir: str | os.PathLike) -> str:
-    """sha256 over the safetensors weight files of `model_dir`, read in name order."""
-    files = weight_files(model_dir)
-    if not files:
-        raise FileNotFoundError(f"No *.safetensors weights in {model_dir}.")
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def fsync_files(model_dir: str | os.PathLike) -> None:
-    """Flush the files directly inside `model_dir` (not sub-directories) to disk."""
-    model_dir = Path(model_dir)
-    for file in model_dir.iterdir():
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-    fsync_dir(model_dir)
 
 
 class RunDirectory:
@@ -148,6 +106,15 @@ class RunDirectory:
             if state["global_step"] < state["max_steps"]:
                 return checkpoint
         return None
+
+    def member_logs(self, members: list[int]) -> list[dict[str, Any]]:
+        """The Trainer log histories of `members` (from their `trainer_state.json`), one after another."""
+        logs = []
+        for member in members:
+            state_file = self.member_dir(member) / TRAINER_STATE_NAME
+            if state_file.is_file():
+                logs.extend(json.loads(state_file.read_text())["log_history"])
+        return logs
 
     def lock_member(self, index: int) -> FileLock:
         """
@@ -221,6 +188,12 @@ class RunDirectory:
                     )
                 self._discard()
                 manifest = None
+            older = [key for key in LATER_IDENTITY_KEYS if manifest is not None and key not in manifest]
+            if older:
+                logger.warning(
+                    f"{self.manifest_path} was written by an older hf_starsse without {', '.join(older)}; resuming "
+                    "it on the assumption that they did not change, and recording them now."
+                )
             members = [] if manifest is None else manifest["members"]
             saved_size = 0 if manifest is None else manifest.get("num_members", 0)
             num_members = max([header["num_members"], saved_size] + [entry["index"] + 1 for entry in members])
@@ -240,10 +213,21 @@ class RunDirectory:
 
     @staticmethod
     def _differences(manifest: dict[str, Any], header: dict[str, Any]) -> list[str]:
-        saved = {key: manifest.get(key) for key in IDENTITY_KEYS}
-        saved.update(saved.pop("hyperparameters") or {})
-        wanted = {key: header.get(key) for key in IDENTITY_KEYS}
-        wanted.update(wanted.pop("hyperparameters") or {})
+        """The identity fields in which `header` differs from `manifest` (fields an older manifest lacks: none)."""
+        keys = [key for key in IDENTITY_KEYS if key in manifest or key not in LATER_IDENTITY_KEYS]
+
+        def flat(source: dict[str, Any]) -> dict[str, Any]:
+            values = {}
+            for key in keys:
+                value = source.get(key)
+                if isinstance(value, dict):
+                    prefix = "" if key == "hyperparameters" else f"{key}."
+                    values.update({f"{prefix}{name}": item for name, item in value.items()})
+                else:
+                    values[key] = value
+            return values
+
+        saved, wanted = flat(manifest), flat(header)
         return [
             f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now"
             for key in sorted(set(saved) | set(wanted))
@@ -339,28 +323,28 @@ class RunDirectory:
         shutil.copytree(source, target, ignore=shutil.ignore_patterns(CHECKPOINTS_DIR, ".*"))
         return self.record_member(index, None, seed, steps)
 
-    def _reports_dir(self) -> Path:
-        return self.path / PROCESS_REPORTS_DIR
+    @property
+    def rendezvous(self) -> Rendezvous:
+        """Where the processes of a branch-parallel launch meet (`.processes/`)."""
+        return Rendezvous(self.path / PROCESS_REPORTS_DIR)
 
     def clear_process_reports(self) -> None:
         """Remove the reports of an earlier meeting of processes (e.g. of a launch that crashed)."""
-        shutil.rmtree(self._reports_dir(), ignore_errors=True)
+        self.rendezvous.clear()
 
     def report_process(self, process: int, report: dict[str, Any]) -> None:
         """Write process `process`'s report (JSON-serialisable) for `wait_for_reports`."""
-        self._reports_dir().mkdir(exist_ok=True)
-        atomic_write_json(self._reports_dir() / f"process-{process}.json", report)
+        self.rendezvous.report(process, report)
 
-    def wait_for_reports(self, num_processes: int, poll_seconds: float = 0.5) -> list[dict[str, Any]]:
+    def wait_for_reports(
+        self, num_processes: int, timeout: float = 1800, poll_seconds: float = 0.5
+    ) -> list[dict[str, Any]]:
         """
-        Wait, without a time limit, until processes `0..num_processes-1` have reported, and return their reports.
-        Processes that train for different lengths of time meet here rather than in a collective call, which would
-        time out (`ddp_timeout`).
+        Wait until processes `0..num_processes-1` have reported and return their reports; a process that neither
+        reports nor beats its heartbeat for `timeout` seconds (the trainer uses `ddp_timeout`) raises a
+        `TimeoutError` naming it (see `Rendezvous.wait`).
         """
-        paths = [self._reports_dir() / f"process-{process}.json" for process in range(num_processes)]
-        while not all(path.is_file() for path in paths):
-            time.sleep(poll_seconds)
-        return [json.loads(path.read_text()) for path in paths]
+        return self.rendezvous.wait(num_processes, timeout, poll_seconds)
 
 
 def run_manifest(source) -> dict | None:
@@ -368,41 +352,3 @@ def run_manifest(source) -> dict | None:
     if isinstance(source, (str, os.PathLike)) and (Path(source) / MANIFEST_NAME).is_file():
         return RunDirectory(source).read_manifest()
     return None
-
-
-def load_weights(model: torch.nn.Module, model_dir: str | os.PathLike) -> None:
-    """
-    Load the safetensors weights of a `save_pretrained` directory into `model` in place (see `load_state`).
-
-    Args:
-        model (`torch.nn.Module`): The model to update.
-        model_dir (`str` or `os.PathLike`): A directory holding `model.safetensors` (or its shards).
-    """
-    files = weight_files(model_dir)
-    if not files:
-        raise FileNotFoundError(f"No *.safetensors weights in {model_dir}.")
-    state = {}
-    for file in files:
-        state.update(load_file(file))
-    load_state(model, state, source=str(model_dir))
-
-
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "the state dict") -> None:
-    """
-    Copy `state` into `model` in place. Keys left out because they are tied to a loaded tensor are accepted; any other
-    missing or unexpected key is an error naming `source`.
-    """
-    _, unexpected = model.load_state_dict(state, strict=False)
-    missing = untied_missing(model, set(state))
-    if missing or unexpected:
-        raise ValueError(
-            f"The weights in {source} do not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}."
-        )
-
-
-def untied_missing(model: torch.nn.Module, loaded: set[str]) -> list[str]:
-    """Names of `model`'s state that `loaded` misses, apart from those tied to a loaded tensor."""
-    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-    loaded_ids = {id(tensors[name]) for name in loaded if name in tensors}
-    return [name for name in model.state_dict() if name not in loaded and id(tensors.get(name)) not in loaded_ids]

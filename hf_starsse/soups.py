@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, PreTrainedModel, TrainerCallback, default_data_collator
+from transformers import PreTrainedModel, TrainerCallback, default_data_collator
 from transformers.utils import logging
 
 from .hub import SOUP_RECORD_NAME, soup_card
 from .members import copy_member_tensors, load_members
 from .saving import check_out_dir, save_model_dir
+from .weights import load_base_model
 
 logger = logging.get_logger(__name__)
 
@@ -41,18 +41,6 @@ class _SoupOptions:
 
     def loader(self, model: nn.Module, dataset) -> DataLoader:
         return make_dataloader(model, dataset, self.data_collator, self.batch_size)
-
-
-def _base_model(member: Path, device: str | torch.device | None = None) -> PreTrainedModel:
-    config = AutoConfig.from_pretrained(member)
-    architecture = (config.architectures or [None])[0]
-    model_class = getattr(transformers, architecture or "", None)
-    if model_class is None:
-        raise ValueError(
-            f"{member}/config.json names architecture {architecture!r}, which transformers does not provide; soups "
-            "are built for transformers architectures."
-        )
-    return model_class.from_pretrained(member).to(device or "cpu")
 
 
 def _model_inputs(model: nn.Module, batch: dict, device: torch.device) -> dict:
@@ -147,7 +135,7 @@ class BatchNormRecalibrationCallback(TrainerCallback):
 
 def _soup(member_dirs: list[Path], options: _SoupOptions) -> tuple[PreTrainedModel, bool]:
     """The averaged model (eval mode) and whether its BatchNorm statistics were re-estimated."""
-    model = _base_model(member_dirs[0], options.device)
+    model = load_base_model(member_dirs[0], options.device)
     copy_member_tensors([model], member_dirs, average=True)
     if not has_batchnorm(model):
         return model.eval(), False
@@ -269,7 +257,7 @@ def greedy_soup(
     options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     loader, scores = None, []
     for member in member_dirs:
-        model = _base_model(member, device)
+        model = load_base_model(member, device)
         if loader is None:
             loader = options.loader(model, eval_dataset)
         scores.append(_score(model, loader, metric))

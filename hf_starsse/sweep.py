@@ -20,12 +20,13 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from . import plots
+from .atomic_io import atomic_write_json
 from .diagnostics import barrier_height, interpolation_curve
 from .evaluation import evaluate_ensemble
-from .run_dir import atomic_write_json, weights_sha256
-from .soups import _base_model, make_dataloader
+from .soups import make_dataloader
 from .trainer import StarSSETrainer
 from .training_args import StarSSETrainingArguments
+from .weights import load_base_model, weights_sha256
 
 SWEEP_RESULTS_NAME = "sweep.json"
 logger = logging.get_logger(__name__)
@@ -56,7 +57,7 @@ def _score_cell(cell_dir: Path, eval_dataset, train_dataset, trainer: StarSSETra
     rows = evaluate_ensemble(cell_dir, {"validation": eval_dataset}, soups=(), **_eval_options(trainer))
     members = [row for row in rows if row["model"] == "member"]
     ensemble = max((row for row in rows if row["model"] == "ensemble"), key=lambda row: row["size"])
-    first, second = (_base_model(cell_dir / f"members/member-{i:02d}", trainer.args.device) for i in (0, 1))
+    first, second = (load_base_model(cell_dir / f"members/member-{i:02d}", trainer.args.device) for i in (0, 1))
     loader = make_dataloader(first, eval_dataset, trainer.data_collator, trainer.args.per_device_eval_batch_size)
     bn_loader = make_dataloader(first, train_dataset, trainer.data_collator, trainer.args.per_device_train_batch_size)
     curve = interpolation_curve(first, second, {"validation": loader}, num_points, batchnorm_dataloader=bn_loader)

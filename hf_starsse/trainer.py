@@ -6,29 +6,31 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import torch
-from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedType, broadcast_object_list
 from huggingface_hub import HfApi
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import HubStrategy, TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
-from . import __version__
+from .coordination import branch_share, main_process_only, on_main_process, single_process_state
 from .data import check_train_dataset
 from .ensemble import build_ensemble
 from .hub import push_ensemble_to_hub
-from .run_dir import RunDirectory, load_weights, weights_sha256
+from .plan import plan_member
+from .run_dir import RunDirectory
+from .run_identity import run_header
 from .schedule import get_cycle_schedule
 from .soups import greedy_soup, uniform_soup
 from .training_args import StarSSETrainingArguments
+from .weights import load_weights, weights_sha256
 
 logger = logging.get_logger(__name__)
 
@@ -78,9 +80,10 @@ class StarSSETrainer(Trainer):
         self._carried_optimizer_state: dict | None = None
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._fresh_parameters: set[str] = set()
-        scaler = getattr(self.accelerator, "scaler", None)
-        self._initial_scaler_state = scaler.state_dict() if scaler is not None else None
-        if isinstance(self.args, StarSSETrainingArguments) and self.args.num_members > 1:
+        self._initial_scaler_state: dict | None = None
+        self._callback_states: dict[int, tuple[ExportableState, dict]] = {}
+        self._tensorboard_dirs: dict[TensorBoardCallback, str] = {}
+        if self._is_ensemble():
             self._check_ensemble_setup()
             if self.args.ensemble_method == "local_de" and self.model_init is None:
                 self._remember_pretrained_state()
@@ -96,6 +99,13 @@ class StarSSETrainer(Trainer):
                 "optimizer instance given in `optimizers`. Pass `optimizer_cls_and_kwargs=(optimizer_class, kwargs)` "
                 "instead, or set num_members=1."
             )
+        given_lr = (self.optimizer_cls_and_kwargs or (None, {}))[1].get("lr")
+        if given_lr is not None and given_lr != self.args.learning_rate:
+            raise ValueError(
+                f"optimizer_cls_and_kwargs sets lr={given_lr}, but learning_rate={self.args.learning_rate}: every "
+                "member's peak learning rate comes from learning_rate (member 0) and cycle_learning_rate (later "
+                "cycles). Set learning_rate, and leave lr out of the optimizer's kwargs."
+            )
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError(
                 "Ensembles with DeepSpeed or FSDP are not supported yet: member snapshots and branch starts need full "
@@ -108,12 +118,23 @@ class StarSSETrainer(Trainer):
                 "load_best_model_at_end=True would make a cycle member the best checkpoint of its cycle instead of "
                 "the cycle's end, which is what SSE/StarSSE ensemble. Set it to False (or use local_de)."
             )
+        self._check_callbacks()
         if self.args.ensemble_method == "local_de" and self.model_init is None:
             if not isinstance(self.accelerator.unwrap_model(self.model), PreTrainedModel):
                 raise ValueError(
                     "ensemble_method='local_de' re-initialises the head of a transformers PreTrainedModel for every "
                     f"member; {type(self.model).__name__} is not one. Pass model_init=... that builds a fresh model."
                 )
+
+    def _check_callbacks(self) -> None:
+        """Early stopping would end a cycle before its schedule does, and the cycle's end is what SSE/StarSSE keep."""
+        early = [cb for cb in self.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)]
+        if early and self.args.ensemble_method != "local_de":
+            raise ValueError(
+                f"EarlyStoppingCallback would end a {self.args.ensemble_method} cycle before its learning rate "
+                "reaches zero, and the cycle's end is the member the ensemble needs. Remove the callback, or use "
+                "ensemble_method='local_de' (independent fine-tunes: early stopping starts afresh for each member)."
+            )
 
     def _remember_pretrained_state(self) -> None:
         """Keep the weights Local DE members start from, and the parameters that did not come from a checkpoint."""
@@ -144,6 +165,11 @@ class StarSSETrainer(Trainer):
         `TrainingArguments` this is `Trainer.train`. With `args.branch_parallel` in a multi-process launch, the
         processes share the StarSSE branches and the model ends as the run's last member on every process.
 
+        Every member starts with the state a fresh `Trainer` would have: callbacks that keep state between calls
+        (transformers' `ExportableState` callbacks, e.g. `EarlyStoppingCallback` with Local DE) are reset, TensorBoard
+        writes to its own `member-NN` sub-directory, and the AMP loss scale is reset unless the member inherits its
+        parent's optimizer state (`reset_optimizer_each_cycle=False`), which carries the parent's loss scale too.
+
         Args:
             resume_from_checkpoint (`str` or `bool`, *optional*):
                 A checkpoint of the first member still to train (not used for parallel branches). Unfinished members
@@ -162,10 +188,13 @@ class StarSSETrainer(Trainer):
             raise ValueError(
                 "StarSSETrainer does not run hyperparameter-search trials: tune the first member with a plain Trainer."
             )
+        if self._is_ensemble():
+            self._check_callbacks()  # callbacks may have been added since __init__
         check_train_dataset(self.train_dataset, self.accelerator.unwrap_model(self.model), self.label_names)
         ensemble_args = self.args
         self._run = run = RunDirectory(ensemble_args.output_dir)
-        todo = self._on_main_process(self._plan)
+        self._remember_start_states(ensemble_args)
+        todo = on_main_process(self.accelerator, self._plan)
         branches = self._parallel_branches(todo)
         in_turn = [member for member in todo if member not in branches]
         processes = {"mode": "data_parallel", "num_processes": self.accelerator.num_processes}
@@ -179,8 +208,21 @@ class StarSSETrainer(Trainer):
             self.args, self._member, self._run = ensemble_args, None, None
         if not todo or branches:  # the model ends as the last member, as after training the members in turn
             load_weights(self.accelerator.unwrap_model(self.model), run.member_dir(ensemble_args.members()[-1]))
-        self.state.log_history = self._member_logs(run, ensemble_args.members())
+        self.state.log_history = run.member_logs(ensemble_args.members())
         return _combine_outputs(outputs)
+
+    def _remember_start_states(self, ensemble_args: StarSSETrainingArguments) -> None:
+        """What each member resets to: the stateful callbacks' state, the loss scale, TensorBoard's log directory."""
+        for callback in self.callback_handler.callbacks:  # remembered once: later calls reset to the same
+            if isinstance(callback, ExportableState) and id(callback) not in self._callback_states:
+                self._callback_states[id(callback)] = (callback, copy.deepcopy(callback.state()["attributes"]))
+            if isinstance(callback, TensorBoardCallback) and callback not in self._tensorboard_dirs:
+                self._tensorboard_dirs[callback] = callback.logging_dir or os.path.join(
+                    ensemble_args.output_dir, "runs"
+                )
+        scaler = getattr(self.accelerator, "scaler", None)
+        if self._initial_scaler_state is None and scaler is not None:
+            self._initial_scaler_state = scaler.state_dict()
 
     def _train_members(
         self, ensemble_args, members: list[int], resume_from_checkpoint, ignore_keys_for_eval, processes: dict
@@ -189,7 +231,7 @@ class StarSSETrainer(Trainer):
         outputs = []
         for member in members:
             checkpoint = resume_from_checkpoint if member == members[0] else None
-            lock = self._main_process_only(lambda: self._run.lock_member(member))  # noqa: B023
+            lock = main_process_only(self.accelerator, lambda: self._run.lock_member(member))  # noqa: B023
             try:
                 outputs.append(self._train_member(ensemble_args, member, checkpoint, ignore_keys_for_eval, processes))
             finally:
@@ -210,27 +252,29 @@ class StarSSETrainer(Trainer):
         """
         Give each process its share of `branches` to train on its own (full dataset, no gradient synchronisation),
         then wait until every process has finished its share. Each process records its own members in the manifest
-        (under its file lock), so a crash of one process leaves the members of the others complete.
+        (under its file lock), so a crash of one process leaves the members of the others complete. A process that
+        goes silent (killed, hung) for `ddp_timeout` seconds is named in an error instead of being waited for.
         """
         process, num_processes = self.accelerator.process_index, self.accelerator.num_processes
-        with self.accelerator.split_between_processes(branches) as share:
-            share = list(share)
+        share = branch_share(self.accelerator, branches)
         logger.warning(
             f"branch_parallel: process {process} of {num_processes} trains StarSSE branches {share} of {branches}, "
             "each on the full dataset without gradient synchronisation."
         )
-        self._main_process_only(self._run.clear_process_reports)
+        rendezvous = self._run.rendezvous
+        main_process_only(self.accelerator, rendezvous.clear)
         outputs, error = [], None
-        try:
-            with self._single_process():
-                processes = {"mode": "branch_parallel", "process": process, "num_processes": num_processes}
-                outputs = self._train_members(ensemble_args, share, None, ignore_keys_for_eval, processes)
-        except Exception as err:  # reported to the other processes below, so that none waits forever
-            error = err
-        self._run.report_process(process, {"members": share, "error": None if error is None else repr(error)})
-        reports = self._run.wait_for_reports(num_processes)
+        with rendezvous.heartbeat(process, interval=min(5.0, ensemble_args.ddp_timeout / 4)):
+            try:
+                with self._single_process():
+                    processes = {"mode": "branch_parallel", "process": process, "num_processes": num_processes}
+                    outputs = self._train_members(ensemble_args, share, None, ignore_keys_for_eval, processes)
+            except Exception as err:  # reported to the other processes below, so that none waits forever
+                error = err
+            rendezvous.report(process, {"members": share, "error": None if error is None else repr(error)})
+        reports = rendezvous.wait(num_processes, timeout=ensemble_args.ddp_timeout)
         self.accelerator.wait_for_everyone()
-        self._main_process_only(self._run.clear_process_reports)
+        main_process_only(self.accelerator, rendezvous.clear)
         if error is not None:
             raise error
         failed = [
@@ -248,27 +292,21 @@ class StarSSETrainer(Trainer):
     @contextmanager
     def _single_process(self):
         """
-        Let this process train on its own: accelerate (so the Trainer) sees one process, hence no DDP wrapper, no
-        data sharding and no collective call, and the process saves, logs and checkpoints its own members. The
-        launch's state and accelerator come back afterwards.
+        Let this process train on its own (see `single_process_state`): the Trainer sees one process, hence no DDP
+        wrapper, no data sharding and no collective call, and the process saves, logs and checkpoints its own
+        members. The launch's accelerator comes back afterwards.
         """
-        states = (PartialState._shared_state, AcceleratorState._shared_state)
-        saved = [dict(state) for state in states]
         launch = self.accelerator, self.gather_function
         model = self.accelerator.unwrap_model(self.model)
         self.accelerator.free_memory()  # drops the DDP wrapper of the members trained data-parallel
-        for state in states:
-            state.update(distributed_type=DistributedType.NO, num_processes=1, process_index=0, local_process_index=0)
         if isinstance(model, PreTrainedModel):  # save_pretrained writes on torch.distributed rank 0 only
             model.should_save_on_this_rank = lambda is_main_process: is_main_process
         try:
-            self.create_accelerator_and_postprocess()
-            self.model_wrapped = self.model
-            yield
+            with single_process_state():
+                self.create_accelerator_and_postprocess()
+                self.model_wrapped = self.model
+                yield
         finally:
-            for state, values in zip(states, saved):
-                state.clear()
-                state.update(values)
             self.accelerator, self.gather_function = launch
             self.model_wrapped = self.model
             vars(model).pop("should_save_on_this_rank", None)
@@ -283,47 +321,24 @@ class StarSSETrainer(Trainer):
             logger.info(f"Members {sorted(set(self.args.members()) - set(todo))} are complete; skipping them.")
         return todo
 
-    def _on_main_process(self, fn: Callable):
-        """Run `fn` on the main process only; every process gets its result, or raises the error it raised."""
-        result, error = None, None
-        if self.accelerator.is_main_process:
-            try:
-                result = fn()
-            except Exception as err:  # re-raised on every process below, so that none waits forever
-                error = err
-        if self.accelerator.num_processes > 1:
-            payload = [None if error else result, error]
-            broadcast_object_list(payload, from_process=0)
-            result = result if self.accelerator.is_main_process else payload[0]
-            error = payload[1]
-        if error is not None:
-            raise error
-        return result
-
-    def _main_process_only(self, fn: Callable):
-        """Run `fn` on the main process and return its result there (`None` elsewhere); errors reach every process."""
-        result = []
-        self._on_main_process(lambda: result.append(fn()))
-        return result[0] if result else None
-
     def _train_member(
         self, ensemble_args, member, resume_from_checkpoint, ignore_keys_for_eval, processes: dict
     ) -> TrainOutput:
-        run = self._run
-        self.args = self._member_args(ensemble_args, member)
+        run, plan = self._run, plan_member(ensemble_args, member)
+        self.args = self._member_args(ensemble_args, plan)
         self._member = member
-        parent = self._parent(member)
         logger.info(
             f"Training member {member} of {ensemble_args.num_members} ({ensemble_args.ensemble_method}, "
-            f"{'from the pre-trained weights' if parent is None else f'from member {parent}'}, seed {self.args.seed})"
+            f"{'from the pre-trained weights' if plan.parent is None else f'from member {plan.parent}'}, "
+            f"seed {plan.seed})"
         )
         if member > 0:  # member 0 keeps the seeding of a plain Trainer run
-            enable_full_determinism(self.args.seed) if self.args.full_determinism else set_seed(self.args.seed)
-            self.accelerator.dataloader_config.data_seed = self.args.data_seed
+            enable_full_determinism(plan.seed) if self.args.full_determinism else set_seed(plan.seed)
+            self.accelerator.dataloader_config.data_seed = plan.data_seed
             self.optimizer, self.lr_scheduler = None, None
-            self._reset_scaler()
         if self.model_init is None:
             self._init_member_weights(self.accelerator.unwrap_model(self.model))
+        self._reset_member_state(member)
         if resume_from_checkpoint in (None, True):
             last = run.last_checkpoint(member)
             if resume_from_checkpoint and last is None:
@@ -335,30 +350,32 @@ class StarSSETrainer(Trainer):
         self._save_member(member, processes if processes["num_processes"] > 1 else None)
         return output
 
-    def _member_args(self, ensemble_args, member) -> StarSSETrainingArguments:
+    def _member_args(self, ensemble_args, plan) -> StarSSETrainingArguments:
         args = copy.copy(ensemble_args)
-        args.output_dir = str(self._run.checkpoints_dir(member))
-        args.seed = ensemble_args.seed + member
-        if ensemble_args.data_seed is not None:
-            args.data_seed = ensemble_args.data_seed + member
-        if self._cycle(member):
-            args.learning_rate = ensemble_args.cycle_peak_learning_rate
-            args.num_train_epochs, args.max_steps = ensemble_args.cycle_length()
+        args.output_dir = str(self._run.checkpoints_dir(plan.index))
+        args.seed, args.data_seed, args.learning_rate = plan.seed, plan.data_seed, plan.peak_learning_rate
+        args.num_train_epochs, args.max_steps = plan.num_train_epochs, plan.max_steps
         return args
 
-    def _parent(self, member: int) -> int | None:
-        """The member whose weights `member` starts from; `None` for the pre-trained weights."""
-        if member == 0 or self.args.ensemble_method == "local_de":
-            return None
-        return 0 if self.args.ensemble_method == "starsse" else member - 1
-
-    def _cycle(self, member: int) -> int:
-        """Index of the learning-rate cycle that produces `member`: 0 is a fine-tune with the user's schedule."""
-        return 0 if self.args.ensemble_method == "local_de" else member
+    def _reset_member_state(self, member: int) -> None:
+        """Give the member the callback states, loss scale and TensorBoard directory of a fresh run (see `train`)."""
+        for callback, attributes in self._callback_states.values():
+            for name, value in copy.deepcopy(attributes).items():
+                setattr(callback, name, value)
+        for callback, base in self._tensorboard_dirs.items():
+            callback.logging_dir = os.path.join(base, f"member-{member:02d}")
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is None:
+            return
+        carried = (self._carried_optimizer_state or {}).get("grad_scaler")
+        if carried is not None:
+            scaler.load_state_dict(carried)
+        elif self._initial_scaler_state is not None:
+            scaler.load_state_dict(self._initial_scaler_state)
 
     def _check_parents(self, todo: list[int], complete: dict) -> None:
         for position, member in enumerate(todo):
-            parent = self._parent(member)
+            parent = plan_member(self.args, member).parent
             if parent is not None and parent not in complete and parent not in todo[:position]:
                 raise ValueError(
                     f"{self.args.ensemble_method} member {member} starts from member {parent}, which is not complete "
@@ -371,15 +388,15 @@ class StarSSETrainer(Trainer):
         member = self._member
         if not member:
             return
-        parent = self._parent(member)
-        if parent is None:
+        plan = plan_member(self.args, member)
+        if plan.parent is None:
             if self._initial_state is not None:
                 model.load_state_dict(self._initial_state)
                 self._reinitialize_head(model)
             return
-        parent_dir = self._run.member_dir(parent)
+        parent_dir = self._run.member_dir(plan.parent)
         load_weights(model, parent_dir)
-        if not self.args.reset_optimizer_each_cycle:
+        if not plan.fresh_optimizer:
             self._carried_optimizer_state = torch.load(parent_dir / OPTIMIZER_STATE_NAME, weights_only=True)
 
     @torch.no_grad()
@@ -389,45 +406,27 @@ class StarSSETrainer(Trainer):
             if names & self._fresh_parameters:
                 model._init_weights(module)
 
-    def _reset_scaler(self) -> None:
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and self.args.reset_optimizer_each_cycle:
-            scaler.load_state_dict(self._initial_scaler_state)
-
     def _save_member(self, member: int, processes: dict | None) -> None:
         member_dir = self._run.member_dir(member)
         self.save_model(str(member_dir), _internal_call=True)
         optimizer_state = None
         if not self.args.reset_optimizer_each_cycle and self.args.ensemble_method != "local_de":
             optimizer_state = self.optimizer.state_dict()
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None:  # the loss scale travels with the optimizer state it belongs to
+                optimizer_state["grad_scaler"] = scaler.state_dict()
+        parent, seed = plan_member(self.args, member).parent, self.args.seed
 
         def record():
             self.state.save_to_json(str(member_dir / TRAINER_STATE_NAME))
             if optimizer_state is not None:
                 torch.save(optimizer_state, member_dir / OPTIMIZER_STATE_NAME)
-            self._run.record_member(member, self._parent(member), self.args.seed, self.state.global_step, processes)
+            self._run.record_member(member, parent, seed, self.state.global_step, processes)
 
-        self._on_main_process(record)
+        on_main_process(self.accelerator, record)
 
     def _run_header(self) -> dict:
-        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        return {
-            "library": "hf_starsse",
-            "library_version": __version__,
-            "ensemble_method": self.args.ensemble_method,
-            "num_members": self.args.num_members,
-            "base_model": _model_id(getattr(config, "_name_or_path", None)),
-            "hyperparameters": self.args.run_hyperparameters(),
-        }
-
-    @staticmethod
-    def _member_logs(run: RunDirectory, members: list[int]) -> list[dict]:
-        logs = []
-        for member in members:
-            state_file = run.member_dir(member) / TRAINER_STATE_NAME
-            if state_file.is_file():
-                logs.extend(json.loads(state_file.read_text())["log_history"])
-        return logs
+        return run_header(self.args, self.accelerator.unwrap_model(self.model), self.train_dataset)
 
     # ----- ensembles and soups of the run ----------------------------------------------------------------------
 
@@ -446,8 +445,8 @@ class StarSSETrainer(Trainer):
         Returns:
             The ensemble model on the main process, `None` on the others.
         """
-        return self._main_process_only(
-            lambda: build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
+        return main_process_only(
+            self.accelerator, lambda: build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
         )
 
     def save_soup(
@@ -485,7 +484,7 @@ class StarSSETrainer(Trainer):
                 return uniform_soup(self._run_dir(), output_dir, **options)
             return greedy_soup(self._run_dir(), self.eval_dataset, out_dir=output_dir, **options)[0]
 
-        return self._main_process_only(make_soup)
+        return main_process_only(self.accelerator, make_soup)
 
     def adopt_member(self, source: str | os.PathLike, index: int = 0) -> None:
         """
@@ -512,7 +511,7 @@ class StarSSETrainer(Trainer):
                     "model. Use a new output_dir (or overwrite_output_dir=True) to start from this one."
                 )
 
-        self._on_main_process(adopt)
+        on_main_process(self.accelerator, adopt)
 
     def _run_dir(self) -> str:
         if not isinstance(self.args, StarSSETrainingArguments):
@@ -605,22 +604,41 @@ class StarSSETrainer(Trainer):
     def create_scheduler(
         self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
     ) -> torch.optim.lr_scheduler.LRScheduler:
-        if self.lr_scheduler is None and self._member is not None and self._cycle(self._member):
+        if self.lr_scheduler is None and self._member is not None and self._is_ensemble():
+            self._set_peak_learning_rate(optimizer or self.optimizer)
+        if self.lr_scheduler is None and self._member is not None and plan_member(self.args, self._member).cycle:
             warmup = min(math.ceil(self.args.cycle_warmup_ratio * num_training_steps), num_training_steps - 1)
             self.lr_scheduler = get_cycle_schedule(optimizer or self.optimizer, num_training_steps, warmup)
             self._created_lr_scheduler = True  # as Trainer.create_scheduler: recreated by the next train()
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
 
+    def _set_peak_learning_rate(self, optimizer: torch.optim.Optimizer) -> None:
+        """
+        Make the member's schedule peak at its planned learning rate whatever built the optimizer (`optim`,
+        `optim_args`, `optimizer_cls_and_kwargs`, an overridden `create_optimizer`): the param group with the largest
+        learning rate gets the plan's peak, the others keep their ratio to it (e.g. layer-wise decay).
+        """
+        plan = plan_member(self.args, self._member)
+        top = max(group["lr"] for group in optimizer.param_groups)
+        if top == plan.peak_learning_rate or top <= 0:
+            return
+        if not plan.cycle:
+            logger.warning(
+                f"The optimizer of member {self._member} was built with learning rate {top}; it trains with "
+                f"learning_rate={plan.peak_learning_rate} like every member of its kind (set learning_rate instead)."
+            )
+        for group in optimizer.param_groups:
+            group["lr"] = (
+                plan.peak_learning_rate if group["lr"] == top else group["lr"] * plan.peak_learning_rate / top
+            )
+            if "initial_lr" in group:
+                group["initial_lr"] = group["lr"]
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._member is not None:
-            logs.update(member=self._member, cycle=self._cycle(self._member))
+            logs.update(member=self._member, cycle=plan_member(self.args, self._member).cycle)
         super().log(logs, start_time)
-
-
-def _model_id(name_or_path: str | None) -> str | None:
-    """A Hub id as is; a local directory as an absolute path (so runs resume from any working directory)."""
-    return os.path.abspath(name_or_path) if name_or_path and os.path.isdir(name_or_path) else name_or_path or None
 
 
 def _combine_outputs(outputs: list[TrainOutput]) -> TrainOutput:

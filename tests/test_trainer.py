@@ -311,12 +311,19 @@ def test_user_optimizer_instance_refused(tmp_path, pretrained_bert):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="optimizer_cls_and_kwargs"):
         StarSSETrainer(model=model, args=make_args(tmp_path), optimizers=(optimizer, None))
+    recorder = Recorder()
     trainer = StarSSETrainer(
-        model=model, args=make_args(tmp_path, num_members=2), optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1})
+        model=model,
+        args=make_args(tmp_path, num_members=2, learning_rate=0.1, lr_scheduler_type="constant"),
+        optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1, "momentum": 0.5}),
+        callbacks=[recorder],
     )
     trainer.train_dataset = text_dataset()
     trainer.train()
-    assert isinstance(trainer.optimizer.optimizer, torch.optim.SGD)
+    sgd = trainer.optimizer.optimizer
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.5  # the kwargs were used
+    assert recorder.lrs[0] == [(0, 0, pytest.approx(0.1))] * 6
+    assert recorder.lrs[1][0] == (1, 1, pytest.approx(2e-3))  # the cycle peaks at cycle_learning_rate, not 0.1
 
 
 def test_local_de_needs_pretrained_model_or_model_init(tmp_path):
@@ -340,16 +347,6 @@ def test_evaluation_and_checkpoints_inside_members(tmp_path, pretrained_bert):
     checkpoints = sorted(p.name for p in (tmp_path / "run/members/member-01/checkpoints").iterdir())
     assert checkpoints == ["checkpoint-2", "checkpoint-3"]
     assert 0 <= trainer.evaluate()["eval_accuracy"] <= 1
-
-
-def test_amp_scaler_reset_between_cycles(tmp_path, pretrained_bert):
-    trainer = StarSSETrainer(model=load_text_model(pretrained_bert), args=make_args(tmp_path, num_members=2))
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    trainer.accelerator.scaler, trainer._initial_scaler_state = scaler, scaler.state_dict()
-    scaler.scale(torch.tensor(1.0))  # materialise the scale, then shrink it as an overflow would
-    scaler.update(new_scale=8.0)
-    trainer._reset_scaler()
-    assert scaler.get_scale() == 1024.0
 
 
 def test_member_in_training_is_locked(tmp_path, pretrained_bert):
@@ -399,13 +396,6 @@ def test_cycle_epochs_and_data_seed(tmp_path, pretrained_bert):
     assert member_args["global_step"] == 3 and recorder.members == [0, 1]
     assert trainer.args.data_seed == 100  # the user's arguments are restored after training
     assert trainer.accelerator.dataloader_config.data_seed == 101  # member 1 shuffled with data_seed + 1
-
-
-def test_scaler_reset_called_for_each_cycle(tmp_path, pretrained_bert, monkeypatch):
-    calls = []
-    monkeypatch.setattr(StarSSETrainer, "_reset_scaler", lambda self: calls.append(self._member))
-    train_text(tmp_path, pretrained_bert, num_members=3)
-    assert calls == [1, 2]
 
 
 def test_crash_between_snapshot_and_manifest(tmp_path, pretrained_bert, monkeypatch):
