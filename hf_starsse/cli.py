@@ -16,12 +16,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import torch
+import huggingface_hub.constants
 from transformers import AutoConfig, HfArgumentParser
 from transformers.utils import logging
 
 from .data import DataArguments, PreparedTask, prepare_task
 from .demo import TRAINING_DEFAULTS, DemoArguments, run_demo
+from .errors import HubUnreachableError, StarSSEError, network_error_types
 from .evaluation import evaluate_ensemble
 from .hub import push_ensemble_to_hub
 from .members import load_members
@@ -30,7 +31,9 @@ from .sweep import sweep_cycle_hyperparameters
 from .trainer import StarSSETrainer
 from .training_args import StarSSETrainingArguments
 
-USER_ERRORS = (ValueError, OSError, RuntimeError)
+# One line and exit status 2: hf_starsse's own user-facing errors and bad values or files. Anything else (a
+# RuntimeError, a KeyError, ...) is a bug or a failure of the machine and keeps its traceback.
+USER_ERRORS = (StarSSEError, ValueError, OSError)
 
 
 @dataclass
@@ -177,7 +180,14 @@ def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArg
 
 
 def push(options: PushArguments) -> None:
-    for upload in push_ensemble_to_hub(**dataclasses.asdict(options)):
+    try:
+        uploads = push_ensemble_to_hub(**dataclasses.asdict(options))
+    except network_error_types() as err:
+        raise HubUnreachableError(
+            f"Could not reach the Hub at {huggingface_hub.constants.ENDPOINT} ({err or type(err).__name__}). Check "
+            "the network connection (and HF_ENDPOINT), or use --dry_run to see what would be uploaded."
+        ) from err
+    for upload in uploads:
         if upload.commit is None:
             print(f"Would push to {upload.describe()}")
         else:
@@ -256,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _run(argv[0], argv[1:])
     except USER_ERRORS as err:
-        if os.environ.get("HF_STARSSE_DEBUG") or isinstance(err, torch.OutOfMemoryError):
-            raise  # full traceback: a failure of the machine, or asked for
+        if os.environ.get("HF_STARSSE_DEBUG"):
+            raise  # full traceback, as asked
         print(f"hf-starsse {argv[0]}: error: {err} (HF_STARSSE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     return 0

@@ -25,6 +25,7 @@ from transformers.utils import logging
 
 from .atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, fsync_files
 from .coordination import Rendezvous
+from .errors import MemberLockedError
 from .weights import (
     check_weight_files,
     load_state,
@@ -126,7 +127,7 @@ class RunDirectory:
         try:
             lock.acquire()
         except Timeout:
-            raise RuntimeError(
+            raise MemberLockedError(
                 f"Member {index} in {self.path} is being trained by another job. Wait for it, or train other members "
                 "(members_to_train)."
             ) from None

@@ -116,14 +116,12 @@ def sweep_cycle_hyperparameters(
     first_args = dataclasses.replace(
         args, output_dir=str(root / "member0"), num_members=1, members_to_train=None, **no_cycles
     )
+    settings = {"num_members": args.num_members, "hyperparameters": first_args.run_hyperparameters()}
+    _check_setup(root / SWEEP_RESULTS_NAME, settings, args.overwrite_output_dir)  # before anything is trained
     StarSSETrainer(args=first_args, **trainer_kwargs).train()  # skipped when member 0 is complete
     member0 = root / "member0" / "members" / "member-00"
-    setup = {
-        "member0_sha256": weights_sha256(member0),
-        "num_members": args.num_members,
-        "hyperparameters": first_args.run_hyperparameters(),
-    }
-    cells = _finished_cells(root / SWEEP_RESULTS_NAME, setup)
+    setup = {"member0_sha256": weights_sha256(member0), **settings}
+    cells = _finished_cells(root / SWEEP_RESULTS_NAME, setup, args.overwrite_output_dir)
     for lr_ratio in lr_ratios:
         for length_ratio in length_ratios:
             if (lr_ratio, length_ratio) in cells:
@@ -151,12 +149,26 @@ def sweep_cycle_hyperparameters(
     return {"setup": setup, "cells": grid, "best": best}
 
 
-def _finished_cells(results_path: Path, setup: dict) -> dict:
+def _check_setup(results_path: Path, setup: dict, overwrite: bool) -> None:
+    """Refuse to replace the finished cells of a sweep whose `setup` entries differ, unless `overwrite`."""
+    if not results_path.is_file() or overwrite:
+        return
+    saved = json.loads(results_path.read_text()).get("setup", {})
+    changed = sorted(key for key in setup if saved.get(key) != setup[key])
+    if changed:
+        raise ValueError(
+            f"{results_path} holds the finished cells of a sweep with other {', '.join(changed)}; this sweep would "
+            "replace them. Use another output_dir, or set overwrite_output_dir=True to redo every cell."
+        )
+
+
+def _finished_cells(results_path: Path, setup: dict, overwrite: bool) -> dict:
     """Cells of an earlier sweep with the same member 0 and settings, by (lr_ratio, length_ratio)."""
     if not results_path.is_file():
         return {}
     saved = json.loads(results_path.read_text())
     if saved.get("setup") != setup:
+        _check_setup(results_path, setup, overwrite)
         logger.warning(f"{results_path} comes from a sweep with another member 0 or settings; its cells are redone.")
         shutil.rmtree(results_path.parent / "cells", ignore_errors=True)  # branches of the old member 0
         results_path.unlink()

@@ -23,6 +23,7 @@ from transformers.utils import logging
 from .coordination import branch_share, main_process_only, on_main_process, single_process_state
 from .data import check_train_dataset
 from .ensemble import build_ensemble
+from .errors import BranchesFailedError
 from .hub import push_ensemble_to_hub
 from .plan import plan_member
 from .run_dir import RunDirectory
@@ -283,7 +284,7 @@ class StarSSETrainer(Trainer):
             if report["error"]
         ]
         if failed:
-            raise RuntimeError(
+            raise BranchesFailedError(
                 f"Branch-parallel training failed on {'; '.join(failed)}. The other branches are complete; run again "
                 "to train the missing ones."
             )

@@ -2,14 +2,17 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
+import huggingface_hub.constants
 import pytest
 import yaml
 from datasets import Dataset, DatasetDict
 
 from hf_starsse.cli import main
+from hf_starsse.errors import MemberLockedError
 
 from hub_server import LocalHub
 
@@ -144,3 +147,34 @@ def test_push_command_uploads_through_hf_endpoint(text_run, tmp_path):
     assert f"files to tester/cli-ensemble: {hub.url}/tester/cli-ensemble/commit/" in result.stdout
     assert token not in result.stdout + result.stderr
     assert {auth for method, _, auth in hub.requests if method == "POST"} == {f"Bearer {token}"}
+
+
+def test_push_with_the_hub_unreachable_is_one_line(text_run, capsys, monkeypatch):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", closed)
+    monkeypatch.setenv("HF_TOKEN", "hf_FAKEunreachable0123456789abcdefgh")
+    assert main(["push", "--path", text_run.args.output_dir, "--repo_id", "me/ens"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("hf-starsse")]  # not the progress bars
+    assert "Traceback" not in err and len(lines) == 1
+    assert lines[0].startswith(f"hf-starsse push: error: Could not reach the Hub at {closed}")
+
+
+def test_only_user_errors_are_one_line(text_run, capsys, monkeypatch):
+    import hf_starsse.cli
+
+    def bug(**kwargs):
+        raise RuntimeError("a bug in the library")
+
+    monkeypatch.setattr(hf_starsse.cli, "push_ensemble_to_hub", bug)
+    with pytest.raises(RuntimeError, match="a bug in the library"):  # keeps its traceback
+        main(["push", "--path", text_run.args.output_dir, "--repo_id", "me/ens", "--dry_run"])
+
+    def locked(**kwargs):
+        raise MemberLockedError("Member 1 in runs/x is being trained by another job.")
+
+    monkeypatch.setattr(hf_starsse.cli, "push_ensemble_to_hub", locked)
+    assert main(["push", "--path", text_run.args.output_dir, "--repo_id", "me/ens", "--dry_run"]) == 2
+    assert "error: Member 1 in runs/x is being trained by another job." in capsys.readouterr().err

@@ -170,3 +170,46 @@ def test_processes_meet_through_reports(tmp_path):
     assert reports == [{"members": [1, 2], "error": "ValueError('x')"}, {"members": [3], "error": None}]
     run.clear_process_reports()
     assert not (tmp_path / ".processes").exists()
+
+
+def test_training_data_and_precision_are_part_of_the_run_identity(tmp_path):
+    from hf_starsse.run_identity import dataset_fingerprint, run_header
+
+    from conftest import make_args, text_dataset
+
+    run = RunDirectory(tmp_path / "run")
+    run.claim(run_header(make_args(tmp_path), None, text_dataset()))
+    run.claim(run_header(make_args(tmp_path), None, text_dataset()))  # the same data loaded again: same run
+    with pytest.raises(ValueError, match=r"train_data.sha256: '[0-9a-f]{64}' there, '[0-9a-f]{64}' now"):
+        run.claim(run_header(make_args(tmp_path), None, text_dataset(seed=1)))
+    with pytest.raises(ValueError, match=r"train_data.num_rows: 48 there, 40 now"):
+        run.claim(run_header(make_args(tmp_path), None, text_dataset().select(range(40))))
+    with pytest.raises(ValueError, match=r"precision.bf16: False there, True now"):
+        run.claim(run_header(make_args(tmp_path, bf16=True), None, text_dataset()))
+    # one changed row in the middle changes the fingerprint; a torch dataset of tensors has one too
+    changed = text_dataset().map(lambda row, i: {"labels": (row["labels"] + 1) % 3 if i == 24 else row["labels"]},
+                                 with_indices=True)  # fmt: skip
+    assert dataset_fingerprint(changed) != dataset_fingerprint(text_dataset())
+    tensors = torch.utils.data.TensorDataset(torch.arange(10.0))
+    assert dataset_fingerprint(tensors)["num_rows"] == 10
+
+
+def test_manifest_of_an_earlier_version_resumes_and_gains_the_new_fields(tmp_path, caplog):
+    import logging
+
+    from hf_starsse.run_identity import run_header
+
+    from conftest import make_args, text_dataset
+
+    run = RunDirectory(tmp_path / "run")
+    header = run_header(make_args(tmp_path), None, text_dataset())
+    old = {key: value for key, value in header.items() if key not in ("precision", "train_data")}
+    run.claim(old)  # as an earlier hf_starsse wrote it
+    add_member(run, 0)
+    with caplog.at_level(logging.WARNING, logger="hf_starsse"):
+        run.claim(header)
+    assert "written by an older hf_starsse without precision, train_data" in caplog.text
+    manifest = run.read_manifest()
+    assert manifest["train_data"] == header["train_data"] and [m["index"] for m in manifest["members"]] == [0]
+    with pytest.raises(ValueError, match="train_data.sha256"):  # from now on, the data is checked
+        run.claim(run_header(make_args(tmp_path), None, text_dataset(seed=1)))

@@ -41,8 +41,13 @@ def test_sweep_reuses_member_0_and_resumes(tmp_path, pretrained_bert):
     cells = {(c["lr_ratio"], c["length_ratio"]): c for c in results["cells"]}
     assert len(cells) == 4 and cells[(4.0, 1.0)]["cycle_learning_rate"] == pytest.approx(4e-3)
     assert cells[(0.5, 0.5)]["cycle_epochs"] == 0.5 and cells[(0.5, 0.5)]["cycle_steps"] is None
-    for cell in cells.values():
-        assert 0 <= cell["ensemble_accuracy"] <= 1 and cell["barrier"] >= 0
+    for (lr_ratio, length_ratio), cell in cells.items():  # the scores are the cell's own evaluation
+        rows = json.loads((tmp_path / f"sweep/cells/lr{lr_ratio:g}-len{length_ratio:g}/evaluation.json").read_text())
+        ensemble = next(row for row in rows if row["model"] == "ensemble" and row["size"] == 2)
+        members = [row["accuracy"] for row in rows if row["model"] == "member"]
+        assert (cell["ensemble_accuracy"], cell["ensemble_nll"]) == (ensemble["accuracy"], ensemble["nll"])
+        assert cell["member_accuracy"] == pytest.approx(sum(members) / 2)
+        assert 0 <= cell["barrier"] <= max(members)  # a drop below an end point cannot exceed its accuracy
     assert results["best"]["ensemble_accuracy"] == max(c["ensemble_accuracy"] for c in cells.values())
     adopted = json.loads((tmp_path / "sweep/cells/lr4-len1/ensemble.json").read_text())["members"][0]
     original = json.loads((tmp_path / "sweep/member0/ensemble.json").read_text())["members"][0]
@@ -88,3 +93,25 @@ def test_adopting_a_different_member_0_is_refused(tmp_path, text_run):
     trainer.adopt_member(members / "member-00")  # the same model again: nothing to do
     with pytest.raises(ValueError, match="Member 0 of .* differs from"):
         trainer.adopt_member(members / "member-01")
+
+
+def test_changed_setup_never_deletes_finished_cells_without_overwrite(tmp_path, pretrained_bert):
+    options = dict(
+        model_init=lambda: load_text_model(pretrained_bert, seed=None),
+        train_dataset=text_dataset(),
+        eval_dataset=text_dataset(n=16, seed=9),
+        lr_ratios=(2.0,),
+        length_ratios=(1.0,),
+        num_interpolation_points=2,
+    )
+    sweep_cycle_hyperparameters(args=make_args(tmp_path / "sweep", num_members=2, max_steps=4), **options)
+    saved = (tmp_path / "sweep/sweep.json").read_text()
+    counter = CountTrainings()
+    with pytest.raises(ValueError, match=r"sweep.json holds the finished cells of a sweep with other num_members"):
+        sweep_cycle_hyperparameters(
+            args=make_args(tmp_path / "sweep", num_members=3, max_steps=4),
+            **{**options, "trainer_kwargs": {"callbacks": [counter]}},
+        )
+    assert counter.runs == []  # refused before training anything
+    assert (tmp_path / "sweep/sweep.json").read_text() == saved
+    assert (tmp_path / "sweep/cells/lr2-len1/members/member-01/model.safetensors").is_file()
