@@ -97,24 +97,9 @@ def _prepare_for_run(data: DataArguments, splits: tuple[str, ...] = ()) -> Prepa
     return prepare_task(data, splits=(data.train_split, *splits), label_names=names)
 
 
-def _configure(args: StarSSETrainingArguments, task: PreparedTask) -> StarSSETrainingArguments:
-    if task.is_image:
-        args.remove_unused_columns = False  # the transform needs the raw image column
-    return args
-
-
 def train(data: DataArguments, args: StarSSETrainingArguments) -> None:
     task = prepare_task(data)
-    args = _configure(args, task)
-    trainer = StarSSETrainer(
-        model_init=task.model_init,
-        args=args,
-        train_dataset=task.train_dataset,
-        eval_dataset=task.eval_dataset,
-        processing_class=task.processing_class,
-        data_collator=task.data_collator,
-    )
-    output = trainer.train()
+    output = StarSSETrainer(args=task.configure(args), **task.trainer_kwargs()).train()
     print(f"Trained {output.metrics.get('train_members', 1)} member(s) into {args.output_dir}.")
 
 
@@ -165,12 +150,12 @@ def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArg
     task = prepare_task(data)
     results = sweep_cycle_hyperparameters(
         task.model_init,
-        _configure(args, task),
+        task.configure(args),
         task.train_dataset,
         task.eval_dataset,
         lr_ratios=tuple(options.lr_ratios),
         length_ratios=tuple(options.length_ratios),
-        trainer_kwargs={"processing_class": task.processing_class, "data_collator": task.data_collator},
+        trainer_kwargs=task.trainer_kwargs(),
     )
     best = results["best"]
     print(

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import (
     AutoConfig,
@@ -13,6 +14,7 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     PretrainedConfig,
+    TrainingArguments,
     default_data_collator,
 )
 from transformers.models.auto.modeling_auto import (
@@ -158,6 +160,34 @@ class PreparedTask:
     label_names: list[str]
     prepare: object  # prepares another split (e.g. the test split) like the training split
     splits: datasets.DatasetDict  # every split of the dataset, unprepared
+
+    def trainer_kwargs(self) -> dict:
+        """The `StarSSETrainer` (or `Trainer`) arguments of this task: model factory, data, processor, collator."""
+        return dict(
+            model_init=self.model_init,
+            train_dataset=self.train_dataset,
+            eval_dataset=self.eval_dataset,
+            processing_class=self.processing_class,
+            data_collator=self.data_collator,
+        )
+
+    def configure(self, args: TrainingArguments) -> TrainingArguments:
+        """
+        Adapt training arguments to this task, in place: image data keeps its raw column for the transform
+        (`remove_unused_columns=False`), and without a GPU or other accelerator the dataloaders do not pin memory
+        (which would only warn).
+        """
+        if self.is_image:
+            args.remove_unused_columns = False
+        if args.use_cpu or not has_accelerator():
+            args.dataloader_pin_memory = False
+        return args
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU or another accelerator."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def prepare_task(

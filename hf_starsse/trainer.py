@@ -207,6 +207,7 @@ class StarSSETrainer(Trainer):
                 outputs += self._train_branches(ensemble_args, branches, ignore_keys_for_eval)
         finally:
             self.args, self._member, self._run = ensemble_args, None, None
+            self.accelerator.dataloader_config.data_seed = ensemble_args.data_seed
         if not todo or branches:  # the model ends as the last member, as after training the members in turn
             load_weights(self.accelerator.unwrap_model(self.model), run.member_dir(ensemble_args.members()[-1]))
         self.state.log_history = run.member_logs(ensemble_args.members())

@@ -178,3 +178,19 @@ def test_only_user_errors_are_one_line(text_run, capsys, monkeypatch):
     monkeypatch.setattr(hf_starsse.cli, "push_ensemble_to_hub", locked)
     assert main(["push", "--path", text_run.args.output_dir, "--repo_id", "me/ens", "--dry_run"]) == 2
     assert "error: Member 1 in runs/x is being trained by another job." in capsys.readouterr().err
+
+
+def test_cpu_only_training_does_not_warn_about_pin_memory(tmp_path, pretrained_bert, text_data):
+    import warnings
+
+    from hf_starsse.data import has_accelerator
+
+    assert not has_accelerator()  # this test is about CPU-only machines (CI)
+    options = COMMON[: COMMON.index("--use_cpu")] + COMMON[COMMON.index("--use_cpu") + 2 :]  # defaults, as users run
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        argv = ["train", "--model_name_or_path", pretrained_bert, "--dataset", text_data, "--output_dir",
+                str(tmp_path / "run"), "--num_members", "2", "--max_steps", "2", "--cycle_steps", "1",
+                *options]  # fmt: skip
+        assert main(argv) == 0
+    assert [str(w.message) for w in caught if "pin_memory" in str(w.message)] == []

@@ -1,8 +1,9 @@
-"""Fault injection: a K=4 StarSSE run killed (SIGKILL) at random points and resumed ends as an uninterrupted run.
+"""Fault injection: a K=4 StarSSE run killed (SIGKILL) at chosen points and resumed ends as an uninterrupted run.
 
-On CPU the result is bit-identical: a member resumed from a mid-member Trainer checkpoint gets its RNG states,
-optimizer, schedule and data position back, and every later member reseeds itself (seed + index) and starts from its
-parent's saved weights.
+Each kill records where it landed (member, step, phase) and the test checks it, so a kill meant for a branch cannot
+silently land in member 0. On CPU the result is bit-identical: a member resumed from a mid-member Trainer checkpoint
+gets its RNG states, optimizer, schedule and data position back, and every later member reseeds itself
+(seed + index) and starts from its parent's saved weights.
 """
 
 import json
@@ -22,21 +23,22 @@ from hf_starsse.run_dir import RunDirectory
 CHILD = Path(__file__).with_name("fault_child.py")
 
 
-def child(output_dir: Path, pretrained: str, kill: str | None = None) -> subprocess.Popen:
+def child(output_dir: Path, pretrained: str, events: Path, kill: str | None = None) -> subprocess.Popen:
     """Start `fault_child.py` (it keeps PYTHONPATH, so it imports this checkout)."""
-    argv = [sys.executable, str(CHILD), str(output_dir), pretrained] + ([kill] if kill else [])
+    argv = [sys.executable, str(CHILD), str(output_dir), pretrained, str(events)] + ([kill] if kill else [])
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def kill_plan(seed: int = 0) -> list[str]:
-    """Where each attempt dies, in this order (member 0 has 6 optimizer steps, each later member 3)."""
-    rng = random.Random(seed)
+def kill_plan(seed: int = 0) -> list[tuple[str, dict]]:
+    """Each attempt's kill and where it must land (member 0 has 6 optimizer steps, each branch 3; checkpoints every
+    2 steps; a resumed member restarts from its last checkpoint before its final step)."""
+    step = random.Random(seed).randint(1, 5)
     return [
-        f"step:{rng.randint(1, 5)}",  # during member 0
-        "checkpoint:1",  # during a Trainer checkpoint write of member 0
-        "snapshot",  # during the snapshot of member 0
-        f"step:{rng.randint(1, 3)}",  # during branch 1 (the resumed member 0 has no step left)
-        "manifest",  # while recording a finished branch
+        (f"step:0:{step}", {"member": 0, "step": step, "phase": "step"}),  # inside member 0
+        ("checkpoint:0", {"member": 0, "phase": "checkpoint"}),  # while member 0 writes a Trainer checkpoint
+        ("snapshot:0", {"member": 0, "step": 6, "phase": "snapshot"}),  # while member 0's snapshot is written
+        ("step:1:2", {"member": 1, "step": 2, "phase": "step"}),  # inside branch 1, member 0 finished
+        ("manifest:1", {"member": 1, "step": 3, "phase": "manifest"}),  # while branch 1 is recorded
     ]
 
 
@@ -48,19 +50,33 @@ def finished(run: Path) -> dict[int, tuple[str, int]]:
     }
 
 
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, pretrained_bert):
-    reference = child(tmp_path / "reference", pretrained_bert)
-    run, seen = tmp_path / "run", {}
-    for kill in kill_plan():
-        process = child(run, pretrained_bert, kill)
+    reference = child(tmp_path / "reference", pretrained_bert, tmp_path / "reference-events.jsonl")
+    run, seen, checked = tmp_path / "run", {}, []
+    for attempt, (kill, landing) in enumerate(kill_plan()):
+        log = tmp_path / f"events-{attempt}.jsonl"
+        process = child(run, pretrained_bert, log, kill)
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == -signal.SIGKILL, f"{kill} did not happen: {stderr[-2000:]}"
+        *trained, landed = events(log)
+        assert landed["event"] == "kill" and {key: landed[key] for key in landing} == landing, (kill, landed)
+        retrained = [event["member"] for event in trained if event["member"] in seen]
+        assert not retrained, f"attempt {attempt} ({kill}) trained finished members {retrained} again"
         now = finished(run)
-        assert {index: now[index] for index in seen} == seen  # finished members are never retrained or rewritten
+        assert {index: now[index] for index in seen} == seen  # finished members are never rewritten
+        checked += list(seen)
         seen = now
-    resumed = child(run, pretrained_bert)
+    assert 0 in checked  # the never-retrained check ran with member 0 finished (attempts after the branch kill)
+    assert sorted(seen) == [0]  # the torn record left branch 1 unlisted
+    final = tmp_path / "events-final.jsonl"
+    resumed = child(run, pretrained_bert, final)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
+    assert [(e["member"], e["step"]) for e in events(final)] == [(1, 2), (2, 0), (3, 0)]  # branch 1 from checkpoint-2
 
     assert sorted(finished(run)) == [0, 1, 2, 3]  # every member present, its sha256 verified
     assert {index: finished(run)[index] for index in seen} == seen

@@ -26,9 +26,10 @@ class Recorder(TrainerCallback):
     """Records, per train() call of a member, the starting weights, optimizer state and learning rates."""
 
     def __init__(self):
-        self.starts, self.optimizer_states, self.lrs, self.members = [], [], [], []
+        self.starts, self.optimizer_states, self.lrs, self.members, self.data_seeds = [], [], [], [], []
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.data_seeds.append(args.data_seed)
         self.starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         self.optimizer_states.append({k: {n: t.clone() for n, t in v.items()} for k, v in optimizer.state.items()})
         self.lrs.append([])
@@ -224,6 +225,12 @@ def test_different_run_refused_unless_overwrite(tmp_path, pretrained_bert):
     train_text(tmp_path, pretrained_bert, num_members=2)
     with pytest.raises(ValueError, match="learning_rate: 0.001 there, 0.01 now"):
         train_text(tmp_path, pretrained_bert, num_members=2, learning_rate=1e-2)
+    other_data = StarSSETrainer(  # the same settings on other training data: not the same run
+        model=load_text_model(pretrained_bert), args=make_args(tmp_path / "run", num_members=2),
+        train_dataset=text_dataset(seed=5),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"holds a different hf_starsse run \(train_data.sha256: "):
+        other_data.train()
     recorder = Recorder()
     train_text(tmp_path, pretrained_bert, [recorder], num_members=2, learning_rate=1e-2, overwrite_output_dir=True)
     assert recorder.members == [0, 1]
@@ -346,7 +353,13 @@ def test_evaluation_and_checkpoints_inside_members(tmp_path, pretrained_bert):
     assert evals == [(0, 2), (0, 4), (0, 6), (1, 2), (1, 3)]
     checkpoints = sorted(p.name for p in (tmp_path / "run/members/member-01/checkpoints").iterdir())
     assert checkpoints == ["checkpoint-2", "checkpoint-3"]
-    assert 0 <= trainer.evaluate()["eval_accuracy"] <= 1
+    eval_dataset = text_dataset(seed=1).with_format("torch")
+    with torch.no_grad():  # the final model is member 1: evaluate() scores it
+        logits = trainer.model.eval()(
+            input_ids=eval_dataset["input_ids"], attention_mask=eval_dataset["attention_mask"]
+        )
+    accuracy = (logits.logits.argmax(-1) == eval_dataset["labels"]).float().mean().item()
+    assert trainer.evaluate()["eval_accuracy"] == pytest.approx(accuracy)
 
 
 def test_member_in_training_is_locked(tmp_path, pretrained_bert):
@@ -394,8 +407,9 @@ def test_cycle_epochs_and_data_seed(tmp_path, pretrained_bert):
     assert [m["steps"] for m in manifest["members"]] == [6, 3]  # 48 samples / 8 = 6 steps per epoch
     member_args = json.loads((tmp_path / "run/members/member-01/trainer_state.json").read_text())
     assert member_args["global_step"] == 3 and recorder.members == [0, 1]
+    assert recorder.data_seeds == [100, 101]  # member 1 shuffled with data_seed + 1
     assert trainer.args.data_seed == 100  # the user's arguments are restored after training
-    assert trainer.accelerator.dataloader_config.data_seed == 101  # member 1 shuffled with data_seed + 1
+    assert trainer.accelerator.dataloader_config.data_seed == 100  # and so is the accelerator's data seed
 
 
 def test_crash_between_snapshot_and_manifest(tmp_path, pretrained_bert, monkeypatch):

@@ -2,7 +2,6 @@ import pytest
 from transformers import HfArgumentParser
 
 from hf_starsse import StarSSETrainingArguments
-from hf_starsse.training_args import RUN_IDENTITY_FIELDS
 
 
 def make(tmp_path, **kwargs):
@@ -96,12 +95,22 @@ def test_every_field_has_help():
         assert action.help, action.dest
 
 
-def test_run_hyperparameters_are_json(tmp_path):
+def test_run_hyperparameters_follow_what_defines_the_members(tmp_path):
     import json
 
-    values = make(tmp_path).run_hyperparameters()
-    assert set(values) == set(RUN_IDENTITY_FIELDS)
-    json.dumps(values)
+    base = make(tmp_path).run_hyperparameters()
+    changed = make(tmp_path, learning_rate=0.3, cycle_steps=7, optim="sgd", seed=3).run_hyperparameters()
+    assert sorted(key for key in base if base[key] != changed[key]) == [
+        "cycle_steps",
+        "learning_rate",
+        "optim",
+        "seed",
+    ]
+    assert changed["learning_rate"] == 0.3 and changed["cycle_steps"] == 7
+    # settings that do not change what the members are leave the run's identity alone
+    same = make(tmp_path, logging_steps=3, save_strategy="no", members_to_train=[0], overwrite_output_dir=True)
+    assert same.run_hyperparameters() == base
+    assert json.loads(json.dumps(base)) == base and set(base) <= set(make(tmp_path).to_dict())
 
 
 def test_local_de_warns_about_ignored_cycle_settings(tmp_path, caplog):

@@ -225,14 +225,11 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
         raise ValueError(f"The demo is for image classification; {data.dataset} has no image column.")
     print(f"  model {data.model_name_or_path}\n  data  {data.dataset}: {len(task.train_dataset)} training images")
 
-    run_args = dataclasses.replace(args, output_dir=str(paths["run"]), remove_unused_columns=False)
+    run_args = task.configure(dataclasses.replace(args, output_dir=str(paths["run"])))
     trainer = StarSSETrainer(
-        model_init=task.model_init,
         args=run_args,
-        train_dataset=task.train_dataset,
-        processing_class=task.processing_class,
-        data_collator=task.data_collator,
         callbacks=[BatchNormRecalibrationCallback()] if demo.recalibrate_batchnorm else None,
+        **task.trainer_kwargs(),
     )
     _phase(2, f"Training {args.num_members} members ({args.ensemble_method}) into {paths['run']}")
     trainer.train()
