@@ -3,42 +3,35 @@ pre-trained checkpoint into a resumable run directory."""
 
 import copy
 import inspect
-import json
 import math
 import os
-from contextlib import contextmanager
-from functools import partial
-from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import HubStrategy, TrainOutput, enable_full_determinism, set_seed
+from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
-from .coordination import branch_share, main_process_only, on_main_process, single_process_state
+from .branch_parallel import BranchParallelMixin
+from .coordination import main_process_only, on_main_process
 from .data import check_train_dataset
-from .ensemble import build_ensemble
-from .errors import BranchesFailedError
-from .hub import push_ensemble_to_hub
 from .plan import plan_member
 from .run_dir import RunDirectory
 from .run_identity import run_header
 from .schedule import get_cycle_schedule
-from .soups import greedy_soup, uniform_soup
+from .trainer_outputs import RunOutputsMixin
 from .training_args import StarSSETrainingArguments
-from .weights import load_weights, weights_sha256
+from .weights import load_weights
 
 logger = logging.get_logger(__name__)
 
 OPTIMIZER_STATE_NAME = "optimizer_state.pt"
 
 
-class StarSSETrainer(Trainer):
+class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
     """
     A drop-in [`~transformers.Trainer`] that trains an ensemble of `args.num_members` models from one pre-trained
     checkpoint. Member 0 is an ordinary fine-tune with the usual schedule. Members 1..K-1 are, by
@@ -241,78 +234,6 @@ class StarSSETrainer(Trainer):
                     lock.release()
         return outputs
 
-    def _parallel_branches(self, todo: list[int]) -> list[int]:
-        """The members of `todo` that processes train side by side (`branch_parallel`); the others go in turn."""
-        if not self.args.branch_parallel:
-            return []
-        if self.accelerator.num_processes == 1:
-            logger.warning("branch_parallel=True in a single process: the branches are trained one after another.")
-            return []
-        return [member for member in todo if member > 0]
-
-    def _train_branches(self, ensemble_args, branches: list[int], ignore_keys_for_eval) -> list[TrainOutput]:
-        """
-        Give each process its share of `branches` to train on its own (full dataset, no gradient synchronisation),
-        then wait until every process has finished its share. Each process records its own members in the manifest
-        (under its file lock), so a crash of one process leaves the members of the others complete. A process that
-        goes silent (killed, hung) for `ddp_timeout` seconds is named in an error instead of being waited for.
-        """
-        process, num_processes = self.accelerator.process_index, self.accelerator.num_processes
-        share = branch_share(self.accelerator, branches)
-        logger.warning(
-            f"branch_parallel: process {process} of {num_processes} trains StarSSE branches {share} of {branches}, "
-            "each on the full dataset without gradient synchronisation."
-        )
-        rendezvous = self._run.rendezvous
-        main_process_only(self.accelerator, rendezvous.clear)
-        outputs, error = [], None
-        with rendezvous.heartbeat(process, interval=min(5.0, ensemble_args.ddp_timeout / 4)):
-            try:
-                with self._single_process():
-                    processes = {"mode": "branch_parallel", "process": process, "num_processes": num_processes}
-                    outputs = self._train_members(ensemble_args, share, None, ignore_keys_for_eval, processes)
-            except Exception as err:  # reported to the other processes below, so that none waits forever
-                error = err
-            rendezvous.report(process, {"members": share, "error": None if error is None else repr(error)})
-        reports = rendezvous.wait(num_processes, timeout=ensemble_args.ddp_timeout)
-        self.accelerator.wait_for_everyone()
-        main_process_only(self.accelerator, rendezvous.clear)
-        if error is not None:
-            raise error
-        failed = [
-            f"process {index} ({report['members']}): {report['error']}"
-            for index, report in enumerate(reports)
-            if report["error"]
-        ]
-        if failed:
-            raise BranchesFailedError(
-                f"Branch-parallel training failed on {'; '.join(failed)}. The other branches are complete; run again "
-                "to train the missing ones."
-            )
-        return outputs
-
-    @contextmanager
-    def _single_process(self):
-        """
-        Let this process train on its own (see `single_process_state`): the Trainer sees one process, hence no DDP
-        wrapper, no data sharding and no collective call, and the process saves, logs and checkpoints its own
-        members. The launch's accelerator comes back afterwards.
-        """
-        launch = self.accelerator, self.gather_function
-        model = self.accelerator.unwrap_model(self.model)
-        self.accelerator.free_memory()  # drops the DDP wrapper of the members trained data-parallel
-        if isinstance(model, PreTrainedModel):  # save_pretrained writes on torch.distributed rank 0 only
-            model.should_save_on_this_rank = lambda is_main_process: is_main_process
-        try:
-            with single_process_state():
-                self.create_accelerator_and_postprocess()
-                self.model_wrapped = self.model
-                yield
-        finally:
-            self.accelerator, self.gather_function = launch
-            self.model_wrapped = self.model
-            vars(model).pop("should_save_on_this_rank", None)
-
     def _plan(self) -> list[int]:
         """Claim the run directory and list the members still to train (on the main process)."""
         self._run.claim(self._run_header(), overwrite=self.args.overwrite_output_dir)
@@ -430,163 +351,7 @@ class StarSSETrainer(Trainer):
     def _run_header(self) -> dict:
         return run_header(self.args, self.accelerator.unwrap_model(self.model), self.train_dataset)
 
-    # ----- ensembles and soups of the run ----------------------------------------------------------------------
-
-    def save_ensemble(
-        self, output_dir: str, members: list[int] | None = None, overwrite: bool = False
-    ) -> PreTrainedModel | None:
-        """
-        Save the ensemble of this run's complete members as one model directory (see [`build_ensemble`]), loadable
-        with `AutoModelFor...from_pretrained` and `pipeline`.
-
-        Args:
-            output_dir (`str`): Where to save it.
-            members (`list[int]`, *optional*): Positions of the members to include (default: all complete ones).
-            overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `output_dir`.
-
-        Returns:
-            The ensemble model on the main process, `None` on the others.
-        """
-        return main_process_only(
-            self.accelerator, lambda: build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
-        )
-
-    def save_soup(
-        self, output_dir: str, method: str = "uniform", num_batches: int | None = None, overwrite: bool = False
-    ) -> PreTrainedModel | None:
-        """
-        Save a soup of this run's complete members: a plain checkpoint of the base architecture. BatchNorm statistics
-        are re-estimated on `train_dataset`.
-
-        Args:
-            output_dir (`str`): Where to save it.
-            method (`str`, *optional*, defaults to `"uniform"`): `"uniform"` averages every member; `"greedy"` adds
-                members in order of `eval_dataset` accuracy while it does not drop.
-            num_batches (`int`, *optional*): Limit the BatchNorm pass over `train_dataset` to this many batches.
-            overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `output_dir`.
-
-        Returns:
-            The soup on the main process, `None` on the others.
-        """
-        if method not in ("uniform", "greedy"):
-            raise ValueError(f"method={method!r} is unknown; use 'uniform' or 'greedy'.")
-        if method == "greedy" and self.eval_dataset is None:
-            raise ValueError("A greedy soup picks members on held-out data: give the trainer an eval_dataset.")
-        options = dict(
-            train_dataset=self.train_dataset,
-            data_collator=self.data_collator,
-            batch_size=self.args.per_device_eval_batch_size,
-            num_batches=num_batches,
-            device=self.args.device,
-            overwrite=overwrite,
-        )
-
-        def make_soup() -> PreTrainedModel:
-            if method == "uniform":
-                return uniform_soup(self._run_dir(), output_dir, **options)
-            return greedy_soup(self._run_dir(), self.eval_dataset, out_dir=output_dir, **options)[0]
-
-        return main_process_only(self.accelerator, make_soup)
-
-    def adopt_member(self, source: str | os.PathLike, index: int = 0) -> None:
-        """
-        Use an already trained model directory as member `index` (normally 0) of this run, so that StarSSE or SSE
-        cycles branch from it without training it again: several runs with different cycle settings can share one
-        first member (as `sweep_cycle_hyperparameters` does). A member the run already has complete is kept.
-
-        Args:
-            source (`str` or `os.PathLike`): A `save_pretrained` directory (e.g. `members/member-00` of another run).
-            index (`int`, *optional*, defaults to 0): The member it becomes.
-        """
-        state_file = Path(source) / TRAINER_STATE_NAME
-        steps = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
-        run = RunDirectory(self._run_dir())
-
-        def adopt():
-            run.claim(self._run_header(), overwrite=self.args.overwrite_output_dir)
-            complete = run.complete_members()
-            if index not in complete:
-                run.import_member(index, source, self.args.seed + index, steps)
-            elif complete[index]["sha256"] != weights_sha256(source):
-                raise ValueError(
-                    f"Member {index} of {run.path} differs from {source}; its branches were trained from another "
-                    "model. Use a new output_dir (or overwrite_output_dir=True) to start from this one."
-                )
-
-        on_main_process(self.accelerator, adopt)
-
-    def _run_dir(self) -> str:
-        if not isinstance(self.args, StarSSETrainingArguments):
-            raise ValueError("Ensembles and soups need StarSSETrainingArguments (a run directory with members).")
-        return self.args.output_dir
-
     # ----- Trainer extension points ----------------------------------------------------------------------------
-
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        if self._is_ensemble() and self.args.push_to_hub and self.args.hub_strategy != HubStrategy.END:
-            raise ValueError(
-                f"push_to_hub=True with hub_strategy={self.args.hub_strategy.value!r} would push every member's "
-                "checkpoints to one repository. Set hub_strategy='end' (the repository is created now and "
-                "trainer.push_to_hub() publishes the ensemble after training), or push_to_hub=False."
-            )
-        super().init_hf_repo(token, private)
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """As `Trainer._save`, but the `training_args.bin` pickle it writes never holds `hub_token`."""
-        token, self.args.hub_token = self.args.hub_token, None
-        try:
-            super()._save(output_dir, state_dict)
-        finally:
-            self.args.hub_token = token
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **kwargs,
-    ):
-        """
-        Upload the ensemble of the run's complete members (model card, manifest and evaluation tables included, see
-        [`push_ensemble_to_hub`]) to `args.hub_model_id` (default: the name of `output_dir`). With plain
-        `TrainingArguments` or `num_members=1` this is `Trainer.push_to_hub`.
-
-        Args:
-            commit_message (`str`, *optional*, defaults to `"End of training"`): Commit message.
-            blocking (`bool`, *optional*, defaults to `True`): Wait for the upload; `False` returns a `Future`.
-            token (`str`, *optional*): Hub token (default: `args.hub_token`, then `HF_TOKEN` or the stored login).
-            revision (`str`, *optional*): Branch to commit to (default: `args.hub_revision`, then `main`).
-            private (`bool`, *optional*): Visibility of a new repository (default: `args.hub_private_repo`).
-            kwargs (*optional*): `Trainer.create_model_card` options; ensembles have their own card, so they are
-                ignored (with a warning).
-
-        Returns:
-            The `CommitInfo` of the upload (`None` on other processes), or a `Future` of it when `blocking=False`.
-        """
-        if not self._is_ensemble():
-            return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
-        if kwargs:
-            logger.warning(f"The ensemble's model card is generated by hf_starsse; ignoring {sorted(kwargs)}.")
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        if not self.is_world_process_zero():
-            return None
-        push = partial(
-            push_ensemble_to_hub,
-            self.args.output_dir,
-            self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).absolute().name,
-            private=self.args.hub_private_repo if private is None else private,
-            revision=revision or self.args.hub_revision,
-            commit_message=commit_message,
-            token=token or self.args.hub_token,
-        )
-        if not blocking:
-            return HfApi().run_as_future(lambda: push()[0].commit)
-        return push()[0].commit
-
-    def _is_ensemble(self) -> bool:
-        return isinstance(self.args, StarSSETrainingArguments) and self.args.num_members > 1
 
     def call_model_init(self, trial=None) -> nn.Module:
         model = super().call_model_init(trial)
