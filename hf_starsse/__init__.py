@@ -17,6 +17,7 @@ from .schedule import get_cycle_schedule  # noqa: E402
 from .soups import greedy_soup, recalibrate_batchnorm, uniform_soup  # noqa: E402
 from .trainer import StarSSETrainer  # noqa: E402
 from .training_args import StarSSETrainingArguments  # noqa: E402
+from .weights import load_base_model  # noqa: E402
 
 __all__ = [
     "EnsembleConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "get_cycle_schedule",
     "greedy_soup",
     "interpolation_curve",
+    "load_base_model",
     "load_members",
     "load_weights",
     "push_ensemble_to_hub",

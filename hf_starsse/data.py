@@ -17,13 +17,10 @@ from transformers import (
     TrainingArguments,
     default_data_collator,
 )
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-)
 
 from .members import check_pickle_weights
 from .soups import fix_batchnorm_momentum
+from .tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, model_type_does
 from .weights import check_weight_files
 
 DATA_FILE_TYPES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -120,12 +117,12 @@ def load_model_config(name: str) -> PretrainedConfig:
 def _check_model(data: DataArguments, image_column: str | None) -> None:
     """The model must classify what the dataset holds, and have safetensors weights unless pickles are allowed."""
     config = load_model_config(data.model_name_or_path)
-    if image_column is not None and config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+    if image_column is not None and not model_type_does(config.model_type, IMAGE_CLASSIFICATION):
         raise ValueError(
             f"Dataset {data.dataset} holds images (column {image_column!r}) but {data.model_name_or_path} is a "
             f"{config.model_type!r} model, which does not classify images. Use an image model, or another dataset."
         )
-    if image_column is None and config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+    if image_column is None and not model_type_does(config.model_type, TEXT_CLASSIFICATION):
         raise ValueError(
             f"Dataset {data.dataset} holds no image column but {data.model_name_or_path} is a {config.model_type!r} "
             "model, which does not classify text. Use a text model, or set --image_column for image data."

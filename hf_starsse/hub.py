@@ -18,6 +18,8 @@ from huggingface_hub.utils import validate_repo_id
 from . import __version__
 from .run_dir import MANIFEST_NAME, RunDirectory, run_manifest, weight_files
 from .saving import processor_files
+from .tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, task_of_architecture
+from .weights import PICKLE_SUFFIXES
 
 TEMPLATES = Path(__file__).parent / "model_cards"
 EVALUATION_NAME = "evaluation.json"
@@ -26,8 +28,6 @@ SOUP_RECORD_NAME = "soup.json"
 ENSEMBLE_PLACEHOLDER, SOUP_PLACEHOLDER = "path/to/ensemble", "path/to/soup"
 # Files of a run directory that travel with its ensemble: the manifest and the evaluation tables.
 RUN_FILES = (MANIFEST_NAME, EVALUATION_NAME, "evaluation.csv")
-# Never uploaded: pickle formats (torch.save, Trainer state), whatever directory they are found in.
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 METHODS = {
     "starsse": (
         "StarSSE",
@@ -136,8 +136,8 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
     method = manifest.get("ensemble_method", "members")
     title = METHODS.get(method, ("hand-picked members",))[0]
     architecture = type(model).__name__
-    is_image = "Image" in architecture
-    task = "image-classification" if is_image else "text-classification"
+    task = task_of_architecture(architecture) or TEXT_CLASSIFICATION
+    is_image = task == IMAGE_CLASSIFICATION
     kind = f"{record['method']}_soup"
     rows = evaluation_rows(source)
     name = repo_id or f"{record['method'].capitalize()} soup of {title} members"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from .run_dir import fsync_dir, fsync_files
+from .atomic_io import fsync_dir, fsync_files
+from .weights import PICKLE_SUFFIXES
 
 # Files of a member directory that belong to the member or its training, not to its processor.
 NON_PROCESSOR_FILES = {"config.json", "generation_config.json", "training_args.bin", "trainer_state.json"}
@@ -21,7 +22,8 @@ def processor_files(member: Path) -> list[Path]:
         if file.is_file()
         and not file.name.startswith(".")
         and file.name not in NON_PROCESSOR_FILES
-        and file.suffix not in (".safetensors", ".pt", ".bin")
+        and file.suffix != ".safetensors"
+        and file.suffix not in PICKLE_SUFFIXES
         and not file.name.endswith(".index.json")
     ]
 

@@ -288,13 +288,8 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         for callback, base in self._tensorboard_dirs.items():
             callback.logging_dir = os.path.join(base, f"member-{member:02d}")
         scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is None:
-            return
-        carried = (self._carried_optimizer_state or {}).get("grad_scaler")
-        if carried is not None:
-            scaler.load_state_dict(carried)
-        elif self._initial_scaler_state is not None:
-            scaler.load_state_dict(self._initial_scaler_state)
+        if scaler is not None and self._initial_scaler_state is not None:
+            scaler.load_state_dict(self._initial_scaler_state)  # a carried one replaces it in create_optimizer
 
     def _check_parents(self, todo: list[int], complete: dict) -> None:
         for position, member in enumerate(todo):
@@ -365,6 +360,9 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             state = optimizer.state_dict()
             state["state"] = self._carried_optimizer_state["state"]
             optimizer.load_state_dict(state)
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None and "grad_scaler" in self._carried_optimizer_state:
+                scaler.load_state_dict(self._carried_optimizer_state["grad_scaler"])
             self._carried_optimizer_state = None
         return optimizer
 

@@ -13,6 +13,8 @@ from transformers import AutoConfig, PreTrainedModel
 
 # Pickle weight files of a `save_pretrained` directory: never loaded unless the caller allows it.
 PICKLE_WEIGHT_PATTERN = "pytorch_model*.bin"
+# Every pickle format (torch.save, Trainer state, ...): never uploaded, never copied as a processor file.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 
 
 def weight_files(model_dir: str | os.PathLike) -> list[Path]:

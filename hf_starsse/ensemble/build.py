@@ -3,22 +3,14 @@
 import os
 
 from transformers import PreTrainedModel
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-)
 
 from ..hub import ensemble_card
 from ..members import IGNORED_CONFIG_KEYS, check_member_configs, copy_member_tensors, load_members
 from ..run_dir import run_manifest
 from ..saving import check_out_dir, save_model_dir
+from ..tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, task_of_architecture
 from .configuration_ensemble import EnsembleConfig
 from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
-
-
-def _class_names(mapping: dict) -> set[str]:
-    """Model class names of an Auto mapping (values are names or tuples of names)."""
-    return {name for value in mapping.values() for name in ((value,) if isinstance(value, str) else value)}
 
 
 def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
@@ -30,9 +22,10 @@ def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
         )
     if member_config.get("num_labels", len(member_config.get("id2label") or {})) == 1:
         raise ValueError("Members have a single output (regression); ensembles average softmax probabilities.")
-    if architecture in _class_names(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES):
+    task = task_of_architecture(architecture)
+    if task == IMAGE_CLASSIFICATION:
         return EnsembleForImageClassification
-    if architecture in _class_names(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
+    if task == TEXT_CLASSIFICATION:
         return EnsembleForSequenceClassification
     raise ValueError(
         f"Member architecture {architecture!r} is neither a sequence- nor an image-classification model of "
