@@ -353,12 +353,10 @@ def test_evaluation_and_checkpoints_inside_members(tmp_path, pretrained_bert):
     assert evals == [(0, 2), (0, 4), (0, 6), (1, 2), (1, 3)]
     checkpoints = sorted(p.name for p in (tmp_path / "run/members/member-01/checkpoints").iterdir())
     assert checkpoints == ["checkpoint-2", "checkpoint-3"]
-    eval_dataset = text_dataset(seed=1).with_format("torch")
+    batch = text_dataset(seed=1).with_format("torch")[:]
     with torch.no_grad():  # the final model is member 1: evaluate() scores it
-        logits = trainer.model.eval()(
-            input_ids=eval_dataset["input_ids"], attention_mask=eval_dataset["attention_mask"]
-        )
-    accuracy = (logits.logits.argmax(-1) == eval_dataset["labels"]).float().mean().item()
+        logits = trainer.model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    accuracy = (logits.argmax(-1) == batch["labels"]).float().mean().item()
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(accuracy)
 
 
