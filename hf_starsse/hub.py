@@ -4,6 +4,7 @@ its soup and members) with their model cards (rendered by `cards.py`).
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .soups import has_batchnorm, uniform_soup
 RUN_FILES = (MANIFEST_NAME, EVALUATION_NAME, "evaluation.csv")
 # Never uploaded: pickle formats (torch.save, Trainer state), whatever directory they are found in.
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+PUBLIC = "public"  # staging folder of files uploaded in place of local ones (cards, JSON without local paths)
 
 
 @dataclass
@@ -127,14 +129,38 @@ def _check_push(kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, d
         )
 
 
+def _staged(plan: _Plan, name: str, text: str, staging: Path) -> None:
+    """Upload `text` as `name` instead of the local file (kept in `staging/public/`)."""
+    staged = staging / PUBLIC / plan.repo_id.replace("/", "--") / name
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_text(text)
+    plan.files[name] = staged
+
+
 def _staged_card(plan: _Plan, model_dir: Path, placeholder: str, staging: Path) -> None:
     """A copy of the model card whose usage examples load the model from its repository."""
     card = model_dir / "README.md"
     if card.is_file():
-        staged = staging / plan.repo_id.replace("/", "--") / "README.md"
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        staged.write_text(card.read_text().replace(f'"{placeholder}"', f'"{plan.repo_id}"'))
-        plan.files["README.md"] = staged
+        _staged(plan, "README.md", card.read_text().replace(f'"{placeholder}"', f'"{plan.repo_id}"'), staging)
+
+
+def _without_local_paths(value):
+    """`value` (parsed JSON) with every absolute path replaced by its last part (a directory or file name)."""
+    if isinstance(value, dict):
+        return {key: _without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(item) for item in value]
+    return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
+
+
+def _stage_public_json(plan: _Plan, staging: Path) -> None:
+    """Upload JSON files that name local paths (a run's manifest, a soup's record) without them."""
+    for name, file in list(plan.files.items()):
+        if file.suffix == ".json" and staging / PUBLIC not in file.parents:
+            data = json.loads(file.read_text())
+            public = _without_local_paths(data)
+            if public != data:
+                _staged(plan, name, json.dumps(public, indent=2) + "\n", staging)
 
 
 def _plan_uploads(path, kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, staging: Path) -> list[_Plan]:
@@ -162,6 +188,8 @@ def _plan_uploads(path, kind, repo_id, soup_repo_id, soup_path, members_as_subfo
         soup.add_dir(soup_dir)
         _staged_card(soup, soup_dir, SOUP_PLACEHOLDER, staging)
         plans.append(soup)
+    for plan in plans:
+        _stage_public_json(plan, staging)
     return plans
 
 
@@ -177,6 +205,7 @@ def push_ensemble_to_hub(
     commit_message: str | None = None,
     token: str | None = None,
     dry_run: bool = False,
+    dry_run_dir: str | os.PathLike | None = None,
 ) -> list[HubUpload]:
     """
     Publish an ensemble (or a soup) on the Hub: create the repository if needed (and the branch `revision`), then
@@ -199,6 +228,9 @@ def push_ensemble_to_hub(
         token (`str`, *optional*): Hub token with write access (default: `HF_TOKEN` or the stored login). It is only
             sent to the Hub: never printed, logged or written to files.
         dry_run (`bool`, *optional*, defaults to `False`): Plan only: build what the upload needs, contact no server.
+        dry_run_dir (`str` or `os.PathLike`, *optional*): A new or empty directory to write every file that would be
+            uploaded into, one folder per repository (`namespace--name/`), to read them before pushing; implies
+            `dry_run`.
 
     Returns:
         `list[HubUpload]`: One upload per repository, with the files and (unless `dry_run`) the commit made.
@@ -207,7 +239,10 @@ def push_ensemble_to_hub(
     kind = _folder_kind(path) if path.is_dir() else None
     if kind is None:
         raise FileNotFoundError(f"{path} is not a directory: pass a run directory, a saved ensemble or a soup.")
+    dry_run = dry_run or dry_run_dir is not None
     _check_push(kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, dry_run, token)
+    if dry_run_dir is not None and Path(dry_run_dir).exists() and any(Path(dry_run_dir).iterdir()):
+        raise ValueError(f"dry_run_dir={dry_run_dir} is not empty: choose a new or empty directory.")
     api = HfApi(library_name="hf_starsse", library_version=__version__)
     uploads = []
     with tempfile.TemporaryDirectory(prefix="hf_starsse_push_") as staging:
@@ -219,7 +254,12 @@ def push_ensemble_to_hub(
                 private,
                 commit_message or f"Upload {plan.kind} with hf_starsse",
             )
-            if not dry_run:
+            if dry_run_dir is not None:
+                for name, file in plan.files.items():
+                    copy = Path(dry_run_dir) / plan.repo_id.replace("/", "--") / name
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(file, copy)
+            elif not dry_run:
                 upload.repo_id, upload.commit = _commit(api, plan, upload, token)
             uploads.append(upload)
     return uploads
@@ -228,7 +268,11 @@ def push_ensemble_to_hub(
 def _describe_source(file: Path, staging: Path, path: Path) -> str:
     """A local file as shown in a plan; files built for the upload are shown as such (they are deleted afterwards)."""
     if staging in file.parents:
-        what = "model card" if file.name == "README.md" else f"{file.parts[len(staging.parts)]} built from {path}"
+        folder = file.parts[len(staging.parts)]
+        if folder == PUBLIC:
+            what = "model card" if file.name == "README.md" else f"{file.name} without local paths"
+        else:
+            what = f"{folder} built from {path}"
         return f"<{what}>/{file.name}"
     return str(file)
 

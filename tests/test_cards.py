@@ -1,12 +1,23 @@
-"""Model cards: the templates ship inside the wheel."""
+"""Model cards: what they say (origin without local paths, metadata, results), and templates shipped in the wheel."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import BertModel
+
+from hf_starsse import StarSSETrainer, build_ensemble, evaluate_ensemble, push_ensemble_to_hub, uniform_soup
+from hf_starsse.cards import save_card_info
+
+from conftest import bert_config, load_text_model, make_args, text_dataset, tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEEL_MARK = "<!-- rendered from the wheel's template -->"
@@ -51,3 +62,112 @@ def test_card_renders_from_the_installed_wheel(tmp_path, text_run):
     assert Path(module).is_relative_to(target) and Path(templates) == target / "hf_starsse/model_cards"
     card = (tmp_path / "ensemble/README.md").read_text()
     assert card.rstrip().endswith(WHEEL_MARK) and "# StarSSE ensemble of 3" in card
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    """A 3-member run trained from a base model in a local directory, evaluated on a test and two shifted splits."""
+    root = tmp_path_factory.mktemp("secret-user-dir")
+    torch.manual_seed(0)
+    BertModel(bert_config()).save_pretrained(root / "my-base")
+    tokenizer(root / "my-base")
+    trainer = StarSSETrainer(
+        model=load_text_model(str(root / "my-base")),
+        args=make_args(root / "run"),
+        train_dataset=text_dataset(),
+        processing_class=tokenizer(),
+    )
+    trainer.train()
+    splits = {
+        "test": text_dataset(16, seed=3),
+        "noise/1": text_dataset(16, seed=4),
+        "noise/2": text_dataset(16, seed=5),
+    }
+    evaluate_ensemble(root / "run", splits)
+    return root / "run"
+
+
+def test_no_local_path_in_any_pushed_file(local_run, tmp_path):
+    root = local_run.parent
+    assert json.loads((local_run / "ensemble.json").read_text())["base_model"] == str(root / "my-base")
+    out = tmp_path / "planned"
+    uploads = push_ensemble_to_hub(
+        local_run, "team/ens", soup_repo_id="team/soup", members_as_subfolders=True, dry_run_dir=out
+    )
+    assert all(upload.commit is None for upload in uploads)  # a dry run
+    files = [file for file in out.rglob("*") if file.is_file()]
+    names = {file.relative_to(out).as_posix() for file in files}
+    assert {"team--ens/README.md", "team--ens/config.json", "team--ens/ensemble.json", "team--soup/soup.json"} <= names
+    assert names == {f"{u.repo_id.replace('/', '--')}/{name}" for u in uploads for name in u.files}
+    for file in files:
+        if file.suffix in (".md", ".json", ".csv", ".txt"):
+            text = file.read_text()
+            for private in (str(root), root.name, str(Path.home()), "/tmp/"):
+                assert private not in text, (file, private)
+        if file.suffix == ".json":
+            strings = re.findall(r'"((?:[^"\\]|\\.)*)"', file.read_text())
+            assert not [s for s in strings if os.path.isabs(s)], file
+    card = (out / "team--ens/README.md").read_text()
+    assert "(my-base) with **StarSSE**" in card  # the local base model by its directory's name
+    assert json.loads((out / "team--ens/ensemble.json").read_text())["base_model"] == "my-base"
+    assert json.loads((out / "team--soup/soup.json").read_text())["members"] == [f"member-0{i}" for i in range(3)]
+
+
+def test_card_metadata_field_by_field(local_run, tmp_path):
+    build_ensemble(local_run, tmp_path / "plain")
+    plain = ModelCard.load(tmp_path / "plain/README.md").data
+    assert plain.base_model is None and plain.datasets is None  # a local directory is no Hub id
+    assert {r.dataset_name for r in plain.eval_results} == {"custom"}
+
+    save_card_info(
+        local_run, base_model="google-bert/bert-base-uncased", datasets=["stanfordnlp/imdb"], dataset_name="IMDB"
+    )
+    rows = json.loads((local_run / "evaluation.json").read_text())
+    try:
+        build_ensemble(local_run, tmp_path / "ensemble")
+        uniform_soup(local_run, tmp_path / "soup")
+    finally:
+        (local_run / "card_info.json").unlink()
+    for kind, tags, model in (("ensemble", "ensemble", "ensemble"), ("soup", "model-soup", "uniform_soup")):
+        card = ModelCard.load(tmp_path / kind / "README.md")
+        data = card.data
+        assert data.base_model == "google-bert/bert-base-uncased"
+        assert data.datasets == ["stanfordnlp/imdb"]
+        assert data.pipeline_tag == "text-classification" and data.library_name == "transformers"
+        assert data.tags == ["hf_starsse", "starsse", tags, "text-classification"]
+        expected = [r for r in rows if r["model"] == model and r["size"] == 3 and "/" not in r["split"]]
+        assert [(r.task_type, r.dataset_type, r.dataset_name, r.dataset_split) for r in data.eval_results] == [
+            ("text-classification", "stanfordnlp/imdb", "IMDB", "test")
+        ]  # shifted splits stay out of model-index
+        assert [r.metric_value for r in data.eval_results] == [expected[0]["accuracy"]]
+        assert "(google-bert/bert-base-uncased)" in card.text and "On IMDB." in card.text
+
+
+def test_short_results_table_leads(local_run, tmp_path):
+    build_ensemble(local_run, tmp_path / "ensemble")
+    text = ModelCard.load(tmp_path / "ensemble/README.md").text
+    rows = json.loads((local_run / "evaluation.json").read_text())
+    short = text[text.index("## Results") :].split("\n## ")[0]
+    lines = [line for line in short.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    assert [row[:2] for row in cells] == [
+        [split, model]
+        for split in ("test", "shifted (mean of 2)")
+        for model in ("single model", "ensemble of 3", "uniform soup")
+    ]
+    shifted = [r["accuracy"] for r in rows if r["model"] == "ensemble" and r["size"] == 3 and "/" in r["split"]]
+    assert cells[4][2] == f"{sum(shifted) / 2:.4f}"
+    member_0 = next(r for r in rows if r["model"] == "member" and r["member"] == 0 and r["split"] == "test")
+    assert cells[0][2] == f"{member_0['accuracy']:.4f}"
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == ["## Results", "## How to use", "## Method", "## Members", "## All results", "## Citation"]
+    full = text[text.index("## All results") :]
+    assert "<details>" in full and "| noise/2 | member 2 | 1 |" in full and "| test | ensemble | 3 |" in full
+
+
+def test_save_card_info_refuses_paths_as_hub_ids(local_run):
+    with pytest.raises(ValueError, match="base_model='/models/bert' is not a Hub id"):
+        save_card_info(local_run, base_model="/models/bert")
+    with pytest.raises(ValueError, match="datasets='./data' is not a Hub id"):
+        save_card_info(local_run, datasets=["./data"])
+    assert not (local_run / "card_info.json").exists()
