@@ -16,6 +16,7 @@ from transformers import BertModel
 
 from hf_starsse import StarSSETrainer, build_ensemble, evaluate_ensemble, push_ensemble_to_hub, uniform_soup
 from hf_starsse.cards import save_card_info
+from hf_starsse.data import DataArguments
 
 from conftest import bert_config, load_text_model, make_args, text_dataset, tokenizer
 
@@ -171,3 +172,17 @@ def test_save_card_info_refuses_paths_as_hub_ids(local_run):
     with pytest.raises(ValueError, match="datasets='./data' is not a Hub id"):
         save_card_info(local_run, datasets=["./data"])
     assert not (local_run / "card_info.json").exists()
+
+
+def test_hub_ids_reach_the_metadata_by_themselves(tmp_path, pretrained_bert):
+    model = load_text_model(pretrained_bert)
+    model.config._name_or_path = "org/tiny-bert"  # as loaded from the Hub: the manifest records the id
+    StarSSETrainer(model=model, args=make_args(tmp_path / "run", num_members=2), train_dataset=text_dataset()).train()
+    build_ensemble(tmp_path / "run", tmp_path / "ensemble")
+    card = ModelCard.load(tmp_path / "ensemble/README.md")
+    assert card.data.base_model == "org/tiny-bert" and "(org/tiny-bert)" in card.text
+
+    hub_data = DataArguments(model_name_or_path=pretrained_bert, dataset="stanfordnlp/imdb", dataset_name="IMDB")
+    assert hub_data.card_info() == {"base_model": None, "datasets": ["stanfordnlp/imdb"], "dataset_name": "IMDB"}
+    local_data = DataArguments(model_name_or_path=pretrained_bert, dataset=str(tmp_path / "run/ensemble.json"))
+    assert local_data.card_info()["datasets"] is None  # a local file is no Hub id
