@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .cards import save_card_info  # noqa: E402
 from .diagnostics import interpolation_curve  # noqa: E402
 from .ensemble import (  # noqa: E402
     EnsembleConfig,
@@ -36,5 +37,6 @@ __all__ = [
     "load_weights",
     "push_ensemble_to_hub",
     "recalibrate_batchnorm",
+    "save_card_info",
     "uniform_soup",
 ]

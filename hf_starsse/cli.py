@@ -4,6 +4,7 @@
     hf-starsse train config.yaml                      # the same options from a YAML or JSON file
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
     hf-starsse evaluate --run_dir runs/x --dataset D --split test
+    hf-starsse evaluate --run_dir runs/x --data_files train=train.csv test=test.csv --splits test
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
     hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
     hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
@@ -20,6 +21,7 @@ import huggingface_hub.constants
 from transformers import AutoConfig, HfArgumentParser
 from transformers.utils import logging
 
+from .cards import save_card_info
 from .data import DataArguments, PreparedTask, prepare_task
 from .demo import TRAINING_DEFAULTS, DemoArguments, run_demo
 from .errors import HubUnreachableError, StarSSEError, network_error_types
@@ -81,11 +83,14 @@ class PushArguments:
         default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login, which is safer)."}
     )
     dry_run: bool = field(default=False, metadata={"help": "Print which files would go where; upload nothing."})
+    dry_run_dir: str | None = field(
+        default=None, metadata={"help": "Write the files that would be uploaded into this new directory (dry run)."}
+    )
 
 
 def _data_for_run(run_dir: str, **options) -> DataArguments | None:
     """Data options whose model is the run's first member (its processor files prepare the data)."""
-    if options.get("dataset") is None:
+    if options.get("dataset") is None and options.get("data_files") is None:
         return None
     return DataArguments(model_name_or_path=str(load_members(run_dir)[0]), **options)
 
@@ -99,7 +104,10 @@ def _prepare_for_run(data: DataArguments, splits: tuple[str, ...] = ()) -> Prepa
 
 def train(data: DataArguments, args: StarSSETrainingArguments) -> None:
     task = prepare_task(data)
-    output = StarSSETrainer(args=task.configure(args), **task.trainer_kwargs()).train()
+    trainer = StarSSETrainer(args=task.configure(args), **task.trainer_kwargs())
+    output = trainer.train()
+    if trainer.is_world_process_zero():
+        save_card_info(args.output_dir, **data.card_info())
     print(f"Trained {output.metrics.get('train_members', 1)} member(s) into {args.output_dir}.")
 
 
@@ -205,8 +213,10 @@ def _parse(classes: tuple, command: str, argv: list[str]) -> tuple:
 
 
 def _optional_data_options() -> type:
-    """`DataArguments` without the model (a run's member provides it) and with every field optional."""
-    fields = [f for f in dataclasses.fields(DataArguments) if f.name != "model_name_or_path"]
+    """`DataArguments` without the model (a run's member provides it) nor the cards' names (`train` records them),
+    and with every field optional."""
+    skipped = ("model_name_or_path", "base_model_id", "dataset_name")
+    fields = [f for f in dataclasses.fields(DataArguments) if f.name not in skipped]
     spec = [(f.name, f.type | None, dataclasses.field(default=None, metadata=f.metadata)) for f in fields]
     return dataclasses.make_dataclass("DataOptions", spec)
 
@@ -231,7 +241,7 @@ def _run(command: str, argv: list[str]) -> None:
     if command == "soup":
         soup(options, data)
     elif data is None:
-        raise ValueError("evaluate needs --dataset (and --splits to evaluate).")
+        raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")
     else:
         evaluate(options, data)
 

@@ -1,5 +1,6 @@
 """Models and datasets by Hub id or local path, prepared for text or image classification (used by the CLI)."""
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from transformers import (
     default_data_collator,
 )
 
+from .cards import is_hub_id
 from .members import check_pickle_weights
 from .soups import fix_batchnorm_momentum
 from .tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, model_type_does
@@ -33,8 +35,23 @@ class DataArguments:
     model_name_or_path: str = field(
         metadata={"help": "Pre-trained model: a Hub id or a local save_pretrained directory."}
     )
-    dataset: str = field(
-        metadata={"help": "Dataset: a Hub id, a save_to_disk directory, or a .csv/.json/.jsonl/.parquet file."}
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Dataset: a Hub id, a save_to_disk directory, or a .csv/.json/.jsonl/.parquet file."},
+    )
+    data_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of --dataset, data files per split as split=file, e.g. train=train.csv test=test.csv "
+            "(in Python also a dict {split: file}), as datasets.load_dataset(data_files=...) takes them."
+        },
+    )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base model when model_name_or_path is a local copy (the cards' base_model)."},
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "The dataset's name in the model cards (default: its Hub id)."}
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (Hub datasets)."})
     train_split: str = field(default="train", metadata={"help": "Split to train on (and to re-estimate BatchNorm)."})
@@ -61,8 +78,50 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if (self.dataset is None) == (self.data_files is None):
+            raise ValueError("Pass the data as --dataset or as --data_files split=file ..., one of the two.")
+        if isinstance(self.data_files, dict):
+            self.data_files = [f"{split}={file}" for split, file in self.data_files.items()]
+        if self.data_files is not None:
+            data_files_by_split(self.data_files)  # every problem with the files, before any work
         for option in ("model_name_or_path", "dataset"):
-            _check_hub_id(getattr(self, option), option)
+            if getattr(self, option) is not None:
+                _check_hub_id(getattr(self, option), option)
+
+    @property
+    def source(self) -> str:
+        """The data as named in messages: the dataset, or the data files."""
+        return self.dataset or "--data_files " + " ".join(self.data_files)
+
+    def card_info(self) -> dict:
+        """What the model cards say about the origin (see `save_card_info`): declared names, Hub ids as such."""
+        hub_dataset = self.dataset if is_hub_id(self.dataset) and not Path(self.dataset).exists() else None
+        return dict(
+            base_model=self.base_model_id,
+            datasets=[hub_dataset] if hub_dataset else None,
+            dataset_name=self.dataset_name,
+        )
+
+
+def data_files_by_split(entries: list[str]) -> dict[str, list[str]]:
+    """`split=file` entries as `{split: [file, ...]}`, checked: split names, existing files of one known type."""
+    by_split: dict[str, list[str]] = {}
+    for entry in entries:
+        split, sep, file = entry.partition("=")
+        if not sep or not re.fullmatch(r"\w+(\.\w+)*", split) or not file:
+            raise ValueError(
+                f"--data_files entry {entry!r} is not split=file (a split name of letters, digits and '_', e.g. "
+                "train=train.csv test=test.csv)."
+            )
+        if not Path(file).expanduser().is_file():
+            raise FileNotFoundError(f"--data_files {split}={file}: no such file.")
+        by_split.setdefault(split, []).append(str(Path(file).expanduser()))
+    types = {DATA_FILE_TYPES.get(Path(file).suffix) for files in by_split.values() for file in files}
+    if None in types or len(types) != 1:
+        raise ValueError(
+            f"--data_files must all be of one type among {', '.join(DATA_FILE_TYPES)}; got {' '.join(entries)}."
+        )
+    return by_split
 
 
 def _check_hub_id(name: str, option: str) -> None:
@@ -77,8 +136,22 @@ def _check_hub_id(name: str, option: str) -> None:
         ) from None
 
 
-def load_dataset_dict(path: str, config: str | None = None) -> datasets.DatasetDict:
-    """A `DatasetDict` from a save_to_disk directory, a data file, or the Hub (clear error when offline)."""
+def load_dataset_dict(
+    path: str | None, config: str | None = None, data_files: list[str] | None = None
+) -> datasets.DatasetDict:
+    """
+    A `DatasetDict` from a save_to_disk directory, a data file, the Hub (clear error when offline), or data files
+    per split (`["train=train.csv", "test=test.csv"]`, see `data_files_by_split`).
+    """
+    if data_files is not None:
+        by_split = data_files_by_split(data_files)
+        loader = DATA_FILE_TYPES[Path(next(iter(by_split.values()))[0]).suffix]
+        try:
+            return datasets.load_dataset(loader, data_files=by_split)
+        except ValueError as err:
+            raise ValueError(
+                f"Could not read --data_files ({err}). Check that they hold rows with a label column."
+            ) from err
     local = Path(path).expanduser()
     if local.is_dir() and any((local / name).exists() for name in ("dataset_dict.json", "state.json")):
         loaded = datasets.load_from_disk(str(local))
@@ -119,12 +192,12 @@ def _check_model(data: DataArguments, image_column: str | None) -> None:
     config = load_model_config(data.model_name_or_path)
     if image_column is not None and not model_type_does(config.model_type, IMAGE_CLASSIFICATION):
         raise ValueError(
-            f"Dataset {data.dataset} holds images (column {image_column!r}) but {data.model_name_or_path} is a "
+            f"Dataset {data.source} holds images (column {image_column!r}) but {data.model_name_or_path} is a "
             f"{config.model_type!r} model, which does not classify images. Use an image model, or another dataset."
         )
     if image_column is None and not model_type_does(config.model_type, TEXT_CLASSIFICATION):
         raise ValueError(
-            f"Dataset {data.dataset} holds no image column but {data.model_name_or_path} is a {config.model_type!r} "
+            f"Dataset {data.source} holds no image column but {data.model_name_or_path} is a {config.model_type!r} "
             "model, which does not classify text. Use a text model, or set --image_column for image data."
         )
     if Path(data.model_name_or_path).is_dir() and not check_weight_files(data.model_name_or_path, "The model"):
@@ -199,18 +272,22 @@ def prepare_task(
         label_names (`list[str]`, *optional*): The label of each class id of an already trained model (its
             `id2label`); dataset labels are mapped to these ids by name. Default: the training split's labels.
     """
-    dataset_dict = load_dataset_dict(data.dataset, data.dataset_config)
+    dataset_dict = load_dataset_dict(data.dataset, data.dataset_config, data.data_files)
     for split in splits or tuple(s for s in (data.train_split, data.eval_split) if s):
         if split not in dataset_dict:
-            raise ValueError(f"Dataset {data.dataset} has no split {split!r}; it has {sorted(dataset_dict)}.")
+            hint = f"add {split}=FILE to --data_files or " if data.data_files else ""
+            raise ValueError(
+                f"Dataset {data.source} has no split {split!r}; it has {', '.join(map(repr, sorted(dataset_dict)))}: "
+                f"{hint}choose one of those."
+            )
     train = dataset_dict[data.train_split] if data.train_split in dataset_dict else next(iter(dataset_dict.values()))
     if data.label_column not in train.column_names:
         raise ValueError(
-            f"Dataset {data.dataset} has no label column {data.label_column!r} (columns: {train.column_names}); "
+            f"Dataset {data.source} has no label column {data.label_column!r} (columns: {train.column_names}); "
             "set --label_column."
         )
     if len(train) == 0:
-        raise ValueError(f"The {data.train_split!r} split of {data.dataset} is empty.")
+        raise ValueError(f"The {data.train_split!r} split of {data.source} is empty.")
     names = label_names or _label_names(train, data.label_column)
     label2id = {name: index for index, name in enumerate(names)}
     to_ids = _label_converter(train.features[data.label_column], label2id)

@@ -1,169 +1,28 @@
-"""Model cards of saved ensembles and soups, and publishing them on the Hub.
-
-Cards are rendered from the Jinja templates in `model_cards/` and carry YAML metadata built with
-`huggingface_hub.ModelCardData` (library, base model, tags, datasets, licence, and `model-index` results from
-`evaluation.json` when the run was evaluated) and a body describing the method, the members' lineage, the results and
-how to load the model. `push_ensemble_to_hub` uploads a run's ensemble (and optionally its soup and members).
+"""Publishing saved ensembles and soups on the Hub: `push_ensemble_to_hub` uploads a run's ensemble (and optionally
+its soup and members) with their model cards (rendered by `cards.py`).
 """
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 from huggingface_hub.utils import validate_repo_id
 
 from . import __version__
-from .run_dir import MANIFEST_NAME, RunDirectory, run_manifest, weight_files
+from .cards import ENSEMBLE_PLACEHOLDER, EVALUATION_NAME, SOUP_PLACEHOLDER, SOUP_RECORD_NAME
+from .ensemble import EnsembleConfig, build_ensemble
+from .run_dir import MANIFEST_NAME, RunDirectory
 from .saving import processor_files
-from .tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, task_of_architecture
-from .weights import PICKLE_SUFFIXES
+from .soups import has_batchnorm, uniform_soup
+from .weights import PICKLE_SUFFIXES, weight_files
 
-TEMPLATES = Path(__file__).parent / "model_cards"
-EVALUATION_NAME = "evaluation.json"
-SOUP_RECORD_NAME = "soup.json"
-# Where the usage examples of a card point until the model has a Hub repository.
-ENSEMBLE_PLACEHOLDER, SOUP_PLACEHOLDER = "path/to/ensemble", "path/to/soup"
 # Files of a run directory that travel with its ensemble: the manifest and the evaluation tables.
 RUN_FILES = (MANIFEST_NAME, EVALUATION_NAME, "evaluation.csv")
-METHODS = {
-    "starsse": (
-        "StarSSE",
-        "StarSSE (Sadrtdinov et al., 2023): member 0 is an ordinary fine-tune of the pre-trained checkpoint; every "
-        "other member is a short cosine learning-rate cycle that starts from member 0 with its own seed, so the "
-        "members explore the pre-train basin around member 0 without leaving it.",
-    ),
-    "sse": (
-        "SSE",
-        "SSE, a snapshot ensemble adapted to transfer learning: member 0 is an ordinary fine-tune; each other member "
-        "is a cosine learning-rate cycle that starts from the previous member.",
-    ),
-    "local_de": (
-        "Local DE",
-        "Local deep ensemble: every member is an independent fine-tune of the pre-trained checkpoint with its own "
-        "seed and freshly initialised head.",
-    ),
-}
-TASKS = {
-    "EnsembleForImageClassification": ("image-classification", "AutoModelForImageClassification"),
-    "EnsembleForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
-}
-
-
-def evaluation_rows(source) -> list[dict]:
-    """The rows `evaluate_ensemble` wrote next to the run, if any."""
-    path = Path(source) / EVALUATION_NAME if isinstance(source, (str, os.PathLike)) else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else []
-
-
-def _card_data(
-    model_name: str, method: str, base_model: str | None, task: str, rows: list[dict], kind: str, license: str | None
-) -> ModelCardData:
-    headline = [row for row in rows if row["model"] == kind and row.get("accuracy") is not None]
-    eval_results = [
-        EvalResult(
-            task_type=task,
-            dataset_type=row.get("dataset") or "custom",
-            dataset_name=row.get("dataset") or "custom",
-            dataset_split=row["split"],
-            metric_type="accuracy",
-            metric_value=row["accuracy"],
-        )
-        for row in headline
-    ]
-    return ModelCardData(
-        model_name=model_name,
-        library_name="transformers",
-        base_model=base_model if base_model and not Path(base_model).is_absolute() else None,
-        tags=["hf_starsse", method, "ensemble" if kind.startswith("ensemble") else "model-soup", task],
-        datasets=sorted({row["dataset"] for row in rows if row.get("dataset")}) or None,
-        license=license,
-        eval_results=eval_results or None,
-    )
-
-
-def _result_rows(rows: list[dict], size: int) -> list[dict]:
-    """The rows a card shows: members, the full ensemble and the soups."""
-    keep = [r for r in rows if r["model"] in ("member", "uniform_soup", "greedy_soup")]
-    keep += [r for r in rows if r["model"] == "ensemble" and r["size"] == size]
-    return sorted(keep, key=lambda r: (r["split"], r["model"] != "ensemble", r["model"], r.get("member") or 0))
-
-
-def ensemble_card(model, source, repo_id: str | None = None, license: str | None = None) -> ModelCard:
-    """
-    The model card of an ensemble built from `source` (a run directory or member directories).
-
-    Args:
-        model (`EnsemblePreTrainedModel`): The ensemble (its config holds method, hyperparameters and lineage).
-        source: Where the members came from; a run directory adds its manifest and `evaluation.json` results.
-        repo_id (`str`, *optional*): The Hub repository id shown in the usage examples.
-        license (`str`, *optional*): Licence identifier for the metadata.
-    """
-    config = model.config
-    manifest = run_manifest(source) or {}
-    method = config.ensemble_method or "members"
-    title, description = METHODS.get(method, ("hand-picked members", "Members were given as directories."))
-    task, auto_class = TASKS[type(model).__name__]
-    name = repo_id or f"{title} ensemble of {config.num_members}"
-    rows = evaluation_rows(source)
-    size_rows = [r for r in rows if r["model"] == "ensemble" and r["size"] == config.num_members]
-    card_data = _card_data(name, method, manifest.get("base_model"), task, size_rows, "ensemble", license)
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATES / "ensemble_card.md"),
-        model_name=name,
-        num_members=config.num_members,
-        architecture=(config.member_config.get("architectures") or ["classifier"])[0],
-        base_model=manifest.get("base_model"),
-        method_title=title,
-        method_description=description,
-        hyperparameters=config.cycle_hyperparameters or {},
-        members=config.members_info or [],
-        results=_result_rows(rows, config.num_members),
-        auto_class=auto_class,
-        pipeline_task=task,
-        repo_id=repo_id or ENSEMBLE_PLACEHOLDER,
-    )
-
-
-def soup_card(model, source, record: dict, repo_id: str | None = None, license: str | None = None) -> ModelCard:
-    """
-    The model card of a soup (see [`ensemble_card`]); `record` is the soup's `soup.json` content.
-    """
-    manifest = run_manifest(source) or {}
-    method = manifest.get("ensemble_method", "members")
-    title = METHODS.get(method, ("hand-picked members",))[0]
-    architecture = type(model).__name__
-    task = task_of_architecture(architecture) or TEXT_CLASSIFICATION
-    is_image = task == IMAGE_CLASSIFICATION
-    kind = f"{record['method']}_soup"
-    rows = evaluation_rows(source)
-    name = repo_id or f"{record['method'].capitalize()} soup of {title} members"
-    card_data = _card_data(
-        name, method, manifest.get("base_model"), task, [r for r in rows if r["model"] == kind], kind, license
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATES / "soup_card.md"),
-        model_name=name,
-        soup_method=record["method"],
-        num_chosen=len(record.get("chosen", record["members"])),
-        num_members=len(record["members"]),
-        members=[Path(member).name for member in record["members"]],
-        chosen=record.get("chosen"),
-        base_model=manifest.get("base_model"),
-        method_title=title,
-        architecture=architecture,
-        batchnorm_recalibrated=record.get("batchnorm_recalibrated"),
-        results=[r for r in rows if r["model"] == kind],
-        auto_class="AutoModelForImageClassification" if is_image else "AutoModelForSequenceClassification",
-        repo_id=repo_id or SOUP_PLACEHOLDER,
-    )
-
-
-# ----- publishing ------------------------------------------------------------------------------------------------
+PUBLIC = "public"  # staging folder of files uploaded in place of local ones (cards, JSON without local paths)
 
 
 @dataclass
@@ -226,8 +85,6 @@ def _folder_kind(path: Path) -> str:
         return "run"
     if (path / SOUP_RECORD_NAME).is_file():
         return "soup"
-    from .ensemble import EnsembleConfig  # imported here: the ensemble package imports this module
-
     config = path / "config.json"
     if config.is_file() and json.loads(config.read_text()).get("model_type") == EnsembleConfig.model_type:
         return "ensemble"
@@ -271,20 +128,41 @@ def _check_push(kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, d
         )
 
 
+def _staged(plan: _Plan, name: str, text: str, staging: Path) -> None:
+    """Upload `text` as `name` instead of the local file (kept in `staging/public/`)."""
+    staged = staging / PUBLIC / plan.repo_id.replace("/", "--") / name
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_text(text)
+    plan.files[name] = staged
+
+
 def _staged_card(plan: _Plan, model_dir: Path, placeholder: str, staging: Path) -> None:
     """A copy of the model card whose usage examples load the model from its repository."""
     card = model_dir / "README.md"
     if card.is_file():
-        staged = staging / plan.repo_id.replace("/", "--") / "README.md"
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        staged.write_text(card.read_text().replace(f'"{placeholder}"', f'"{plan.repo_id}"'))
-        plan.files["README.md"] = staged
+        _staged(plan, "README.md", card.read_text().replace(f'"{placeholder}"', f'"{plan.repo_id}"'), staging)
+
+
+def _without_local_paths(value):
+    """`value` (parsed JSON) with every absolute path replaced by its last part (a directory or file name)."""
+    if isinstance(value, dict):
+        return {key: _without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(item) for item in value]
+    return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
+
+
+def _stage_public_json(plan: _Plan, staging: Path) -> None:
+    """Upload JSON files that name local paths (a run's manifest, a soup's record) without them."""
+    for name, file in list(plan.files.items()):
+        if file.suffix == ".json" and staging / PUBLIC not in file.parents:
+            data = json.loads(file.read_text())
+            public = _without_local_paths(data)
+            if public != data:
+                _staged(plan, name, json.dumps(public, indent=2) + "\n", staging)
 
 
 def _plan_uploads(path, kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, staging: Path) -> list[_Plan]:
-    from .ensemble import build_ensemble  # imported here: the ensemble and soup modules import this module
-    from .soups import has_batchnorm, uniform_soup
-
     main = _Plan(repo_id, "soup" if kind == "soup" else "ensemble")
     model_dir = path
     if kind == "run":
@@ -309,6 +187,8 @@ def _plan_uploads(path, kind, repo_id, soup_repo_id, soup_path, members_as_subfo
         soup.add_dir(soup_dir)
         _staged_card(soup, soup_dir, SOUP_PLACEHOLDER, staging)
         plans.append(soup)
+    for plan in plans:
+        _stage_public_json(plan, staging)
     return plans
 
 
@@ -324,6 +204,7 @@ def push_ensemble_to_hub(
     commit_message: str | None = None,
     token: str | None = None,
     dry_run: bool = False,
+    dry_run_dir: str | os.PathLike | None = None,
 ) -> list[HubUpload]:
     """
     Publish an ensemble (or a soup) on the Hub: create the repository if needed (and the branch `revision`), then
@@ -346,6 +227,9 @@ def push_ensemble_to_hub(
         token (`str`, *optional*): Hub token with write access (default: `HF_TOKEN` or the stored login). It is only
             sent to the Hub: never printed, logged or written to files.
         dry_run (`bool`, *optional*, defaults to `False`): Plan only: build what the upload needs, contact no server.
+        dry_run_dir (`str` or `os.PathLike`, *optional*): A new or empty directory to write every file that would be
+            uploaded into, one folder per repository (`namespace--name/`), to read them before pushing; implies
+            `dry_run`.
 
     Returns:
         `list[HubUpload]`: One upload per repository, with the files and (unless `dry_run`) the commit made.
@@ -354,7 +238,10 @@ def push_ensemble_to_hub(
     kind = _folder_kind(path) if path.is_dir() else None
     if kind is None:
         raise FileNotFoundError(f"{path} is not a directory: pass a run directory, a saved ensemble or a soup.")
+    dry_run = dry_run or dry_run_dir is not None
     _check_push(kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, dry_run, token)
+    if dry_run_dir is not None and Path(dry_run_dir).exists() and any(Path(dry_run_dir).iterdir()):
+        raise ValueError(f"dry_run_dir={dry_run_dir} is not empty: choose a new or empty directory.")
     api = HfApi(library_name="hf_starsse", library_version=__version__)
     uploads = []
     with tempfile.TemporaryDirectory(prefix="hf_starsse_push_") as staging:
@@ -366,7 +253,12 @@ def push_ensemble_to_hub(
                 private,
                 commit_message or f"Upload {plan.kind} with hf_starsse",
             )
-            if not dry_run:
+            if dry_run_dir is not None:
+                for name, file in plan.files.items():
+                    copy = Path(dry_run_dir) / plan.repo_id.replace("/", "--") / name
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(file, copy)
+            elif not dry_run:
                 upload.repo_id, upload.commit = _commit(api, plan, upload, token)
             uploads.append(upload)
     return uploads
@@ -375,7 +267,11 @@ def push_ensemble_to_hub(
 def _describe_source(file: Path, staging: Path, path: Path) -> str:
     """A local file as shown in a plan; files built for the upload are shown as such (they are deleted afterwards)."""
     if staging in file.parents:
-        what = "model card" if file.name == "README.md" else f"{file.parts[len(staging.parts)]} built from {path}"
+        folder = file.parts[len(staging.parts)]
+        if folder == PUBLIC:
+            what = "model card" if file.name == "README.md" else f"{file.name} without local paths"
+        else:
+            what = f"{folder} built from {path}"
         return f"<{what}>/{file.name}"
     return str(file)
 

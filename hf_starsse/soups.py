@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, TrainerCallback, default_data_collator
 from transformers.utils import logging
 
-from .hub import SOUP_RECORD_NAME, soup_card
+from .cards import SOUP_RECORD_NAME, soup_card
 from .members import copy_member_tensors, load_members
 from .saving import check_out_dir, save_model_dir
 from .weights import load_base_model

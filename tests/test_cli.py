@@ -12,6 +12,7 @@ import yaml
 from datasets import Dataset, DatasetDict
 
 from hf_starsse.cli import main
+from hf_starsse.data import DataArguments, prepare_task
 from hf_starsse.errors import MemberLockedError
 
 from hub_server import LocalHub
@@ -66,9 +67,42 @@ def test_image_classification_train_and_sweep(tmp_path, image_data):
     assert main(argv) == 0 and (tmp_path / "sweep/sweep_heatmaps.png").is_file()
 
 
-def test_evaluation_maps_labels_to_the_models_ids(tmp_path, pretrained_bert):
-    from hf_starsse.data import DataArguments, prepare_task
+def test_data_files_per_split(tmp_path, pretrained_bert, text_data, capsys):
+    """Two CSV files named as splits: train on `train`, evaluate on `test`; an unknown split is one clear error."""
+    splits = DatasetDict.load_from_disk(text_data)
+    splits["test"] = splits["test"].select(range(7))  # 7 rows: accuracies on it are multiples of 1/7, not 1/32
+    for split in ("train", "test"):
+        named = splits[split].map(lambda row: {"label": ["alpha", "beta", "gamma"][row["label"]]})
+        named.to_csv(tmp_path / f"{split}.csv")
+    files = ["--data_files", f"train={tmp_path / 'train.csv'}", f"test={tmp_path / 'test.csv'}"]
+    run = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", pretrained_bert, *files, "--output_dir", str(run), "--num_members", "2",
+            "--cycle_steps", "1", "--base_model_id", "google-bert/bert-base-uncased", "--dataset_name", "Tiny words",
+            *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((run / "card_info.json").read_text()) == {
+        "base_model": "google-bert/bert-base-uncased", "dataset_name": "Tiny words"
+    }  # fmt: skip
+    assert main(["evaluate", "--run_dir", str(run), *files, "--splits", "test"]) == 0
+    rows = json.loads((run / "evaluation.json").read_text())
+    assert {row["split"] for row in rows} == {"test"}
+    assert all(row["accuracy"] * 7 == pytest.approx(round(row["accuracy"] * 7)) for row in rows)
+    assert any(0 < row["accuracy"] < 1 for row in rows)  # so not the 32 training rows
+    capsys.readouterr()
+    assert main(["evaluate", "--run_dir", str(run), *files, "--splits", "validation"]) == 2
+    err = capsys.readouterr().err
+    assert "has no split 'validation'; it has 'test', 'train': add validation=FILE to --data_files" in err
+    assert main(["evaluate", "--run_dir", str(run), "--data_files", str(tmp_path / "test.csv")]) == 2
+    assert "is not split=file" in capsys.readouterr().err
 
+    data_files = {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")}  # the same in Python
+    task = prepare_task(DataArguments(model_name_or_path=pretrained_bert, data_files=data_files), splits=("test",))
+    assert {split: len(rows) for split, rows in task.splits.items()} == {"train": 32, "test": 7}
+    with pytest.raises(ValueError, match="Pass the data as --dataset or as --data_files"):
+        DataArguments(model_name_or_path=pretrained_bert, dataset=text_data, data_files=data_files)
+
+
+def test_evaluation_maps_labels_to_the_models_ids(tmp_path, pretrained_bert):
     rows = {"text": ["w5 w6", "w7 w8", "w9 w10"], "label": ["neg", "neu", "pos"]}
     DatasetDict(
         {"train": Dataset.from_dict(rows), "test": Dataset.from_dict({"text": ["w5", "w6"], "label": ["pos", "neu"]}),

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
+from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
@@ -153,6 +154,11 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
     assert model.config.num_members == 2 and model.config.member_config["id2label"]["0"] == "T-shirt/top"
     assert "BatchNorm running statistics were re-estimated" in (root / "soup/README.md").read_text()
     assert "StarSSE" in (root / "ensemble/README.md").read_text()
+    for kind in ("ensemble", "soup"):  # the cards name the true origin of the model and the data, no cache path
+        card = ModelCard.load(root / kind / "README.md")
+        assert card.data.datasets == ["zalando-datasets/fashion_mnist"] and card.data.base_model is None
+        assert {result.dataset_name for result in card.data.eval_results} == {"Fashion-MNIST"}
+        assert "torchvision's ImageNet-1k MobileNetV2" in card.text and os.environ["HF_STARSSE_CACHE"] not in card.text
     classifier = pipeline("image-classification", model=str(root / "ensemble"))
     prediction = classifier(Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).convert("RGB"))
     assert prediction[0]["label"] in FASHION_MNIST_CLASSES

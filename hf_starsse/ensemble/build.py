@@ -4,7 +4,7 @@ import os
 
 from transformers import PreTrainedModel
 
-from ..hub import ensemble_card
+from ..cards import ensemble_card
 from ..members import IGNORED_CONFIG_KEYS, check_member_configs, copy_member_tensors, load_members
 from ..run_dir import run_manifest
 from ..saving import check_out_dir, save_model_dir
