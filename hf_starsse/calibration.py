@@ -82,6 +82,15 @@ def calibration_metrics(logits, labels, temperature: float = 1.0) -> dict[str, f
     return {"nll": negative_log_likelihood(probs, labels), "ece": expected_calibration_error(probs, labels)}
 
 
+def check_split_name(name: str) -> None:
+    """Refuse a test split (`test`, `test_*`, `*_test`) as calibration data: its results would become optimistic."""
+    if re.fullmatch(r"test.*|.*[_\-/]test", name.lower()):
+        raise ValueError(
+            f"Calibration fits the temperature on its data: {name!r} is a test split, whose results would then be "
+            "optimistic. Use a validation split (or hold out part of the training data)."
+        )
+
+
 def check_calibration_split(dataset, split: str | None = None) -> str:
     """
     Refuse a calibration split that is a test split (by the name given or the dataset's own `split`), a whole
@@ -90,11 +99,7 @@ def check_calibration_split(dataset, split: str | None = None) -> str:
     if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):
         raise ValueError(f"Pass one held-out split (e.g. dataset['validation']), not a dict of {sorted(dataset)}.")
     name = split or str(getattr(dataset, "split", None) or "held-out")
-    if re.fullmatch(r"test.*|.*[_\-/]test", name.lower()):
-        raise ValueError(
-            f"Calibration fits the temperature on its data: {name!r} is a test split, whose results would then be "
-            "optimistic. Use a validation split (or hold out part of the training data)."
-        )
+    check_split_name(name)
     if len(dataset) == 0:
         raise ValueError(f"The calibration split {name!r} is empty.")
     return name
@@ -318,4 +323,12 @@ def _save(model: PreTrainedModel, source: Path | None, out_dir, overwrite: bool)
         save_model_dir(model, out_dir, source, files, overwrite=overwrite)
 
 
-__all__ = ["calibrate_ensemble", "calibration_metrics", "card_section", "final_linear", "fit_temperature"]
+__all__ = [
+    "calibrate_ensemble",
+    "calibration_metrics",
+    "card_section",
+    "check_calibration_split",
+    "check_split_name",
+    "final_linear",
+    "fit_temperature",
+]

@@ -22,6 +22,7 @@ from transformers.trainer_utils import HubStrategy, TrainOutput, enable_full_det
 from transformers.utils import logging
 
 from . import __version__
+from .calibration import calibrate_ensemble, check_calibration_split
 from .data import check_train_dataset
 from .ensemble import build_ensemble
 from .hub import push_ensemble_to_hub
@@ -432,7 +433,7 @@ class StarSSETrainer(Trainer):
     # ----- ensembles and soups of the run ----------------------------------------------------------------------
 
     def save_ensemble(
-        self, output_dir: str, members: list[int] | None = None, overwrite: bool = False
+        self, output_dir: str, members: list[int] | None = None, overwrite: bool = False, calibrate_on=None
     ) -> PreTrainedModel | None:
         """
         Save the ensemble of this run's complete members as one model directory (see [`build_ensemble`]), loadable
@@ -442,13 +443,21 @@ class StarSSETrainer(Trainer):
             output_dir (`str`): Where to save it.
             members (`list[int]`, *optional*): Positions of the members to include (default: all complete ones).
             overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `output_dir`.
+            calibrate_on (`datasets.Dataset`, *optional*): A held-out split (e.g. `eval_dataset`, never the test
+                split): fit the pooled temperature on it and save it with the ensemble (see [`calibrate_ensemble`]).
 
         Returns:
             The ensemble model on the main process, `None` on the others.
         """
-        return self._main_process_only(
-            lambda: build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
-        )
+        if calibrate_on is not None:
+            check_calibration_split(calibrate_on)  # before building anything
+        options = dict(data_collator=self.data_collator, batch_size=self.args.per_device_eval_batch_size)
+
+        def save() -> PreTrainedModel:
+            model = build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
+            return model if calibrate_on is None else calibrate_ensemble(output_dir, calibrate_on, **options)
+
+        return self._main_process_only(save)
 
     def save_soup(
         self, output_dir: str, method: str = "uniform", num_batches: int | None = None, overwrite: bool = False

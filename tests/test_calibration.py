@@ -168,3 +168,39 @@ def test_image_pipeline_uncertainty(tmp_path, image_run):
     assert 0 <= first[0]["mutual_information"] <= first[0]["predictive_entropy"] <= np.log(3) + 1e-6
     assert first[0]["disagreement"] in (0.0, 1.0)  # two members: one pair
     assert "predictive_entropy" not in classifier(image)[0]
+
+
+def test_trainer_save_ensemble_calibrates_in_one_step(tmp_path, text_run):
+    with pytest.raises(ValueError, match="'test' is a test split"):
+        text_run.save_ensemble(str(tmp_path / "refused"), calibrate_on=held_out(split="test"))
+    assert not (tmp_path / "refused").exists()  # refused before anything was built
+    model = text_run.save_ensemble(str(tmp_path / "ensemble"), calibrate_on=held_out())
+    saved = json.loads((tmp_path / "ensemble/config.json").read_text())
+    assert saved["temperature"] == pytest.approx(model.config.temperature) and saved["calibration"]["split"] == (
+        "validation"
+    )
+
+
+def test_cli_calibrate_soup_and_evaluate(tmp_path, pretrained_bert, text_data, capsys):
+    from hf_starsse.cli import main
+
+    run, ensemble, soup = tmp_path / "run", tmp_path / "ensemble", tmp_path / "soup"
+    argv = ["train", "--model_name_or_path", pretrained_bert, "--dataset", text_data, "--output_dir", str(run),
+            "--num_members", "2", "--cycle_steps", "2", "--report_to", "none", "--use_cpu", "true",
+            "--save_strategy", "no", "--disable_tqdm", "true", "--num_train_epochs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    build_ensemble(run, ensemble)
+    assert main(["calibrate", "--model_dir", str(ensemble), "--dataset", text_data, "--split", "test"]) == 2
+    assert "'test' is a test split" in capsys.readouterr().err
+    assert main(["calibrate", "--model_dir", str(ensemble), "--dataset", text_data, "--split", "validation"]) == 0
+    assert "Temperature" in capsys.readouterr().out
+    config = json.loads((ensemble / "config.json").read_text())
+    assert config["calibration"]["split"] == "validation" and config["calibration"]["num_samples"] == 16
+    argv = ["soup", "--run_dir", str(run), "--output_dir", str(soup), "--dataset", text_data, "--calibrate"]
+    assert main(argv) == 2 and "--eval_split" in capsys.readouterr().err
+    assert main([*argv, "--eval_split", "validation"]) == 0
+    assert json.loads((soup / "config.json").read_text())["calibration"]["temperature"] > 0
+    argv = ["evaluate", "--run_dir", str(run), "--dataset", text_data, "--splits", "test"]
+    assert main([*argv, "--calibration_split", "validation"]) == 0
+    rows = json.loads((run / "evaluation.json").read_text())
+    assert {row["split"] for row in rows} == {"test", "validation"} and all("ece_calibrated" in row for row in rows)
