@@ -169,7 +169,9 @@ def evaluation_rows(predictions: RunPredictions, calibration_split: str | None =
     return sorted(rows, key=lambda row: order[row["split"]])  # split by split, as before
 
 
-def _write_table(rows: list[dict], output_dir: Path) -> None:
+def write_evaluation(rows: list[dict], output_dir: str | os.PathLike) -> None:
+    """Write `rows` as `evaluation.csv` and `evaluation.json` (NaN as null) into `output_dir`, atomically."""
+    output_dir = Path(output_dir)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -308,5 +310,5 @@ def evaluate_ensemble(
     if output_dir is None and isinstance(source, (str, os.PathLike)):
         output_dir = source
     if output_dir is not None:
-        _write_table(rows, Path(output_dir))
+        write_evaluation(rows, output_dir)
     return rows
