@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .calibration import calibrate_ensemble  # noqa: E402
 from .cards import save_card_info  # noqa: E402
 from .diagnostics import interpolation_curve  # noqa: E402
 from .ensemble import (  # noqa: E402
@@ -28,6 +29,7 @@ __all__ = [
     "StarSSETrainer",
     "StarSSETrainingArguments",
     "build_ensemble",
+    "calibrate_ensemble",
     "evaluate_ensemble",
     "get_cycle_schedule",
     "greedy_soup",

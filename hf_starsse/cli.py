@@ -3,8 +3,9 @@
     hf-starsse train --model_name_or_path M --dataset D --output_dir runs/x --num_members 5 ...
     hf-starsse train config.yaml                      # the same options from a YAML or JSON file
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
-    hf-starsse evaluate --run_dir runs/x --dataset D --split test
+    hf-starsse evaluate --run_dir runs/x --dataset D --splits test [--calibration_split validation]
     hf-starsse evaluate --run_dir runs/x --data_files train=train.csv test=test.csv --splits test
+    hf-starsse calibrate --model_dir out/ensemble --dataset D --split validation   # also a soup or single model
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
     hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
     hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
@@ -21,6 +22,7 @@ import huggingface_hub.constants
 from transformers import AutoConfig, HfArgumentParser
 from transformers.utils import logging
 
+from .calibration import calibrate_ensemble, check_split_name
 from .cards import save_card_info
 from .data import DataArguments, PreparedTask, prepare_task
 from .demo import TRAINING_DEFAULTS, DemoArguments, run_demo
@@ -45,6 +47,21 @@ class SoupArguments:
     method: str = field(default="uniform", metadata={"help": "uniform or greedy.", "choices": ["uniform", "greedy"]})
     batch_size: int = field(default=32, metadata={"help": "Batch size of the BatchNorm pass and greedy scoring."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+    calibrate: bool = field(
+        default=False, metadata={"help": "Fit the soup's temperature on --eval_split and fold it into its head."}
+    )
+
+
+@dataclass
+class CalibrateArguments:
+    model_dir: str = field(metadata={"help": "A saved ensemble, soup or single classifier (updated in place)."})
+    split: str = field(default="validation", metadata={"help": "The held-out split to fit on (never a test split)."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Save the calibrated model here instead of updating model_dir."}
+    )
+    per_member: bool = field(default=False, metadata={"help": "Ensembles: one temperature per member first."})
+    batch_size: int = field(default=32, metadata={"help": "Batch size of the pass over the split."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
 
 
 @dataclass
@@ -53,6 +70,9 @@ class EvaluateArguments:
     splits: list[str] = field(default_factory=lambda: ["test"], metadata={"help": "Dataset splits to evaluate."})
     soups: list[str] = field(default_factory=lambda: ["uniform"], metadata={"help": "Soups to add: uniform, greedy."})
     batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
+    calibration_split: str | None = field(
+        default=None, metadata={"help": "Held-out split to fit each model's temperature on (adds *_calibrated)."}
+    )
 
 
 @dataclass
@@ -112,8 +132,10 @@ def train(data: DataArguments, args: StarSSETrainingArguments) -> None:
 
 
 def soup(options: SoupArguments, data: DataArguments | None) -> None:
-    if options.method == "greedy" and (data is None or data.eval_split is None):
-        raise ValueError("A greedy soup picks members on held-out data: pass --dataset and --eval_split.")
+    if (options.method == "greedy" or options.calibrate) and (data is None or data.eval_split is None):
+        raise ValueError("A greedy or calibrated soup needs held-out data: pass --dataset and --eval_split.")
+    if options.calibrate:
+        check_split_name(data.eval_split)
     task = _prepare_for_run(data) if data is not None else None
     common = dict(
         out_dir=options.output_dir,
@@ -128,19 +150,58 @@ def soup(options: SoupArguments, data: DataArguments | None) -> None:
     else:
         uniform_soup(options.run_dir, **common)
         print(f"Uniform soup saved to {options.output_dir}.")
+    if options.calibrate:
+        _report_calibration(calibrate_ensemble(options.output_dir, task.eval_dataset, split=data.eval_split, **{
+            key: common[key] for key in ("data_collator", "batch_size")}), options.output_dir)  # fmt: skip
+
+
+def _report_calibration(model, path: str) -> None:
+    record = model.config.calibration
+    before, after = record["before"], record["after"]
+    print(
+        f"Temperature {record['temperature']:.4f} fitted on {record['split']!r} ({record['num_samples']} samples): "
+        f"NLL {before['nll']:.4f} -> {after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}; saved in "
+        f"{path}."
+    )
+
+
+def calibrate(options: CalibrateArguments, given: dict) -> None:
+    if given.get("dataset") is None:
+        raise ValueError("calibrate needs --dataset (and --split, a held-out split).")
+    check_split_name(options.split)  # before loading anything
+    data = DataArguments(model_name_or_path=options.model_dir, **given)
+    config = AutoConfig.from_pretrained(options.model_dir)
+    names = [config.id2label[index] for index in range(len(config.id2label))]
+    task = prepare_task(data, splits=(options.split,), label_names=names)
+    model = calibrate_ensemble(
+        options.model_dir,
+        task.prepare(task.splits[options.split]),
+        out_dir=options.output_dir,
+        split=options.split,
+        per_member=options.per_member,
+        data_collator=task.data_collator,
+        batch_size=options.batch_size,
+        overwrite=options.overwrite,
+    )
+    _report_calibration(model, options.output_dir or options.model_dir)
 
 
 def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
     if "greedy" in options.soups and data.eval_split is None:
         raise ValueError("A greedy soup picks members on held-out data: pass --eval_split.")
-    task = _prepare_for_run(data, tuple(options.splits) + ((data.eval_split,) if data.eval_split else ()))
-    datasets = {split: task.prepare(task.splits[split]) for split in options.splits}
+    held_out = tuple(s for s in (data.eval_split, options.calibration_split) if s)
+    task = _prepare_for_run(data, tuple(options.splits) + held_out)
+    evaluated = list(
+        dict.fromkeys(options.splits + ([options.calibration_split] if options.calibration_split else []))
+    )
+    datasets = {split: task.prepare(task.splits[split]) for split in evaluated}
     if "greedy" in options.soups:
         datasets["validation"] = task.eval_dataset
     rows = evaluate_ensemble(
         options.run_dir,
         datasets,
         soups=tuple(options.soups),
+        calibration_split=options.calibration_split,
         train_dataset=task.train_dataset,
         data_collator=task.data_collator,
         batch_size=options.batch_size,
@@ -199,7 +260,7 @@ def demo(argv: list[str]) -> None:
     run_demo(*options)
 
 
-COMMANDS = ("train", "soup", "evaluate", "sweep", "push", "demo")
+COMMANDS = ("train", "soup", "evaluate", "calibrate", "sweep", "push", "demo")
 
 
 def _parse(classes: tuple, command: str, argv: list[str]) -> tuple:
@@ -234,9 +295,12 @@ def _run(command: str, argv: list[str]) -> None:
     if command == "demo":
         demo(argv)
         return
-    own = SoupArguments if command == "soup" else EvaluateArguments
+    own = {"soup": SoupArguments, "evaluate": EvaluateArguments, "calibrate": CalibrateArguments}[command]
     options, data_options = _parse((own, _optional_data_options()), command, argv)
     given = {key: value for key, value in dataclasses.asdict(data_options).items() if value is not None}
+    if command == "calibrate":
+        calibrate(options, given)
+        return
     data = _data_for_run(options.run_dir, **given)
     if command == "soup":
         soup(options, data)

@@ -190,12 +190,13 @@ def load_model_config(name: str) -> PretrainedConfig:
 def _check_model(data: DataArguments, image_column: str | None) -> None:
     """The model must classify what the dataset holds, and have safetensors weights unless pickles are allowed."""
     config = load_model_config(data.model_name_or_path)
-    if image_column is not None and not model_type_does(config.model_type, IMAGE_CLASSIFICATION):
+    model_type = (getattr(config, "member_config", None) or {}).get("model_type", config.model_type)  # ensembles
+    if image_column is not None and not model_type_does(model_type, IMAGE_CLASSIFICATION):
         raise ValueError(
             f"Dataset {data.source} holds images (column {image_column!r}) but {data.model_name_or_path} is a "
             f"{config.model_type!r} model, which does not classify images. Use an image model, or another dataset."
         )
-    if image_column is None and not model_type_does(config.model_type, TEXT_CLASSIFICATION):
+    if image_column is None and not model_type_does(model_type, TEXT_CLASSIFICATION):
         raise ValueError(
             f"Dataset {data.source} holds no image column but {data.model_name_or_path} is a {config.model_type!r} "
             "model, which does not classify text. Use a text model, or set --image_column for image data."

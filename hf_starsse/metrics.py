@@ -15,14 +15,14 @@ EVALUATE_MODULE = str(Path(__file__).parent / "evaluate_metric" / "starsse_metri
 _SUM_TOLERANCE = 1e-3
 
 
-def _as_numpy(values) -> np.ndarray:
+def as_numpy(values) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
     return np.asarray(values)
 
 
-def _check_probs(probs, name: str = "probs", ndim: int = 2) -> np.ndarray:
-    probs = _as_numpy(probs).astype(np.float64)
+def check_probs(probs, name: str = "probs", ndim: int = 2) -> np.ndarray:
+    probs = as_numpy(probs).astype(np.float64)
     if probs.ndim != ndim:
         shape = "(N, C)" if ndim == 2 else "(K, N, C)"
         raise ValueError(f"{name} must have shape {shape}, got {probs.shape}.")
@@ -37,8 +37,8 @@ def _check_probs(probs, name: str = "probs", ndim: int = 2) -> np.ndarray:
     return probs
 
 
-def _check_labels(labels, probs: np.ndarray) -> np.ndarray:
-    labels = _as_numpy(labels)
+def check_labels(labels, probs: np.ndarray) -> np.ndarray:
+    labels = as_numpy(labels)
     if labels.shape != probs.shape[-2:-1]:
         raise ValueError(f"labels must have shape ({probs.shape[-2]},), got {labels.shape}.")
     if not np.issubdtype(labels.dtype, np.integer):
@@ -50,22 +50,22 @@ def _check_labels(labels, probs: np.ndarray) -> np.ndarray:
 
 def accuracy(probs, labels) -> float:
     """Fraction of samples whose most probable class (the first one on ties) is the label."""
-    probs = _check_probs(probs)
-    return float((probs.argmax(-1) == _check_labels(labels, probs)).mean())
+    probs = check_probs(probs)
+    return float((probs.argmax(-1) == check_labels(labels, probs)).mean())
 
 
 def mean_per_class_accuracy(probs, labels) -> float:
     """Accuracy averaged over the classes present in `labels` (balanced accuracy)."""
-    probs = _check_probs(probs)
-    labels = _check_labels(labels, probs)
+    probs = check_probs(probs)
+    labels = check_labels(labels, probs)
     correct = probs.argmax(-1) == labels
     return float(np.mean([correct[labels == c].mean() for c in np.unique(labels)]))
 
 
 def negative_log_likelihood(probs, labels, eps: float = 1e-12) -> float:
     """Mean of `-log p(label)`, with probabilities clipped at `eps` so that a confident mistake stays finite."""
-    probs = _check_probs(probs)
-    labels = _check_labels(labels, probs)
+    probs = check_probs(probs)
+    labels = check_labels(labels, probs)
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], eps, None)).mean())
 
 
@@ -78,8 +78,8 @@ def reliability_diagram(probs, labels, n_bins: int = 15) -> dict[str, np.ndarray
         `dict`: `bin_edges` (n_bins + 1), and per bin `confidence` (mean max probability), `accuracy` and `count`
         (`confidence`/`accuracy` are NaN for empty bins).
     """
-    probs = _check_probs(probs)
-    labels = _check_labels(labels, probs)
+    probs = check_probs(probs)
+    labels = check_labels(labels, probs)
     confidence = probs.max(-1)
     correct = probs.argmax(-1) == labels
     bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
@@ -105,8 +105,8 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
 
 def brier_score(probs, labels) -> float:
     """Mean over samples of the squared error between `probs` and the one-hot label, summed over classes."""
-    probs = _check_probs(probs)
-    labels = _check_labels(labels, probs)
+    probs = check_probs(probs)
+    labels = check_labels(labels, probs)
     one_hot = np.eye(probs.shape[-1])[labels]
     return float(((probs - one_hot) ** 2).sum(-1).mean())
 
@@ -120,7 +120,7 @@ def predictive_entropy(probs, reduction: str = "mean"):
         reduction (`str`, *optional*, defaults to `"mean"`): `"mean"` returns the mean over samples (a float),
             `"none"` the `(N,)` array.
     """
-    probs = _check_probs(probs)
+    probs = check_probs(probs)
     entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1)
     if reduction == "none":
         return entropy
@@ -131,7 +131,7 @@ def predictive_entropy(probs, reduction: str = "mean"):
 
 def disagreement(member_probs) -> float:
     """Mean over member pairs of the fraction of samples whose predicted classes differ (NaN for one member)."""
-    member_probs = _check_probs(member_probs, "member_probs", ndim=3)
+    member_probs = check_probs(member_probs, "member_probs", ndim=3)
     predictions = member_probs.argmax(-1)
     pairs = [(a, b) for a in range(len(predictions)) for b in range(a + 1, len(predictions))]
     if not pairs:
@@ -141,7 +141,7 @@ def disagreement(member_probs) -> float:
 
 def mean_pairwise_kl(member_probs, eps: float = 1e-12) -> float:
     """Mean over ordered member pairs (a != b) of the mean KL(p_a || p_b) over samples (NaN for one member)."""
-    member_probs = np.clip(_check_probs(member_probs, "member_probs", ndim=3), eps, None)
+    member_probs = np.clip(check_probs(member_probs, "member_probs", ndim=3), eps, None)
     logs = np.log(member_probs)
     count = len(member_probs)
     if count < 2:
@@ -157,21 +157,34 @@ def ensemble_gain(ensemble_metric: float, member_metrics: Sequence[float]) -> fl
     return float(ensemble_metric - np.mean(member_metrics))
 
 
-def ood_auroc(probs_in, probs_out) -> float:
-    """
-    AUROC of telling in-distribution samples (positives) from out-of-distribution ones by their max probability:
-    the probability that a random in-distribution sample scores higher than a random OOD one (ties count half).
-    """
-    scores_in = _check_probs(probs_in, "probs_in").max(-1)
-    scores_out = _check_probs(probs_out, "probs_out").max(-1)
+def check_scores(scores_in, scores_out) -> tuple[np.ndarray, np.ndarray]:
+    """In- and out-of-distribution scores as flat float64 arrays, refused when empty or not finite."""
+    scores_in = as_numpy(scores_in).astype(np.float64).ravel()
+    scores_out = as_numpy(scores_out).astype(np.float64).ravel()
     if not len(scores_in) or not len(scores_out):
-        raise ValueError("ood_auroc needs at least one in-distribution and one out-of-distribution sample.")
+        raise ValueError("OOD detection needs at least one in-distribution and one out-of-distribution sample.")
+    if not (np.isfinite(scores_in).all() and np.isfinite(scores_out).all()):
+        raise ValueError("OOD scores must be finite.")
+    return scores_in, scores_out
+
+
+def auroc(scores_in, scores_out) -> float:
+    """
+    AUROC of telling in-distribution samples (positives, expected to score higher) from out-of-distribution ones by
+    a `(N,)` score: the probability that a random in-distribution sample scores higher than a random OOD one (ties
+    count half).
+    """
+    scores_in, scores_out = check_scores(scores_in, scores_out)
     scores = np.concatenate([scores_in, scores_out])
     _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
     average_rank = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based ranks, ties averaged
-    rank_sum = average_rank[: len(scores_in)].sum()
-    u_statistic = rank_sum - len(scores_in) * (len(scores_in) + 1) / 2
+    u_statistic = average_rank[: len(scores_in)].sum() - len(scores_in) * (len(scores_in) + 1) / 2
     return float(u_statistic / (len(scores_in) * len(scores_out)))
+
+
+def ood_auroc(probs_in, probs_out) -> float:
+    """[`auroc`] of in-distribution against out-of-distribution samples scored by their max probability."""
+    return auroc(check_probs(probs_in, "probs_in").max(-1), check_probs(probs_out, "probs_out").max(-1))
 
 
 def classification_metrics(probs, labels, n_bins: int = 15) -> dict[str, float]:
@@ -188,7 +201,7 @@ def classification_metrics(probs, labels, n_bins: int = 15) -> dict[str, float]:
 
 def softmax(logits) -> np.ndarray:
     """Softmax over the last axis, computed stably in float64."""
-    logits = _as_numpy(logits).astype(np.float64)
+    logits = as_numpy(logits).astype(np.float64)
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
 

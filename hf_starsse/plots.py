@@ -1,5 +1,6 @@
-"""Plots of evaluation results, saved as PNG: ensemble quality vs size, interpolation curves, reliability diagrams,
-per-corruption robustness. Each function saves the figure to `path` and returns it."""
+"""Plots of evaluation results, saved as PNG: ensemble quality vs size, interpolation curves, reliability diagrams
+(also before / after calibration), risk-coverage curves, per-corruption robustness. Each function saves the figure
+to `path` and returns it."""
 
 import io
 import os
@@ -118,29 +119,131 @@ def plot_reliability(diagram: dict, path, title: str = "Reliability diagram") ->
     return _save(figure, path)
 
 
-def plot_corruption_bars(results: dict[str, dict[str, float]], path, metric: str = "accuracy") -> Figure:
+def default_models(labels: list[str]) -> list[str]:
     """
-    Grouped bars of a metric per corruption (averaged over severities), one bar per model.
+    The models a robustness plot shows by default: the single model (`member 0`), the largest ensemble and the soups
+    of a `summarize_robustness` table; every label when the table has none of those.
+    """
+    ensembles = [label for label in labels if label.startswith("ensemble (")]
+    largest = max(ensembles, key=lambda label: int(label[len("ensemble (") : -1]), default=None)
+    chosen = [label for label in labels if label == "member 0" or label == largest or label.endswith("_soup")]
+    return chosen or list(labels)
+
+
+def _display_name(label: str) -> str:
+    if label == "member 0":
+        return "single model (member 0)"
+    if label.startswith("ensemble (") and label.endswith(")"):
+        return f"ensemble of {label[len('ensemble (') : -1]}"
+    return label.replace("_", " ")
+
+
+def plot_corruption_bars(
+    results: dict[str, dict[str, float]], path, metric: str = "accuracy", models: list[str] | None = None
+) -> Figure:
+    """
+    Grouped bars of a metric per corruption (averaged over severities), one colour per model; the `"mean"` over
+    corruptions, if present, comes last, set apart by a gap and a line.
 
     Args:
         results (`dict`): `{corruption: {model label: value}}`, e.g. from `corruptions.summarize_robustness`.
         path (`str` or `os.PathLike`): Where to save the PNG.
         metric (`str`, *optional*, defaults to `"accuracy"`): Name of the metric, for the axis label.
+        models (`list[str]`, *optional*): The model labels to show, in order (default: `default_models`, i.e. the
+            single model, the ensemble of all members and the soups, rather than every ensemble size).
     """
-    corruptions = list(results)
-    models = list(dict.fromkeys(model for values in results.values() for model in values))
+    corruptions = [name for name in results if name != "mean"] + (["mean"] if "mean" in results else [])
+    labels = list(dict.fromkeys(model for values in results.values() for model in values))
+    models = list(models) if models is not None else default_models(labels)
     figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(corruptions)) + 2, 4))
     width = 0.8 / max(1, len(models))
-    positions = np.arange(len(corruptions))
-    for index, model in enumerate(models):
+    positions = np.arange(len(corruptions)) + np.where(np.array(corruptions) == "mean", 0.6, 0.0)
+    for index, (model, color) in enumerate(zip(models, plt.cm.tab10.colors)):
         values = [results[c].get(model, np.nan) for c in corruptions]
-        axis.bar(positions + index * width - 0.4 + width / 2, values, width=width, label=model)
+        offsets = positions + index * width - 0.4 + width / 2
+        axis.bar(offsets, values, width=width, color=color, label=_display_name(model))
+    if "mean" in results and len(corruptions) > 1:
+        axis.axvline((positions[-1] + positions[-2]) / 2, color="grey", linestyle="--", linewidth=1)
     axis.set_xticks(positions, corruptions, rotation=30, ha="right")
+    if "mean" in results:
+        axis.get_xticklabels()[-1].set_fontweight("bold")
     axis.set_xlabel("corruption (mean over severities)")
     axis.set_ylabel(METRIC_LABELS.get(metric, metric))
     axis.set_title(f"Robustness: {METRIC_LABELS.get(metric, metric)} per corruption")
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # outside the bars
     axis.grid(alpha=0.3, axis="y")
+    return _save(figure, path)
+
+
+def _reliability_panel(axis, diagram: dict, title: str) -> None:
+    edges = np.asarray(diagram["bin_edges"])
+    filled = np.asarray(diagram["count"]) > 0
+    centers = (edges[:-1] + edges[1:]) / 2
+    accuracy, confidence = np.asarray(diagram["accuracy"]), np.asarray(diagram["confidence"])
+    width = (edges[1] - edges[0]) * 0.9
+    axis.bar(centers[filled], accuracy[filled], width=width, color="tab:blue", label="accuracy")
+    gap_bottom = np.minimum(accuracy, confidence)[filled]
+    gap = np.abs(accuracy - confidence)[filled]
+    axis.bar(centers[filled], gap, bottom=gap_bottom, width=width, color="tab:red", alpha=0.35, label="gap")
+    axis.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_title(title, fontsize=10)
+
+
+def plot_reliability_grid(diagrams: dict[str, dict[str, dict]], path, title: str | None = None) -> Figure:
+    """
+    Reliability diagrams side by side: one column per model, one row per variant (e.g. before / after calibration).
+
+    Args:
+        diagrams (`dict`): `{variant: {model label: diagram}}` (diagrams from `metrics.reliability_diagram`, with an
+            optional `"ece"` shown in the panel title), e.g. `{"before calibration": ..., "after calibration": ...}`.
+        path (`str` or `os.PathLike`): Where to save the PNG.
+        title (`str`, *optional*): Figure title.
+    """
+    variants = list(diagrams)
+    models = list(dict.fromkeys(model for row in diagrams.values() for model in row))
+    figure, axes = plt.subplots(
+        len(variants), len(models), figsize=(3.2 * len(models), 3.2 * len(variants)), squeeze=False
+    )
+    for row, variant in enumerate(variants):
+        for column, model in enumerate(models):
+            axis = axes[row][column]
+            diagram = diagrams[variant].get(model)
+            if diagram is None:
+                axis.set_visible(False)
+                continue
+            ece = f", ECE {diagram['ece']:.3f}" if "ece" in diagram else ""
+            _reliability_panel(axis, diagram, f"{model}\n{variant}{ece}")
+            if row == len(variants) - 1:
+                axis.set_xlabel("confidence")
+            if column == 0:
+                axis.set_ylabel("accuracy")
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    figure.suptitle(title or "Reliability diagrams (dashed: perfect calibration)")
+    return _save(figure, path)
+
+
+def plot_risk_coverage(curves: dict[str, dict], path, title: str = "Risk-coverage (selective prediction)") -> Figure:
+    """
+    Risk-coverage curves (`uncertainty.risk_coverage_curve`), one line per model, with each curve's AURC.
+
+    Args:
+        curves (`dict`): `{model label: {"coverage": ..., "risk": ...}}`.
+        path (`str` or `os.PathLike`): Where to save the PNG.
+        title (`str`, *optional*): Figure title.
+    """
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for (label, curve), color in zip(curves.items(), plt.cm.tab10.colors):
+        risk = np.asarray(curve["risk"])
+        axis.plot(curve["coverage"], risk, color=color, label=f"{label} (AURC {risk.mean():.4f})")
+    axis.set_xlabel("coverage (fraction of samples kept, most confident first)")
+    axis.set_ylabel("risk (error rate of the kept samples)")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(bottom=0)
+    axis.set_title(title)
+    axis.legend()
+    axis.grid(alpha=0.3)
     return _save(figure, path)
 
 

@@ -64,6 +64,21 @@ def save_model_dir(
     fsync_dir(out_dir.parent)
 
 
+def replace_model_dir(model: PreTrainedModel, model_dir: str | os.PathLike, extra_files: dict[str, str] | None = None):
+    """
+    Save `model` over the saved model directory it came from, keeping that directory's other files (processor files,
+    records) and replacing `extra_files`: written next to it, then swapped in, so `model_dir` is never half-written.
+    """
+    model_dir = Path(model_dir)
+    tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}.new."))
+    try:
+        save_model_dir(model, tmp / "model", model_dir, extra_files)
+        _move_into_place(tmp / "model", model_dir, overwrite=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(model_dir.parent)
+
+
 def check_out_dir(out_dir: str | os.PathLike, members: list[Path], overwrite: bool = False) -> None:
     """
     Refuse an output directory that is or holds one of `members`, or that is not empty (unless `overwrite`): called

@@ -12,6 +12,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import HubStrategy
 from transformers.utils import logging
 
+from .calibration import calibrate_ensemble, check_calibration_split
 from .coordination import main_process_only, on_main_process
 from .ensemble import build_ensemble
 from .hub import push_ensemble_to_hub
@@ -31,7 +32,7 @@ class RunOutputsMixin:
     """
 
     def save_ensemble(
-        self, output_dir: str, members: list[int] | None = None, overwrite: bool = False
+        self, output_dir: str, members: list[int] | None = None, overwrite: bool = False, calibrate_on=None
     ) -> PreTrainedModel | None:
         """
         Save the ensemble of this run's complete members as one model directory (see [`build_ensemble`]), loadable
@@ -41,13 +42,21 @@ class RunOutputsMixin:
             output_dir (`str`): Where to save it.
             members (`list[int]`, *optional*): Positions of the members to include (default: all complete ones).
             overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `output_dir`.
+            calibrate_on (`datasets.Dataset`, *optional*): A held-out split (e.g. `eval_dataset`, never the test
+                split): fit the pooled temperature on it and save it with the ensemble (see [`calibrate_ensemble`]).
 
         Returns:
             The ensemble model on the main process, `None` on the others.
         """
-        return main_process_only(
-            self.accelerator, lambda: build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
-        )
+        if calibrate_on is not None:
+            check_calibration_split(calibrate_on)  # before building anything
+        options = dict(data_collator=self.data_collator, batch_size=self.args.per_device_eval_batch_size)
+
+        def save() -> PreTrainedModel:
+            model = build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
+            return model if calibrate_on is None else calibrate_ensemble(output_dir, calibrate_on, **options)
+
+        return main_process_only(self.accelerator, save)
 
     def save_soup(
         self, output_dir: str, method: str = "uniform", num_batches: int | None = None, overwrite: bool = False

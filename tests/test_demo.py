@@ -138,12 +138,14 @@ def test_fashion_mnist():
 def test_demo_end_to_end_and_resume(tmp_path, capsys):
     argv = ["demo", "--output_dir", str(tmp_path / "demo"), "--num_members", "2", "--train_samples", "48",
             "--test_samples", "32", "--shift_samples", "16", "--corruptions", "contrast", "gaussian_noise",
-            "--image_size", "32", "--num_train_epochs", "1", "--cycle_steps", "1", "--use_cpu", "true"]  # fmt: skip
+            "--image_size", "32", "--num_train_epochs", "1", "--cycle_steps", "1", "--use_cpu", "true",
+            "--calibration_samples", "32", "--ood_samples", "16"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[demo 5/5]" in out and "| ensemble (2) |" in out and "uniform_soup" in out
     root = tmp_path / "demo"
-    for name in ("results.csv", "results.md", "accuracy_vs_size.png", "nll_vs_size.png", "corruptions.png"):
+    for name in ("results.csv", "results.md", "accuracy_vs_size.png", "nll_vs_size.png", "corruptions.png",
+                 "reliability.png", "risk_coverage.png"):  # fmt: skip
         assert (root / "report" / name).is_file(), name
     summary = (root / "report/results.csv").read_text().splitlines()
     assert summary[0].startswith("model,steps,accuracy") and len(summary) == 1 + 5  # 2 members, mean, ensemble, soup
@@ -160,8 +162,18 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
         assert {result.dataset_name for result in card.data.eval_results} == {"Fashion-MNIST"}
         assert "torchvision's ImageNet-1k MobileNetV2" in card.text and os.environ["HF_STARSSE_CACHE"] not in card.text
     classifier = pipeline("image-classification", model=str(root / "ensemble"))
-    prediction = classifier(Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).convert("RGB"))
-    assert prediction[0]["label"] in FASHION_MNIST_CLASSES
+    prediction = classifier(
+        Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).convert("RGB"), return_uncertainty=True
+    )
+    assert prediction[0]["label"] in FASHION_MNIST_CLASSES and prediction[0]["mutual_information"] >= 0
+    report = (root / "report/results.md").read_text()
+    assert "## Calibration, selective prediction and OOD detection" in report and "| ensemble of 2 |" in report
+    assert model.config.calibration["split"] == "validation" and model.config.calibration["num_samples"] == 32
+    soup_config = json.loads((root / "soup/config.json").read_text())
+    assert soup_config["calibration"]["temperature"] > 0 and "## Calibration" in (root / "soup/README.md").read_text()
+    rows = json.loads((root / "run/evaluation.json").read_text())
+    ensemble_test = next(r for r in rows if r["model"] == "ensemble" and r["size"] == 2 and r["split"] == "test")
+    assert {"ece_calibrated", "aurc", "ood_digits_auroc_mutual_information"} <= set(ensemble_test)
 
     weights = root / "run/members/member-01/model.safetensors"
     mtime = weights.stat().st_mtime_ns

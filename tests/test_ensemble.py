@@ -163,8 +163,9 @@ def test_tied_weights_survive_the_round_trip(tmp_path):
     input_ids = torch.tensor([[5, 6, 7, 2], [8, 9, 10, 2]])
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=input_ids).member_logits, built(input_ids=input_ids).member_logits)
-        logits, member_logits = built(input_ids=input_ids, return_dict=False)
+        logits, member_logits, *uncertainty = built(input_ids=input_ids, return_dict=False)
     assert member_logits.shape == (2, 2, 3) and torch.allclose(logits, built(input_ids=input_ids).logits)
+    assert [values.shape for values in uncertainty] == [(2,)] * 4  # entropy, expected entropy, MI, disagreement
 
 
 @pytest.mark.parametrize(

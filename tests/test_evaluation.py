@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from hf_starsse import build_ensemble
-from hf_starsse.evaluation import evaluate_ensemble, predict_probs
-from hf_starsse.metrics import classification_metrics
+from hf_starsse.calibration import fit_temperature
+from hf_starsse.evaluation import evaluate_ensemble, evaluation_rows, predict_probs, predict_run
+from hf_starsse.metrics import classification_metrics, expected_calibration_error, softmax
+from hf_starsse.uncertainty import aurc, ood_metrics
 
 from conftest import image_dataset, text_dataset
 
@@ -78,3 +80,36 @@ def test_robustness_on_corrupted_test_sets(tmp_path, image_run):
     assert set(summary["mean"]) == {"member 0", "member 1", "ensemble (1)", "ensemble (2)", "uniform_soup"}
     plot_corruption_bars({k: v for k, v in summary.items() if k != "mean"}, tmp_path / "robustness.png")
     assert (tmp_path / "robustness.png").stat().st_size > 0
+
+
+def test_calibration_selective_and_ood_columns(tmp_path, text_run):
+    run = Path(text_run.args.output_dir)
+    data = {"validation": text_dataset(n=24, seed=51), "test": text_dataset(n=24, seed=52)}
+    ood = text_dataset(n=12, seed=53, length=3).remove_columns("labels")  # no labels: none needed
+    rows = evaluate_ensemble(
+        run, data, calibration_split="validation", ood_datasets={"noise": ood}, output_dir=tmp_path
+    )
+    assert {row["split"] for row in rows} == {"validation", "test"}  # OOD splits get no rows of their own
+    predictions = predict_run(run, data, ood_datasets={"noise": ood})
+    assert json.dumps(evaluation_rows(predictions, "validation")) == json.dumps(rows)  # NaN-safe comparison
+    full = next(r for r in rows if r["model"] == "ensemble" and r["size"] == 3 and r["split"] == "test")
+    probs, labels = predictions.probs("ensemble", None, 3, "test"), predictions.labels["test"]
+    temperature = fit_temperature(np.log(predictions.probs("ensemble", None, 3, "validation")), data_labels(data))
+    assert full["temperature"] == pytest.approx(temperature, rel=1e-4)
+    calibrated = softmax(np.log(probs) / temperature)
+    assert full["ece_calibrated"] == pytest.approx(expected_calibration_error(calibrated, labels), abs=1e-6)
+    assert full["aurc"] == pytest.approx(aurc(probs, labels)) and 0 <= full["accuracy_at_80"] <= 1
+    members_ood = predictions.members["noise"]
+    assert full["ood_noise_auroc_mutual_information"] == pytest.approx(
+        ood_metrics(probs, members_ood.mean(0), predictions.members["test"], members_ood)["auroc_mutual_information"]
+    )
+    soup = next(r for r in rows if r["model"] == "uniform_soup" and r["split"] == "test")
+    assert "ood_noise_auroc_max_prob" in soup and "ood_noise_auroc_mutual_information" not in soup
+    with pytest.raises(ValueError, match="'test' is a test split"):
+        evaluate_ensemble(run, data, calibration_split="test")
+    with pytest.raises(ValueError, match="not one of datasets"):
+        evaluate_ensemble(run, data, calibration_split="dev")
+
+
+def data_labels(data) -> np.ndarray:
+    return np.array(data["validation"]["labels"])

@@ -20,15 +20,17 @@ import torch
 from transformers import AutoConfig
 
 from .. import plots
+from ..calibration import calibrate_ensemble
 from ..cards import save_card_info
 from ..corruptions import CORRUPTIONS, SEVERITIES, corrupted_splits, summarize_robustness
 from ..data import DataArguments, PreparedTask, prepare_task
-from ..evaluation import evaluate_ensemble
+from ..evaluation import evaluation_rows, predict_run, write_evaluation
 from ..run_dir import atomic_write_text
 from ..soups import BatchNormRecalibrationCallback
 from ..trainer import StarSSETrainer
 from ..training_args import StarSSETrainingArguments
 from .assets import fashion_mnist, pretrained_mobilenet_v2
+from .uncertainty_report import CALIBRATION_SPLIT, OOD_NAME, calibration_set, digits_ood, write_uncertainty_report
 
 # The demo's training recipe (every option can be changed on the command line).
 TRAINING_DEFAULTS = dict(
@@ -81,6 +83,10 @@ class DemoArguments:
     )
     severities: list[int] = field(default_factory=lambda: [3], metadata={"help": "Corruption severities (1-5)."})
     test_split: str = field(default="test", metadata={"help": "The dataset's test split."})
+    calibration_samples: int = field(
+        default=1000, metadata={"help": "Held-out images the temperatures are fitted on (validation split)."}
+    )
+    ood_samples: int = field(default=500, metadata={"help": "Far-OOD images (scikit-learn's digits, if installed)."})
     recalibrate_batchnorm: bool = field(
         default=True,
         metadata={"help": "Re-estimate every member's BatchNorm statistics after training, as the soup's are."},
@@ -211,14 +217,15 @@ def _csv(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(rows: list[dict], report_dir: Path, notes: list[str]) -> list[dict]:
-    """Write `results.csv`, `results.md` and the plots of an evaluation into `report_dir`; returns the summary."""
+def write_report(rows: list[dict], report_dir: Path, notes: list[str], sections: list[str] = ()) -> list[dict]:
+    """Write `results.csv`, `results.md` (with `sections` at the end) and the plots of an evaluation into
+    `report_dir`; returns the summary of the test and shift splits."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rows)
+    summary = summarize([row for row in rows if row["split"] != CALIBRATION_SPLIT])
     atomic_write_text(report_dir / "results.csv", _csv(summary))
     columns = ["model", *SUMMARY_METRICS, *(f"shift_{m}" for m in SUMMARY_METRICS), "steps"]
     atomic_write_text(report_dir / "results.md", "\n".join(["# Demo results", "", *notes, "", *markdown_table(
-        summary, columns)]) + "\n")  # fmt: skip
+        summary, columns), *sections]) + "\n")  # fmt: skip
     for metric in ("accuracy", "nll"):
         plots.plot_metric_vs_size(rows, report_dir / f"{metric}_vs_size.png", metric=metric)
     robustness = summarize_robustness(rows)
@@ -256,17 +263,24 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     if trainer.is_world_process_zero():
         save_card_info(paths["run"], **card_origin(demo, data))
     _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the corrupted shift set")
-    rows = evaluate_ensemble(
+    calibration, calibration_source = calibration_set(task, demo.train_samples, demo.calibration_samples)
+    ood = digits_ood(task.processing_class, demo.image_size, demo.ood_samples)
+    predictions = predict_run(
         paths["run"],
-        evaluation_sets(task, demo),
+        {**evaluation_sets(task, demo), CALIBRATION_SPLIT: calibration},
+        ood_datasets={OOD_NAME: ood} if ood is not None else None,
         train_dataset=task.train_dataset,
         data_collator=task.data_collator,
         batch_size=args.per_device_eval_batch_size,
         device=args.device,
     )
-    _phase(4, "Saving the ensemble and the uniform soup with their model cards")
+    rows = evaluation_rows(predictions, calibration_split=CALIBRATION_SPLIT)
+    write_evaluation(rows, paths["run"])
+    _phase(4, "Saving the ensemble and the uniform soup, calibrated after pooling, with their model cards")
     trainer.save_ensemble(str(paths["ensemble"]), overwrite=True)
     trainer.save_soup(str(paths["soup"]), overwrite=True)
+    for name in ("ensemble", "soup"):
+        calibrate_ensemble(paths[name], calibration, split=CALIBRATION_SPLIT, data_collator=task.data_collator)
     _phase(5, "Writing the report")
     notes = [
         f"Model `{data.model_name_or_path}`, data `{data.source}` ({len(task.train_dataset)} training images, "
@@ -276,7 +290,9 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
         f"{'yes' if demo.recalibrate_batchnorm else 'no'}. `shift_*`: mean over the corrupted splits. Per-split "
         f"results: `{paths['run'] / 'evaluation.csv'}`.",
     ]
-    summary = write_report(rows, paths["report"], notes)
+    notes.append(f"Temperatures fitted on {len(calibration)} held-out images ({calibration_source}).")
+    paths["report"].mkdir(parents=True, exist_ok=True)
+    summary = write_report(rows, paths["report"], notes, write_uncertainty_report(predictions, rows, paths["report"]))
     print("\n".join(markdown_table(summary, ["model", "accuracy", "nll", "ece", "shift_accuracy", "shift_nll"])))
     for name, path in paths.items():
         print(f"{name:>8}: {path}")

@@ -2,7 +2,8 @@
 
 `AutoModelForSequenceClassification.from_pretrained(dir)`, `AutoModelForImageClassification.from_pretrained(dir)` and
 `pipeline(..., model=dir)` load saved ensembles once `hf_starsse` is imported; without the library, the saved
-`configuration_ensemble.py` / `modeling_ensemble.py` load them with `trust_remote_code=True`.
+`configuration_ensemble.py` / `modeling_ensemble.py` load them with `trust_remote_code=True`. `pipeline()` on an
+ensemble takes `return_uncertainty=True` (see `pipelines.py`).
 """
 
 from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
@@ -14,6 +15,7 @@ from .modeling_ensemble import (
     EnsembleForImageClassification,
     EnsembleForSequenceClassification,
 )
+from .pipelines import EnsembleImageClassificationPipeline, EnsembleTextClassificationPipeline, register_pipelines
 
 AutoConfig.register(EnsembleConfig.model_type, EnsembleConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(EnsembleConfig, EnsembleForSequenceClassification, exist_ok=True)
@@ -21,11 +23,14 @@ AutoModelForImageClassification.register(EnsembleConfig, EnsembleForImageClassif
 EnsembleConfig.register_for_auto_class()
 EnsembleForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 EnsembleForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+register_pipelines()
 
 __all__ = [
     "EnsembleClassifierOutput",
     "EnsembleConfig",
     "EnsembleForImageClassification",
     "EnsembleForSequenceClassification",
+    "EnsembleImageClassificationPipeline",
+    "EnsembleTextClassificationPipeline",
     "build_ensemble",
 ]

@@ -29,6 +29,13 @@ class EnsembleConfig(PretrainedConfig):
             The run's training hyperparameters, from the run manifest.
         members_info (`list[dict]`, *optional*):
             Lineage of each member (index, parent, seed, steps, sha256), from the run manifest.
+        temperature (`float`, defaults to 1.0):
+            Temperature of the pooled prediction: the ensemble returns `log_softmax(log(mean_k p_k) / temperature)`
+            (pool-then-calibrate, set by `calibrate_ensemble`).
+        member_temperatures (`list[float]`, *optional*):
+            Temperature of each member's logits before pooling (`calibrate_ensemble(..., per_member=True)`).
+        calibration (`dict`, *optional*):
+            How the temperatures were fitted: split, number of samples, NLL and ECE before and after.
     """
 
     model_type = "starsse_ensemble"
@@ -39,6 +46,9 @@ class EnsembleConfig(PretrainedConfig):
     ensemble_method: str | None = None
     cycle_hyperparameters: dict | None = None
     members_info: list[dict] | None = None
+    temperature: float = 1.0
+    member_temperatures: list[float] | None = None
+    calibration: dict | None = None
 
     def __post_init__(self, **kwargs):
         member_config = self.member_config or {}
@@ -57,6 +67,15 @@ class EnsembleConfig(PretrainedConfig):
         if not valid:
             raise ValueError(
                 f"member_weights={weights} must hold {self.num_members} non-negative numbers with a positive sum."
+            )
+        temperatures = [self.temperature, *(self.member_temperatures or ())]
+        if not all(math.isfinite(t) and t > 0 for t in temperatures) or len(self.member_temperatures or ()) not in (
+            0,
+            self.num_members,
+        ):
+            raise ValueError(
+                f"temperature={self.temperature} and member_temperatures={self.member_temperatures} must be positive "
+                f"numbers ({self.num_members} member temperatures, or none)."
             )
 
 

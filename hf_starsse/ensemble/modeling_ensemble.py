@@ -1,8 +1,10 @@
 """Ensembles of same-architecture classifiers as `PreTrainedModel`s.
 
 The ensemble predicts the (weighted) mean of its members' softmax probabilities and returns it as logits
-`log(mean_k softmax(z_k))`, so the usual classification heads, losses and pipelines see exactly the ensemble's
-probabilities. Self-contained (imports only torch and transformers) so that it can travel to the Hub as remote code.
+`log(mean_k softmax(z_k))` (divided by the pooled temperature and renormalised once calibrated), so the usual
+classification heads, losses and pipelines see exactly the ensemble's probabilities. The output also carries the
+per-sample uncertainty decomposition of the members' mixture.
+Self-contained (imports only torch and transformers) so that it can travel to the Hub as remote code.
 """
 
 import math
@@ -27,13 +29,46 @@ class EnsembleClassifierOutput(ModelOutput):
     """
     Args:
         loss (`torch.FloatTensor`, *optional*): Negative log-likelihood of the ensemble, when `labels` are given.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): `log` of the ensemble's probabilities.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): `log` of the ensemble's (calibrated)
+            probabilities.
         member_logits (`torch.FloatTensor` of shape `(num_members, batch_size, num_labels)`): Each member's logits.
+        predictive_entropy (`torch.FloatTensor` of shape `(batch_size,)`): Total uncertainty: entropy (nats) of the
+            members' mean probabilities (before the pooled temperature; member temperatures applied).
+        expected_entropy (`torch.FloatTensor` of shape `(batch_size,)`): Aleatoric uncertainty: the members' mean
+            entropy.
+        mutual_information (`torch.FloatTensor` of shape `(batch_size,)`): Epistemic uncertainty:
+            `predictive_entropy - expected_entropy`, non-negative.
+        disagreement (`torch.FloatTensor` of shape `(batch_size,)`): Fraction of member pairs whose predicted classes
+            differ (0 for one member).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     member_logits: torch.FloatTensor | None = None
+    predictive_entropy: torch.FloatTensor | None = None
+    expected_entropy: torch.FloatTensor | None = None
+    mutual_information: torch.FloatTensor | None = None
+    disagreement: torch.FloatTensor | None = None
+
+
+def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def uncertainty_outputs(log_probs: torch.Tensor, log_weights: torch.Tensor, pooled: torch.Tensor) -> dict:
+    """The decomposition of `EnsembleClassifierOutput` from member log-probabilities `(K, B, C)`, log-weights `(K,)`
+    and the pooled log-probabilities `(B, C)` before the pooled temperature."""
+    total = _entropy(pooled)
+    aleatoric = (log_weights.exp().view(-1, 1) * _entropy(log_probs)).sum(0)
+    predictions = log_probs.argmax(-1)
+    count = len(predictions)
+    differ = (predictions.unsqueeze(0) != predictions.unsqueeze(1)).float().sum((0, 1))  # ordered pairs
+    return {
+        "predictive_entropy": total,
+        "expected_entropy": aleatoric,
+        "mutual_information": (total - aleatoric).clamp_min(0),
+        "disagreement": differ / (count * (count - 1)) if count > 1 else torch.zeros_like(total),
+    }
 
 
 class EnsemblePreTrainedModel(PreTrainedModel):
@@ -70,15 +105,24 @@ class EnsemblePreTrainedModel(PreTrainedModel):
         self, member_logits: torch.Tensor, labels: torch.Tensor | None = None
     ) -> EnsembleClassifierOutput:
         """Turn stacked member logits `(K, batch, num_labels)` into the ensemble's output."""
-        log_probs = torch.log_softmax(member_logits.float(), dim=-1)
+        scaled = member_logits.float()
+        if self.config.member_temperatures is not None:
+            scaled = scaled / torch.tensor(self.config.member_temperatures, device=scaled.device).view(-1, 1, 1)
+        log_probs = torch.log_softmax(scaled, dim=-1)
         if self.config.member_weights is None:
             log_weights = torch.full((len(self.members),), -math.log(len(self.members)), device=log_probs.device)
         else:
             weights = torch.tensor(self.config.member_weights, dtype=torch.float64)
             log_weights = torch.log(weights / weights.sum()).to(device=log_probs.device, dtype=log_probs.dtype)
-        logits = torch.logsumexp(log_probs + log_weights.view(-1, 1, 1), dim=0)
+        pooled = torch.logsumexp(log_probs + log_weights.view(-1, 1, 1), dim=0)
+        logits = pooled if self.config.temperature == 1 else torch.log_softmax(pooled / self.config.temperature, -1)
         loss = nn.functional.nll_loss(logits, labels.to(logits.device)) if labels is not None else None
-        return EnsembleClassifierOutput(loss=loss, logits=logits, member_logits=member_logits)
+        return EnsembleClassifierOutput(
+            loss=loss,
+            logits=logits,
+            member_logits=member_logits,
+            **uncertainty_outputs(log_probs, log_weights, pooled),
+        )
 
     def _forward_members(self, inputs: dict, labels: torch.Tensor | None):
         return_dict = inputs.pop("return_dict", None)

@@ -1,0 +1,136 @@
+"""The demo report's uncertainty part: pool-then-calibrate, selective prediction and far-OOD detection.
+
+- `calibration_set`: the held-out split the temperatures are fitted on (the dataset's `validation` split, else training
+  images the run did not use); never the test split.
+- `digits_ood`: a far out-of-distribution set, scikit-learn's handwritten digits (shipped inside the package, no
+  download) upscaled to the demo's image size; `None` without scikit-learn (an optional extra).
+- `write_uncertainty_report`: reliability diagrams before / after calibration, risk-coverage curves, and a Markdown
+  table, for the single model, the ensemble of all members and the soup.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import plots
+from ..evaluation import RunPredictions
+from ..metrics import expected_calibration_error, reliability_diagram, softmax
+from ..uncertainty import risk_coverage_curve
+
+CALIBRATION_SPLIT, OOD_NAME = "validation", "digits"
+
+
+def calibration_set(task, train_samples: int, samples: int):
+    """The first `samples` images of the dataset's `validation` split, or the `samples` training images after the
+    first `train_samples` (which training did not use), prepared like the training data."""
+    if CALIBRATION_SPLIT in task.splits:
+        held_out = task.splits[CALIBRATION_SPLIT]
+        return task.prepare(held_out.select(range(min(samples, len(held_out))))), f"{CALIBRATION_SPLIT} split"
+    train = task.splits["train"]
+    stop = min(train_samples + samples, len(train))
+    if stop <= train_samples:
+        raise ValueError(f"No held-out images for calibration: the training split has only {len(train)} images.")
+    return task.prepare(train.select(range(train_samples, stop))), f"training images {train_samples}-{stop - 1}"
+
+
+def digits_ood(processor, image_size: int, samples: int):
+    """scikit-learn's 8x8 handwritten digits upscaled to `image_size` and prepared by `processor` (labels `-1`), or
+    `None` when scikit-learn is not installed (`pip install hf_starsse[demo]`)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        return None
+    from datasets import Dataset
+    from PIL import Image
+
+    images = load_digits().images[:samples]  # values 0..16, ink bright on a dark ground like Fashion-MNIST
+    pictures = [
+        Image.fromarray((image * (255 / 16)).astype(np.uint8)).resize((image_size, image_size), Image.BILINEAR)
+        for image in images
+    ]
+
+    def transform(batch):
+        pixels = processor([picture.convert("RGB") for picture in batch["image"]], return_tensors="pt")
+        return {"pixel_values": pixels["pixel_values"], "labels": torch.full((len(batch["image"]),), -1)}
+
+    return Dataset.from_dict({"image": pictures}).with_transform(transform)
+
+
+def _models(predictions: RunPredictions) -> dict[str, tuple]:
+    size = len(predictions.indices)
+    models = {"single model (member 0)": ("member", predictions.indices[0], 1), f"ensemble of {size}": (
+        "ensemble", None, size)}  # fmt: skip
+    models.update(
+        {name.replace("_", " "): (name, None, soup_size) for name, (soup_size, _) in predictions.soups.items()}
+    )
+    return models
+
+
+def _calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(np.log(np.clip(probs, 1e-12, None)) / temperature)
+
+
+def _table(rows: list[dict], models: dict, test_split: str) -> list[str]:
+    columns = ["model", "ece", "ece_calibrated", "nll", "nll_calibrated", "temperature", "aurc", "accuracy_at_90",
+               "accuracy_at_80", f"ood_{OOD_NAME}_auroc_max_prob", f"ood_{OOD_NAME}_auroc_entropy",
+               f"ood_{OOD_NAME}_auroc_mutual_information", f"ood_{OOD_NAME}_fpr95_max_prob"]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for label, (model, member, size) in models.items():
+        row = next(
+            r for r in rows if (r["model"], r["member"], r["size"], r["split"]) == (model, member, size, test_split)
+        )
+        cells = [label] + [f"{row[c]:.4f}" if isinstance(row.get(c), float) else "" for c in columns[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_uncertainty_report(
+    predictions: RunPredictions, rows: list[dict], report_dir: Path, test_split: str = "test"
+) -> list[str]:
+    """
+    Save `reliability.png` (before / after calibration, on the test split) and `risk_coverage.png` for the single
+    model, the ensemble of all members and the soups, and return the report's Markdown section.
+
+    Args:
+        predictions (`RunPredictions`): From `predict_run` (with the calibration split and, optionally, the OOD set).
+        rows (`list[dict]`): `evaluation_rows(predictions, calibration_split="validation")`.
+        report_dir (`Path`): Where the plots go.
+        test_split (`str`, *optional*, defaults to `"test"`): The split the plots and the table show.
+    """
+    models = _models(predictions)
+    labels = predictions.labels[test_split]
+    before, after, curves = {}, {}, {}
+    for label, (model, member, size) in models.items():
+        probs = predictions.probs(model, member, size, test_split)
+        row = next(r for r in rows if (r["model"], r["member"], r["size"], r["split"]) == (model, member, size,
+                   test_split))  # fmt: skip
+        calibrated = _calibrated(probs, row["temperature"])
+        before[label] = reliability_diagram(probs, labels) | {"ece": expected_calibration_error(probs, labels)}
+        after[label] = reliability_diagram(calibrated, labels) | {
+            "ece": expected_calibration_error(calibrated, labels)
+        }
+        curves[label] = risk_coverage_curve(probs, labels)
+    title = f"Reliability on the {test_split} split (temperatures fitted on the {CALIBRATION_SPLIT} split)"
+    plots.plot_reliability_grid(
+        {"before calibration": before, "after calibration (pool-then-calibrate)": after},
+        report_dir / "reliability.png",
+        title,
+    )
+    plots.plot_risk_coverage(curves, report_dir / "risk_coverage.png", f"Risk-coverage on the {test_split} split")
+    ood = f"`{OOD_NAME}`: scikit-learn's handwritten digits as a far-OOD set" if predictions.ood_splits else (
+        "no OOD set (install scikit-learn: `pip install hf_starsse[demo]`)")  # fmt: skip
+    return [
+        "",
+        "## Calibration, selective prediction and OOD detection",
+        "",
+        f"On the {test_split} split. `*_calibrated`: after one temperature per model fitted on the "
+        f"`{CALIBRATION_SPLIT}` split (for the ensemble: after pooling). `accuracy_at_90/80`: accuracy on the 90% / "
+        f"80% most confident images. OOD: {ood}; AUROC by max probability, entropy and (ensemble) mutual "
+        "information, FPR at 95% TPR by max probability. Plots: `reliability.png`, `risk_coverage.png`.",
+        "",
+        *_table(rows, models, test_split),
+    ]
+
+
+__all__ = ["calibration_set", "digits_ood", "write_uncertainty_report"]

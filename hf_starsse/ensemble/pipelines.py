@@ -1,0 +1,80 @@
+"""`pipeline()` for ensembles: the stock text / image classification pipelines plus a call-time option,
+`return_uncertainty=True`, that adds each input's uncertainty to its results.
+
+```python
+classifier = pipeline("text-classification", model="out/ensemble")
+classifier("some text", return_uncertainty=True)
+# [{"label": "positive", "score": 0.71, "predictive_entropy": 0.62, "expected_entropy": 0.55,
+#   "mutual_information": 0.07, "disagreement": 0.2}]
+```
+
+Registered on import for the `text-classification` and `image-classification` tasks through a dispatcher that builds
+the stock pipeline class (unchanged) for every model that is not an ensemble, and its ensemble subclass otherwise.
+"""
+
+from transformers import ImageClassificationPipeline, TextClassificationPipeline
+from transformers.pipelines import SUPPORTED_TASKS
+
+from .modeling_ensemble import EnsemblePreTrainedModel
+
+UNCERTAINTY_KEYS = ("predictive_entropy", "expected_entropy", "mutual_information", "disagreement")
+
+
+class UncertaintyMixin:
+    """Adds `return_uncertainty` (call-time, default `False`) to a classification pipeline of an ensemble."""
+
+    def _sanitize_parameters(self, return_uncertainty: bool | None = None, **kwargs):
+        preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
+        if return_uncertainty is not None:
+            postprocess["return_uncertainty"] = return_uncertainty
+        return preprocess, forward, postprocess
+
+    def postprocess(self, model_outputs, return_uncertainty: bool = False, **kwargs):
+        result = super().postprocess(model_outputs, **kwargs)
+        if not return_uncertainty:
+            return result
+        extra = {key: float(model_outputs[key].reshape(-1)[0]) for key in UNCERTAINTY_KEYS}
+        for entry in [result] if isinstance(result, dict) else result:
+            entry.update(extra)
+        return result
+
+
+class EnsembleTextClassificationPipeline(UncertaintyMixin, TextClassificationPipeline):
+    """`TextClassificationPipeline` for ensembles: `return_uncertainty=True` adds the uncertainty of each input to
+    each of its label entries (`predictive_entropy`, `expected_entropy`, `mutual_information`, `disagreement`)."""
+
+
+class EnsembleImageClassificationPipeline(UncertaintyMixin, ImageClassificationPipeline):
+    """`ImageClassificationPipeline` for ensembles, with `return_uncertainty` (see the text pipeline)."""
+
+
+def _dispatcher(stock: type, ensemble: type) -> type:
+    """A class `pipeline()` can take as a task's implementation: it builds `ensemble` for ensemble models and the
+    unchanged `stock` class for every other model (the loaders `pipeline()` reads are the stock class's)."""
+
+    def __new__(cls, *args, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        target = ensemble if isinstance(model, EnsemblePreTrainedModel) else stock
+        return target(*args, **kwargs)
+
+    return type(f"{stock.__name__}Dispatch", (stock,), {"__new__": __new__, "__doc__": _dispatcher.__doc__})
+
+
+def register_pipelines() -> None:
+    """Route `pipeline("text-classification" / "image-classification", model=<ensemble>)` to the ensemble
+    pipelines (idempotent; other models keep the stock pipelines)."""
+    for task, stock, ensemble in (
+        ("text-classification", TextClassificationPipeline, EnsembleTextClassificationPipeline),
+        ("image-classification", ImageClassificationPipeline, EnsembleImageClassificationPipeline),
+    ):
+        current = SUPPORTED_TASKS[task]["impl"]
+        if not (isinstance(current, type) and current.__name__ == f"{stock.__name__}Dispatch"):
+            SUPPORTED_TASKS[task]["impl"] = _dispatcher(stock, ensemble)
+
+
+__all__ = [
+    "EnsembleImageClassificationPipeline",
+    "EnsembleTextClassificationPipeline",
+    "UNCERTAINTY_KEYS",
+    "register_pipelines",
+]
