@@ -14,6 +14,7 @@ output_dir/
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,8 @@ SWEEP_METHODS = {"starsse": "StarSSE", "sse": "SSE"}
 logger = logging.get_logger(__name__)
 
 
-def _cell_name(method: str, lr_ratio: float, length_ratio: float) -> str:
+def cell_name(method: str, lr_ratio: float, length_ratio: float) -> str:
+    """The directory name of a cell under `output_dir/cells`."""
     prefix = "" if method == "starsse" else f"{method}-"  # StarSSE cells keep their original names
     return f"{prefix}lr{lr_ratio:g}-len{length_ratio:g}"
 
@@ -95,6 +97,7 @@ def sweep_cycle_hyperparameters(
     trainer_kwargs: dict | None = None,
     num_interpolation_points: int = 5,
     ensemble_method: str | None = None,
+    first_member: str | os.PathLike | None = None,
 ) -> dict:
     """
     Train and score a StarSSE (or SSE) ensemble for every cell of the grid `cycle_learning_rate = lr_ratio *
@@ -116,6 +119,9 @@ def sweep_cycle_hyperparameters(
             `callbacks`, ...).
         num_interpolation_points (`int`, *optional*, defaults to 5): Points of the barrier's interpolation curve.
         ensemble_method (`str`, *optional*): `"starsse"` or `"sse"`; default: `args.ensemble_method`.
+        first_member (`str` or `os.PathLike`, *optional*): An already trained member 0 (a member directory, e.g.
+            `members/member-00` of a run with `args`' recipe) that every cell adopts; default: train it once into
+            `output_dir/member0`.
 
     Returns:
         `dict`: `cells` (one dict per cell of the requested grid: method, ratios, cycle settings and scores), `best`
@@ -136,8 +142,9 @@ def sweep_cycle_hyperparameters(
         args, output_dir=str(root / "member0"), ensemble_method="starsse", num_members=1, members_to_train=None,
         **no_cycles,
     )  # fmt: skip
-    StarSSETrainer(args=first_args, **trainer_kwargs).train()  # skipped when member 0 is complete
-    member0 = root / "member0" / "members" / "member-00"
+    if first_member is None:
+        StarSSETrainer(args=first_args, **trainer_kwargs).train()  # skipped when member 0 is complete
+    member0 = Path(first_member) if first_member is not None else root / "member0" / "members" / "member-00"
     setup = {
         "member0_sha256": weights_sha256(member0),
         "num_members": args.num_members,
@@ -148,7 +155,7 @@ def sweep_cycle_hyperparameters(
         for length_ratio in length_ratios:
             if (method, lr_ratio, length_ratio) in cells:
                 continue
-            cell_dir = root / "cells" / _cell_name(method, lr_ratio, length_ratio)
+            cell_dir = root / "cells" / cell_name(method, lr_ratio, length_ratio)
             cell_args = _cell_args(args, cell_dir, method, lr_ratio, length_ratio)
             trainer = StarSSETrainer(args=cell_args, **trainer_kwargs)
             trainer.adopt_member(member0)

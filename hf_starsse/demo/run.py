@@ -28,6 +28,13 @@ from ..soups import BatchNormRecalibrationCallback
 from ..trainer import StarSSETrainer
 from ..training_args import StarSSETrainingArguments
 from .assets import fashion_mnist, pretrained_mobilenet_v2
+from .text import (
+    TEXT_DEMO_DEFAULTS,
+    TEXT_TRAINING_DEFAULTS,
+    text_data_arguments,
+    text_evaluation_sets,
+    text_notes,
+)
 
 # The demo's training recipe (every option can be changed on the command line).
 TRAINING_DEFAULTS = dict(
@@ -49,12 +56,26 @@ TRAINING_DEFAULTS = dict(
     seed=0,
 )
 SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier")
+TASKS = ("image", "text")
+
+
+def demo_defaults(task: str) -> dict:
+    """The command line's defaults for `--task`: the training recipe, and for text its data sizes."""
+    if task == "text":
+        return {**TRAINING_DEFAULTS, **TEXT_TRAINING_DEFAULTS, **TEXT_DEMO_DEFAULTS}
+    return TRAINING_DEFAULTS
 
 
 @dataclass
 class DemoArguments:
     """What the demo trains on and how much of the data it uses."""
 
+    task: str = field(
+        default="image",
+        metadata={"help": "'image' (MobileNetV2 on Fashion-MNIST, corruptions as the shift) or 'text' "
+                  "(all-MiniLM-L6-v2 on 20 Newsgroups families, held-out newsgroups as the shift).",
+                  "choices": list(TASKS)},
+    )  # fmt: skip
     model: str | None = field(
         default=None,
         metadata={"help": "Pre-trained image classifier (Hub id or local directory); default: the ImageNet "
@@ -74,6 +95,7 @@ class DemoArguments:
     )
     severities: list[int] = field(default_factory=lambda: [3], metadata={"help": "Corruption severities (1-5)."})
     test_split: str = field(default="test", metadata={"help": "The dataset's test split."})
+    max_length: int = field(default=64, metadata={"help": "Text task: tokens per text (truncated)."})
     recalibrate_batchnorm: bool = field(
         default=True,
         metadata={"help": "Re-estimate every member's BatchNorm statistics after training, as the soup's are."},
@@ -106,10 +128,14 @@ def _resolve(demo: DemoArguments) -> DataArguments:
             f"--corruptions must be among {', '.join(CORRUPTIONS)} and --severities among 1-5; got "
             f"{unknown or demo.corruptions} and {demo.severities}."
         )
+    if demo.task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}; got {demo.task!r}.")
     if demo.model is not None:
         _reachable(demo.model)
     if demo.dataset is not None and not Path(demo.dataset).expanduser().exists():
-        print(f"Loading dataset {demo.dataset!r} (without network access, leave out --dataset for Fashion-MNIST).")
+        print(f"Loading dataset {demo.dataset!r} (without network access, leave out --dataset for the default).")
+    if demo.task == "text":
+        return text_data_arguments(demo.model, demo.dataset, demo.train_samples, demo.max_length)
     return DataArguments(
         model_name_or_path=demo.model or str(pretrained_mobilenet_v2(demo.image_size)),
         dataset=demo.dataset or str(fashion_mnist()),
@@ -221,9 +247,9 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     _phase(1, "Preparing the pre-trained model and the data (converted and cached on first use)")
     data = _resolve(demo)
     task = prepare_task(data, splits=(data.train_split, demo.test_split))
-    if not task.is_image:
-        raise ValueError(f"The demo is for image classification; {data.dataset} has no image column.")
-    print(f"  model {data.model_name_or_path}\n  data  {data.dataset}: {len(task.train_dataset)} training images")
+    if task.is_image != (demo.task == "image"):
+        raise ValueError(f"--task {demo.task}: {data.dataset} {'has' if task.is_image else 'has no'} image column.")
+    print(f"  model {data.model_name_or_path}\n  data  {data.dataset}: {len(task.train_dataset)} training rows")
 
     run_args = dataclasses.replace(args, output_dir=str(paths["run"]), remove_unused_columns=False)
     trainer = StarSSETrainer(
@@ -237,9 +263,13 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     _phase(2, f"Training {args.num_members} members ({args.ensemble_method}) into {paths['run']}")
     trainer.train()
     _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the corrupted shift set")
+    if demo.task == "text":
+        eval_sets = text_evaluation_sets(task, demo.test_split, demo.test_samples, demo.shift_samples)
+    else:
+        eval_sets = evaluation_sets(task, demo)
     rows = evaluate_ensemble(
         paths["run"],
-        evaluation_sets(task, demo),
+        eval_sets,
         train_dataset=task.train_dataset,
         data_collator=task.data_collator,
         batch_size=args.per_device_eval_batch_size,
@@ -257,6 +287,8 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
         f"{'yes' if demo.recalibrate_batchnorm else 'no'}. `shift_*`: mean over the corrupted splits. Per-split "
         f"results: `{paths['run'] / 'evaluation.csv'}`.",
     ]
+    if demo.task == "text":
+        notes = text_notes(data, task, eval_sets)
     summary = write_report(rows, paths["report"], notes)
     print("\n".join(markdown_table(summary, ["model", "accuracy", "nll", "ece", "shift_accuracy", "shift_nll"])))
     for name, path in paths.items():
