@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -74,8 +75,16 @@ assets = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the benchmark runs on one thread
+
+
 @assets
-def test_quick_benchmark_runs_every_phase_and_resumes(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_quick_benchmark_runs_every_phase_and_resumes(tmp_path, monkeypatch, restore_threads):
     import quality
 
     monkeypatch.setenv("HF_STARSSE_CACHE", str(tmp_path / "cache"))

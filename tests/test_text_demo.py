@@ -166,4 +166,3 @@ def test_text_demo_end_to_end(tmp_path, capsys):
     assert classifier("The new graphics card driver crashes my window manager.")[0]["label"] in NEWSGROUP_FAMILIES
     soup = AutoModelForSequenceClassification.from_pretrained(root / "soup")
     assert np.isfinite(soup.classifier.weight.detach().numpy()).all()
-
