@@ -132,3 +132,25 @@ def test_sse_sweep_shares_member_0_not_the_chain_and_resumes(tmp_path, pretraine
     assert counter.runs == [] and again["cells"] == sse["cells"]  # a rerun reuses every cell
     with pytest.raises(ValueError, match="ensemble_method must be one of starsse, sse"):
         sweep_cycle_hyperparameters(**options, ensemble_method="local_de")
+
+
+def test_sweep_adopts_a_given_first_member(tmp_path, text_run):
+    counter = CountTrainings()
+    first = Path(text_run.args.output_dir) / "members" / "member-00"
+    results = sweep_cycle_hyperparameters(
+        model_init=lambda: load_text_model(str(first), seed=None),
+        args=make_args(tmp_path / "sweep", num_members=2, max_steps=2, cycle_steps=None),
+        train_dataset=text_dataset(),
+        eval_dataset=text_dataset(n=16, seed=9),
+        lr_ratios=(2.0,),
+        length_ratios=(0.5,),
+        trainer_kwargs={"callbacks": [counter]},
+        num_interpolation_points=2,
+        ensemble_method="sse",
+        first_member=first,
+    )
+    assert counter.runs == [("sse-lr2-len0.5", "member-01")] and not (tmp_path / "sweep/member0").exists()
+    members = json.loads((tmp_path / "sweep/cells/sse-lr2-len0.5/ensemble.json").read_text())["members"]
+    assert members[0]["sha256"] == results["setup"]["member0_sha256"]
+    assert members[0]["sha256"] == json.loads((Path(text_run.args.output_dir) / "ensemble.json").read_text())[
+        "members"][0]["sha256"]  # fmt: skip
