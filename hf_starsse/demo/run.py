@@ -262,7 +262,7 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     )
     _phase(2, f"Training {args.num_members} members ({args.ensemble_method}) into {paths['run']}")
     trainer.train()
-    _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the corrupted shift set")
+    _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the shift set")
     if demo.task == "text":
         eval_sets = text_evaluation_sets(task, demo.test_split, demo.test_samples, demo.shift_samples)
     else:
