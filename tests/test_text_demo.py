@@ -67,6 +67,8 @@ def test_a_file_that_differs_from_its_pin_is_refused(fake_package):
     message = str(error.value)
     assert "does not match the file of fake-assets==9.9" in message
     assert "pip install --no-deps --force-reinstall fake-assets==9.9" in message
+    with pytest.raises(KeyError, match="No sha256 is pinned for __init__.py of fake_assets"):
+        verified_package_file("fake_assets", "__init__.py")  # an unpinned file is never read unchecked
 
 
 def test_every_pin_is_a_sha256():

@@ -99,7 +99,10 @@ def verified_package_file(package: str, relative: str, install_command: str = IN
     file is read.
     """
     path = package_file(package, relative, install_command)
-    (name, version), pins = next((key, pins) for key, pins in PINNED_SHA256.items() if key[0] == package)
+    pinned = [(key, pins) for key, pins in PINNED_SHA256.items() if key[0] == package and relative in pins]
+    if not pinned:
+        raise KeyError(f"No sha256 is pinned for {relative} of {package}: add it to PINNED_SHA256.")
+    (name, version), pins = pinned[0]
     actual = file_sha256(path)
     if actual != pins[relative]:
         pip_name = name.replace("_", "-")
