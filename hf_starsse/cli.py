@@ -25,7 +25,7 @@ from transformers.utils import logging
 from .calibration import calibrate_ensemble, check_split_name
 from .cards import save_card_info
 from .data import DataArguments, PreparedTask, prepare_task
-from .demo import TRAINING_DEFAULTS, DemoArguments, run_demo
+from .demo import DemoArguments, demo_defaults, run_demo
 from .errors import HubUnreachableError, StarSSEError, network_error_types
 from .evaluation import evaluate_ensemble
 from .hub import push_ensemble_to_hub
@@ -251,7 +251,9 @@ def push(options: PushArguments) -> None:
 def demo(argv: list[str]) -> None:
     """The demo's options: `DemoArguments` and every training option, with the demo's recipe as defaults."""
     parser = HfArgumentParser((DemoArguments, StarSSETrainingArguments), prog="hf-starsse demo")
-    defaults = dict(TRAINING_DEFAULTS)
+    task = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--task"), None)
+    task = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--task=")), task)
+    defaults = dict(demo_defaults(task or "image"))
     if any(arg.split("=")[0] == "--cycle_steps" for arg in argv):
         defaults["cycle_epochs"] = None  # the given cycle length replaces the demo's
     parser.set_defaults(**defaults)

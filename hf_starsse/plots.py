@@ -247,7 +247,7 @@ def plot_risk_coverage(curves: dict[str, dict], path, title: str = "Risk-coverag
     return _save(figure, path)
 
 
-def plot_sweep_heatmaps(cells: list[dict], path) -> Figure:
+def plot_sweep_heatmaps(cells: list[dict], path, method: str = "StarSSE") -> Figure:
     """
     Heatmaps over the sweep grid (cycle learning-rate ratio x cycle length ratio) of the ensemble accuracy, the mean
     member accuracy and the interpolation barrier: where accuracy drops and the barrier rises, the cycles leave the
@@ -256,6 +256,7 @@ def plot_sweep_heatmaps(cells: list[dict], path) -> Figure:
     Args:
         cells (`list[dict]`): Cells of `sweep_cycle_hyperparameters` (`lr_ratio`, `length_ratio` and the scores).
         path (`str` or `os.PathLike`): Where to save the PNG.
+        method (`str`, *optional*, defaults to `"StarSSE"`): The swept method, named in the title.
     """
     lr_ratios = sorted({cell["lr_ratio"] for cell in cells})
     length_ratios = sorted({cell["length_ratio"] for cell in cells})
@@ -281,5 +282,5 @@ def plot_sweep_heatmaps(cells: list[dict], path) -> Figure:
         axis.set_ylabel("cycle length / first length")
         axis.set_title(title)
         figure.colorbar(image, ax=axis, label=title)
-    figure.suptitle("StarSSE cycle-hyperparameter sweep (validation split)")
+    figure.suptitle(f"{method} cycle-hyperparameter sweep (validation split)")
     return _save(figure, path)

@@ -1,17 +1,20 @@
-"""`sweep_cycle_hyperparameters`: the paper's grid of cycle learning rate x cycle length for StarSSE, sharing one
-trained member 0 across all cells, scored on a validation split, resumable.
+"""`sweep_cycle_hyperparameters`: the paper's grid of cycle learning rate x cycle length for StarSSE or SSE, sharing
+one trained member 0 across all cells (of both methods), scored on a validation split, resumable.
 
 ```
 output_dir/
-  member0/              a run with the first member only (trained once)
-  cells/lr2-len0.5/     one StarSSE run per cell, member 0 adopted from member0/
-  sweep.json            every finished cell's results and the best cell
-  sweep_heatmaps.png    ensemble accuracy, member accuracy and barrier over the grid
+  member0/                   a run with the first member only (trained once)
+  cells/lr2-len0.5/          one StarSSE run per cell, member 0 adopted from member0/
+  cells/sse-lr2-len0.5/      one SSE run per cell (its own chain), member 0 adopted from member0/
+  sweep.json                 every finished cell's results and the best cell of each method
+  sweep_heatmaps.png         StarSSE: ensemble accuracy, member accuracy and barrier over the grid
+  sweep_heatmaps_sse.png     the same for SSE
 ```
 """
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,14 +32,22 @@ from .training_args import StarSSETrainingArguments
 from .weights import load_base_model, weights_sha256
 
 SWEEP_RESULTS_NAME = "sweep.json"
+SWEEP_METHODS = {"starsse": "StarSSE", "sse": "SSE"}
 logger = logging.get_logger(__name__)
 
 
-def _cell_name(lr_ratio: float, length_ratio: float) -> str:
-    return f"lr{lr_ratio:g}-len{length_ratio:g}"
+def cell_name(method: str, lr_ratio: float, length_ratio: float) -> str:
+    """The directory name of a cell under `output_dir/cells`."""
+    prefix = "" if method == "starsse" else f"{method}-"  # StarSSE cells keep their original names
+    return f"{prefix}lr{lr_ratio:g}-len{length_ratio:g}"
 
 
-def _cell_args(args: StarSSETrainingArguments, output_dir: Path, lr_ratio: float, length_ratio: float):
+def _cell_key(cell: dict) -> tuple[str, float, float]:
+    """A cell's method and ratios; cells written before SSE sweeps existed are StarSSE cells."""
+    return cell.get("ensemble_method", "starsse"), cell["lr_ratio"], cell["length_ratio"]
+
+
+def _cell_args(args: StarSSETrainingArguments, output_dir: Path, method: str, lr_ratio: float, length_ratio: float):
     """The run arguments of one cell: the first member's recipe, cycles scaled relative to it."""
     length = {"cycle_epochs": None, "cycle_steps": None}
     if args.max_steps > 0:
@@ -46,7 +57,7 @@ def _cell_args(args: StarSSETrainingArguments, output_dir: Path, lr_ratio: float
     return dataclasses.replace(
         args,
         output_dir=str(output_dir),
-        ensemble_method="starsse",
+        ensemble_method=method,
         cycle_learning_rate=lr_ratio * args.learning_rate,
         members_to_train=None,
         **length,
@@ -86,13 +97,18 @@ def sweep_cycle_hyperparameters(
     length_ratios: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0),
     trainer_kwargs: dict | None = None,
     num_interpolation_points: int = 5,
+    ensemble_method: str | None = None,
+    first_member: str | os.PathLike | None = None,
 ) -> dict:
     """
-    Train and score a StarSSE ensemble for every cell of the grid `cycle_learning_rate = lr_ratio * learning_rate`
-    x `cycle length = length_ratio * first member's length`, all branching from one member 0 trained once. Each cell
-    is scored on `eval_dataset` (a validation split, never the test split): ensemble accuracy and NLL, mean member
-    accuracy, and the accuracy barrier between member 0 and member 1 (large: the cycles left the pre-train basin).
-    Cells already in `output_dir/sweep.json` are reused, so a rerun continues an interrupted sweep.
+    Train and score a StarSSE (or SSE) ensemble for every cell of the grid `cycle_learning_rate = lr_ratio *
+    learning_rate` x `cycle length = length_ratio * first member's length`, all starting from one member 0 trained
+    once. Each cell is scored on `eval_dataset` (a validation split, never the test split): ensemble accuracy and
+    NLL, mean member accuracy, and the accuracy barrier between member 0 and member 1 (large: the cycles left the
+    pre-train basin).
+    Cells already in `output_dir/sweep.json` are reused, so a rerun continues an interrupted sweep. StarSSE and SSE
+    sweeps in the same `output_dir` share member 0 (SSE cells each train their own chain), so that each method gets
+    its own optimum from the same starting point.
 
     Args:
         model_init (`Callable`): Builds the pre-trained model with a fresh head (as for `Trainer`).
@@ -103,36 +119,49 @@ def sweep_cycle_hyperparameters(
         trainer_kwargs (`dict`, *optional*): More `StarSSETrainer` arguments (`data_collator`, `processing_class`,
             `callbacks`, ...).
         num_interpolation_points (`int`, *optional*, defaults to 5): Points of the barrier's interpolation curve.
+        ensemble_method (`str`, *optional*): `"starsse"` or `"sse"`; default: `args.ensemble_method`.
+        first_member (`str` or `os.PathLike`, *optional*): An already trained member 0 (a member directory, e.g.
+            `members/member-00` of a run with `args`' recipe) that every cell adopts; default: train it once into
+            `output_dir/member0`.
 
     Returns:
-        `dict`: `cells` (one dict per cell of the requested grid: ratios, cycle settings and scores), `best` (the
-        cell with the highest ensemble accuracy, then lowest NLL) and `setup` (member 0's sha256 and the settings).
+        `dict`: `cells` (one dict per cell of the requested grid: method, ratios, cycle settings and scores), `best`
+        (the cell with the highest ensemble accuracy, then lowest NLL) and `setup` (member 0's sha256 and the
+        settings).
     """
+    method = ensemble_method or args.ensemble_method
+    if method not in SWEEP_METHODS:
+        raise ValueError(
+            f"The sweep tunes cycles: ensemble_method must be one of {', '.join(SWEEP_METHODS)}, not {method!r}."
+        )
     if args.num_members < 2:
         raise ValueError("A sweep compares ensembles: set num_members to 2 or more.")
     root = Path(args.output_dir)
     trainer_kwargs = dict(trainer_kwargs or {}, model_init=model_init, train_dataset=train_dataset)
     no_cycles = dict(cycle_learning_rate=None, cycle_epochs=None, cycle_steps=None)  # member 0 has none
-    first_args = dataclasses.replace(
-        args, output_dir=str(root / "member0"), num_members=1, members_to_train=None, **no_cycles
-    )
+    first_args = dataclasses.replace(  # the same member 0 for every method
+        args, output_dir=str(root / "member0"), ensemble_method="starsse", num_members=1, members_to_train=None,
+        **no_cycles,
+    )  # fmt: skip
     settings = {"num_members": args.num_members, "hyperparameters": first_args.run_hyperparameters()}
     _check_setup(root / SWEEP_RESULTS_NAME, settings, args.overwrite_output_dir)  # before anything is trained
-    StarSSETrainer(args=first_args, **trainer_kwargs).train()  # skipped when member 0 is complete
-    member0 = root / "member0" / "members" / "member-00"
+    if first_member is None:
+        StarSSETrainer(args=first_args, **trainer_kwargs).train()  # skipped when member 0 is complete
+    member0 = Path(first_member) if first_member is not None else root / "member0" / "members" / "member-00"
     setup = {"member0_sha256": weights_sha256(member0), **settings}
     cells = _finished_cells(root / SWEEP_RESULTS_NAME, setup, args.overwrite_output_dir)
     for lr_ratio in lr_ratios:
         for length_ratio in length_ratios:
-            if (lr_ratio, length_ratio) in cells:
+            if (method, lr_ratio, length_ratio) in cells:
                 continue
-            cell_dir = root / "cells" / _cell_name(lr_ratio, length_ratio)
-            cell_args = _cell_args(args, cell_dir, lr_ratio, length_ratio)
+            cell_dir = root / "cells" / cell_name(method, lr_ratio, length_ratio)
+            cell_args = _cell_args(args, cell_dir, method, lr_ratio, length_ratio)
             trainer = StarSSETrainer(args=cell_args, **trainer_kwargs)
             trainer.adopt_member(member0)
             trainer.train()
             scores = _score_cell(cell_dir, eval_dataset, train_dataset, trainer, num_interpolation_points)
-            cells[(lr_ratio, length_ratio)] = {
+            cells[(method, lr_ratio, length_ratio)] = {
+                "ensemble_method": method,
                 "lr_ratio": lr_ratio,
                 "length_ratio": length_ratio,
                 "cycle_learning_rate": cell_args.cycle_learning_rate,
@@ -141,12 +170,31 @@ def sweep_cycle_hyperparameters(
                 **scores,
             }
             # each finished cell is kept, even if a later one fails
-            atomic_write_json(root / SWEEP_RESULTS_NAME, {"setup": setup, "cells": list(cells.values())})
-    grid = [cells[(lr_ratio, length_ratio)] for lr_ratio in lr_ratios for length_ratio in length_ratios]
-    best = max(grid, key=lambda cell: (cell["ensemble_accuracy"], -cell["ensemble_nll"]))
-    atomic_write_json(root / SWEEP_RESULTS_NAME, {"setup": setup, "cells": list(cells.values()), "best": best})
-    plots.plot_sweep_heatmaps(grid, root / "sweep_heatmaps.png")
+            _write_results(root, setup, cells)
+    grid = [cells[(method, lr_ratio, length_ratio)] for lr_ratio in lr_ratios for length_ratio in length_ratios]
+    best = best_cell(grid)
+    _write_results(root, setup, cells, {method: best})
+    suffix = "" if method == "starsse" else f"_{method}"
+    plots.plot_sweep_heatmaps(grid, root / f"sweep_heatmaps{suffix}.png", method=SWEEP_METHODS[method])
     return {"setup": setup, "cells": grid, "best": best}
+
+
+def best_cell(cells: list[dict]) -> dict:
+    """The cell with the highest validation ensemble accuracy, ties broken by the lower NLL."""
+    return max(cells, key=lambda cell: (cell["ensemble_accuracy"], -cell["ensemble_nll"]))
+
+
+def _write_results(root: Path, setup: dict, cells: dict, best: dict | None = None) -> None:
+    """`sweep.json`: every finished cell, and the best cell of each method swept so far (`best`: the latest)."""
+    path = root / SWEEP_RESULTS_NAME
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    by_method = {**saved.get("best_by_method", {}), **(best or {})}
+    results = {"setup": setup, "cells": list(cells.values())}
+    if best:
+        results.update(best=next(iter(best.values())), best_by_method=by_method)
+    elif by_method:
+        results.update(best=saved.get("best"), best_by_method=by_method)
+    atomic_write_json(path, results)
 
 
 def _check_setup(results_path: Path, setup: dict, overwrite: bool) -> None:
@@ -163,7 +211,7 @@ def _check_setup(results_path: Path, setup: dict, overwrite: bool) -> None:
 
 
 def _finished_cells(results_path: Path, setup: dict, overwrite: bool) -> dict:
-    """Cells of an earlier sweep with the same member 0 and settings, by (lr_ratio, length_ratio)."""
+    """Cells of an earlier sweep with the same member 0 and settings, by (method, lr_ratio, length_ratio)."""
     if not results_path.is_file():
         return {}
     saved = json.loads(results_path.read_text())
@@ -173,4 +221,4 @@ def _finished_cells(results_path: Path, setup: dict, overwrite: bool) -> dict:
         shutil.rmtree(results_path.parent / "cells", ignore_errors=True)  # branches of the old member 0
         results_path.unlink()
         return {}
-    return {(cell["lr_ratio"], cell["length_ratio"]): cell for cell in saved["cells"]}
+    return {_cell_key(cell): cell for cell in saved["cells"]}

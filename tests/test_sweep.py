@@ -115,3 +115,69 @@ def test_changed_setup_never_deletes_finished_cells_without_overwrite(tmp_path, 
     assert counter.runs == []  # refused before training anything
     assert (tmp_path / "sweep/sweep.json").read_text() == saved
     assert (tmp_path / "sweep/cells/lr2-len1/members/member-01/model.safetensors").is_file()
+
+
+def test_sse_sweep_shares_member_0_not_the_chain_and_resumes(tmp_path, pretrained_bert):
+    counter = CountTrainings()
+    options = dict(
+        model_init=lambda: load_text_model(pretrained_bert, seed=None),
+        args=make_args(tmp_path / "sweep", num_members=3, max_steps=4, cycle_steps=None),
+        train_dataset=text_dataset(),
+        eval_dataset=text_dataset(n=16, seed=9),
+        lr_ratios=(0.5, 4.0),
+        length_ratios=(0.5,),
+        trainer_kwargs={"callbacks": [counter]},
+        num_interpolation_points=2,
+    )
+    starsse = sweep_cycle_hyperparameters(**options)
+    sse = sweep_cycle_hyperparameters(**options, ensemble_method="sse")
+    assert [run for run in counter.runs if run[1] == "member-00"] == [("member0", "member-00")]  # one member 0
+    assert sorted(run for run in counter.runs if run[0].startswith("sse-")) == [
+        (cell, member) for cell in ("sse-lr0.5-len0.5", "sse-lr4-len0.5") for member in ("member-01", "member-02")
+    ]
+    assert {cell["ensemble_method"] for cell in sse["cells"]} == {"sse"} and sse["best"]["ensemble_method"] == "sse"
+    assert {cell["ensemble_method"] for cell in starsse["cells"]} == {"starsse"}
+
+    def manifest(cell: str) -> list[dict]:
+        return json.loads((tmp_path / "sweep/cells" / cell / "ensemble.json").read_text())["members"]
+
+    first = json.loads((tmp_path / "sweep/member0/ensemble.json").read_text())["members"][0]["sha256"]
+    for cell in ("lr4-len0.5", "sse-lr0.5-len0.5", "sse-lr4-len0.5"):
+        assert manifest(cell)[0]["sha256"] == first  # member 0 adopted, not retrained
+    assert [m["parent"] for m in manifest("sse-lr4-len0.5")] == [None, 0, 1]  # a chain
+    assert [m["parent"] for m in manifest("lr4-len0.5")] == [None, 0, 0]  # a star
+    # each SSE cell grows its own chain from member 0 (its first cycle is the StarSSE cell's first branch)
+    assert manifest("sse-lr0.5-len0.5")[1]["sha256"] != manifest("sse-lr4-len0.5")[1]["sha256"]
+    assert manifest("sse-lr4-len0.5")[2]["sha256"] != manifest("lr4-len0.5")[2]["sha256"]
+    saved = json.loads((tmp_path / "sweep/sweep.json").read_text())
+    assert len(saved["cells"]) == 4 and set(saved["best_by_method"]) == {"starsse", "sse"}
+    assert saved["best_by_method"]["starsse"] == starsse["best"]
+    assert (tmp_path / "sweep/sweep_heatmaps_sse.png").is_file()
+
+    counter.runs.clear()
+    again = sweep_cycle_hyperparameters(**options, ensemble_method="sse")
+    assert counter.runs == [] and again["cells"] == sse["cells"]  # a rerun reuses every cell
+    with pytest.raises(ValueError, match="ensemble_method must be one of starsse, sse"):
+        sweep_cycle_hyperparameters(**options, ensemble_method="local_de")
+
+
+def test_sweep_adopts_a_given_first_member(tmp_path, text_run):
+    counter = CountTrainings()
+    first = Path(text_run.args.output_dir) / "members" / "member-00"
+    results = sweep_cycle_hyperparameters(
+        model_init=lambda: load_text_model(str(first), seed=None),
+        args=make_args(tmp_path / "sweep", num_members=2, max_steps=2, cycle_steps=None),
+        train_dataset=text_dataset(),
+        eval_dataset=text_dataset(n=16, seed=9),
+        lr_ratios=(2.0,),
+        length_ratios=(0.5,),
+        trainer_kwargs={"callbacks": [counter]},
+        num_interpolation_points=2,
+        ensemble_method="sse",
+        first_member=first,
+    )
+    assert counter.runs == [("sse-lr2-len0.5", "member-01")] and not (tmp_path / "sweep/member0").exists()
+    members = json.loads((tmp_path / "sweep/cells/sse-lr2-len0.5/ensemble.json").read_text())["members"]
+    assert members[0]["sha256"] == results["setup"]["member0_sha256"]
+    assert members[0]["sha256"] == json.loads((Path(text_run.args.output_dir) / "ensemble.json").read_text())[
+        "members"][0]["sha256"]  # fmt: skip

