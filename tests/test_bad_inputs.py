@@ -354,7 +354,7 @@ def ensemble_into_a_non_empty_directory(ctx):
 @case(ValueError, r"run/members holds the members themselves; save to a directory outside the run")
 def greedy_soup_into_the_run(ctx):
     run = ctx.run_copy()
-    forbid(ctx, "hf_starsse.soups._base_model")
+    forbid(ctx, "hf_starsse.soups.load_base_model")
     return lambda: greedy_soup(run, text_dataset(), out_dir=run / "members", overwrite=True)
 
 
