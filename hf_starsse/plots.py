@@ -184,7 +184,8 @@ def _reliability_panel(axis, diagram: dict, title: str) -> None:
     axis.bar(centers[filled], accuracy[filled], width=width, color="tab:blue", label="accuracy")
     gap_bottom = np.minimum(accuracy, confidence)[filled]
     gap = np.abs(accuracy - confidence)[filled]
-    axis.bar(centers[filled], gap, bottom=gap_bottom, width=width, color="tab:red", alpha=0.35, label="gap")
+    axis.bar(centers[filled], gap, bottom=gap_bottom, width=width, fill=False, edgecolor="tab:red", hatch="///",
+             linewidth=0.8, label="gap to confidence")  # fmt: skip
     axis.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1)
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
@@ -213,12 +214,12 @@ def plot_reliability_grid(diagrams: dict[str, dict[str, dict]], path, title: str
             if diagram is None:
                 axis.set_visible(False)
                 continue
-            ece = f", ECE {diagram['ece']:.3f}" if "ece" in diagram else ""
-            _reliability_panel(axis, diagram, f"{model}\n{variant}{ece}")
+            ece = f"\nECE {diagram['ece']:.4f}" if "ece" in diagram else ""
+            _reliability_panel(axis, diagram, f"{model}{ece}")
             if row == len(variants) - 1:
                 axis.set_xlabel("confidence")
             if column == 0:
-                axis.set_ylabel("accuracy")
+                axis.set_ylabel(f"{variant}\n\naccuracy", fontweight="bold")
     axes[0][0].legend(loc="upper left", fontsize=8)
     figure.suptitle(title or "Reliability diagrams (dashed: perfect calibration)")
     return _save(figure, path)

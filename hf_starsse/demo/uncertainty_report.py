@@ -113,7 +113,7 @@ def write_uncertainty_report(
         curves[label] = risk_coverage_curve(probs, labels)
     title = f"Reliability on the {test_split} split (temperatures fitted on the {CALIBRATION_SPLIT} split)"
     plots.plot_reliability_grid(
-        {"before calibration": before, "after calibration (pool-then-calibrate)": after},
+        {"before calibration": before, "after calibration": after},
         report_dir / "reliability.png",
         title,
     )
