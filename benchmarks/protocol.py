@@ -10,9 +10,13 @@ CONVERGENCE_TOLERANCE = 0.005  # 0.5 accuracy points
 
 
 def converged(accuracy: float, doubled_accuracy: float, tolerance: float = CONVERGENCE_TOLERANCE) -> bool:
-    """The convergence rule: training member 0 twice as long changes its validation accuracy by less than
-    `tolerance` (a fraction: 0.005 is half a point)."""
-    return abs(doubled_accuracy - accuracy) < tolerance
+    """
+    The convergence rule: training member 0 twice as long raises its validation accuracy by less than `tolerance`
+    (a fraction: 0.005 is half a point). One-sided: when the longer run is worse (overfitting, or the noise of a
+    small validation split), more training does not help, and member 0 is not under-trained, which is what the rule
+    guards against.
+    """
+    return doubled_accuracy - accuracy < tolerance
 
 
 def member0_length(history: dict[float, float], tolerance: float = CONVERGENCE_TOLERANCE) -> tuple[float, bool]:

@@ -6,8 +6,9 @@ families (shift: held-out sibling newsgroups of each family, see `hf_starsse/dem
 
 Per task:
 1. **Member 0 to convergence.** Member 0 is fine-tuned for E epochs (linear decay to zero) and for 2E; it has
-   converged when doubling changes its validation accuracy by less than 0.5 points (`protocol.converged`); else E
-   doubles (at most `--max-doublings` times) and the report says it did not converge.
+   converged when doubling raises its validation accuracy by less than 0.5 points (`protocol.converged`: one-sided,
+   a longer run that is worse shows that more training does not help); else E doubles (at most `--max-doublings`
+   times) and the report says it did not converge.
 2. **A grid per method.** For SSE and StarSSE separately, `sweep_cycle_hyperparameters` over cycle LR ratio x cycle
    length ratio, all cells adopting the same member 0, K members, scored on the validation split (carved from the
    training data). LR ratios are extended (x2 or /2) until the best cell is interior (`protocol.next_lr_ratio`).

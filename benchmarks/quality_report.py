@@ -187,7 +187,7 @@ def task_section(name: str, result: dict, options, prefix: Path) -> list[str]:
     history = ", ".join(f"{k} epochs: {v:.4f}" for k, v in convergence["history"].items())
     verdict = "converged" if convergence["converged"] else "NOT converged within the doublings allowed"
     lines += ["", f"**Member 0** (validation accuracy by length: {history}): {convergence['epochs']:g} epochs "
-              f"({convergence['steps']} optimizer steps), {verdict} by the rule (doubling changes validation "
+              f"({convergence['steps']} optimizer steps), {verdict} by the rule (doubling raises validation "
               f"accuracy by < {protocol.CONVERGENCE_TOLERANCE * 100:g} points).", ""]  # fmt: skip
     for method in ("sse", "starsse"):
         grid = result["grids"][method]
