@@ -4,6 +4,9 @@ __version__ = "0.1.0"
 
 from .diagnostics import interpolation_curve  # noqa: E402
 from .ensemble import (  # noqa: E402
+    AdapterEnsembleConfig,
+    AdapterEnsembleForImageClassification,
+    AdapterEnsembleForSequenceClassification,
     EnsembleConfig,
     EnsembleForImageClassification,
     EnsembleForSequenceClassification,
@@ -19,6 +22,9 @@ from .trainer import StarSSETrainer  # noqa: E402
 from .training_args import StarSSETrainingArguments  # noqa: E402
 
 __all__ = [
+    "AdapterEnsembleConfig",
+    "AdapterEnsembleForImageClassification",
+    "AdapterEnsembleForSequenceClassification",
     "EnsembleConfig",
     "EnsembleForImageClassification",
     "EnsembleForSequenceClassification",

@@ -13,7 +13,7 @@ from transformers.utils import logging
 from .members import load_members
 from .metrics import classification_metrics, disagreement, ensemble_gain, mean_pairwise_kl
 from .run_dir import atomic_write_json, atomic_write_text, run_manifest
-from .soups import _base_model, greedy_soup, make_dataloader, predict_logits, uniform_soup
+from .soups import greedy_soup, make_dataloader, member_model, predict_logits, uniform_soup
 
 logger = logging.get_logger(__name__)
 
@@ -138,7 +138,7 @@ def evaluate_ensemble(
     predictions = {split: [] for split in datasets}
     labels = {}
     for member in member_dirs:
-        model = _base_model(member, device)
+        model = member_model(member, device)
         for split, dataset in datasets.items():
             probs, labels[split] = predict_probs(model, dataset, data_collator, batch_size)
             predictions[split].append(probs)

@@ -49,6 +49,8 @@ METHODS = {
 TASKS = {
     "EnsembleForImageClassification": ("image-classification", "AutoModelForImageClassification"),
     "EnsembleForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
+    "AdapterEnsembleForImageClassification": ("image-classification", "AutoModelForImageClassification"),
+    "AdapterEnsembleForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
 }
 
 
@@ -109,14 +111,16 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
     name = repo_id or f"{title} ensemble of {config.num_members}"
     rows = evaluation_rows(source)
     size_rows = [r for r in rows if r["model"] == "ensemble" and r["size"] == config.num_members]
-    card_data = _card_data(name, method, manifest.get("base_model"), task, size_rows, "ensemble", license)
+    base_model = manifest.get("base_model") or getattr(config, "base_model", None)  # adapter ensembles name it
+    card_data = _card_data(name, method, base_model, task, size_rows, "ensemble", license)
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "ensemble_card.md"),
         model_name=name,
         num_members=config.num_members,
         architecture=(config.member_config.get("architectures") or ["classifier"])[0],
-        base_model=manifest.get("base_model"),
+        base_model=base_model,
+        peft_type=getattr(config, "peft_type", None),
         method_title=title,
         method_description=description,
         hyperparameters=config.cycle_hyperparameters or {},
