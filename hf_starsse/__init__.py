@@ -6,6 +6,9 @@ from .calibration import calibrate_ensemble  # noqa: E402
 from .cards import save_card_info  # noqa: E402
 from .diagnostics import interpolation_curve  # noqa: E402
 from .ensemble import (  # noqa: E402
+    AdapterEnsembleConfig,
+    AdapterEnsembleForImageClassification,
+    AdapterEnsembleForSequenceClassification,
     EnsembleConfig,
     EnsembleForImageClassification,
     EnsembleForSequenceClassification,
@@ -22,6 +25,9 @@ from .training_args import StarSSETrainingArguments  # noqa: E402
 from .weights import load_base_model  # noqa: E402
 
 __all__ = [
+    "AdapterEnsembleConfig",
+    "AdapterEnsembleForImageClassification",
+    "AdapterEnsembleForSequenceClassification",
     "EnsembleConfig",
     "EnsembleForImageClassification",
     "EnsembleForSequenceClassification",

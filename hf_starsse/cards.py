@@ -51,6 +51,8 @@ METHODS = {
 TASKS = {
     "EnsembleForImageClassification": ("image-classification", "AutoModelForImageClassification"),
     "EnsembleForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
+    "AdapterEnsembleForImageClassification": ("image-classification", "AutoModelForImageClassification"),
+    "AdapterEnsembleForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
 }
 
 
@@ -108,12 +110,13 @@ def save_card_info(
     atomic_write_json(Path(run_dir) / CARD_INFO_NAME, {key: value for key, value in info.items() if value})
 
 
-def card_info(source) -> dict:
+def card_info(source, base_model: str | None = None) -> dict:
     """
     The origin a card shows: `base_model` (a Hub id or `None`), `base_model_name` (text without local paths),
-    `datasets` (Hub ids) and `dataset_name`, from the run's manifest and `card_info.json` when `source` is a run.
+    `datasets` (Hub ids) and `dataset_name`, from the run's manifest and `card_info.json` when `source` is a run, else
+    from `base_model` (the base an adapter ensemble records, a Hub id or a local path).
     """
-    declared, recorded = {}, (run_manifest(source) or {}).get("base_model")
+    declared, recorded = {}, (run_manifest(source) or {}).get("base_model") or base_model
     if isinstance(source, (str, os.PathLike)) and (Path(source) / CARD_INFO_NAME).is_file():
         declared = json.loads((Path(source) / CARD_INFO_NAME).read_text())
     base_model = declared.get("base_model") or (recorded if is_hub_id(recorded) else None)
@@ -198,7 +201,7 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
     title, description = METHODS.get(method, ("hand-picked members", "Members were given as directories."))
     task, auto_class = TASKS[type(model).__name__]
     name = repo_id or f"{title} ensemble of {config.num_members}"
-    info = card_info(source)
+    info = card_info(source, getattr(config, "base_model", None))  # adapter ensembles record their base
     rows = evaluation_rows(source)
     own = [r for r in rows if r["model"] == "ensemble" and r["size"] == config.num_members]
     return ModelCard.from_template(
@@ -208,6 +211,7 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
         num_members=config.num_members,
         architecture=(config.member_config.get("architectures") or ["classifier"])[0],
         info=info,
+        peft_type=getattr(config, "peft_type", None),
         method_title=title,
         method_description=description,
         hyperparameters=config.cycle_hyperparameters or {},

@@ -10,8 +10,7 @@ from torch import nn
 from transformers.utils import logging
 
 from .members import load_members
-from .soups import has_batchnorm, predict_logits, recalibrate_batchnorm
-from .weights import load_base_model
+from .soups import has_batchnorm, member_model, predict_logits, recalibrate_batchnorm
 
 logger = logging.get_logger(__name__)
 
@@ -117,6 +116,8 @@ def weight_distance(model_a: nn.Module | dict, model_b: nn.Module | dict) -> flo
 def member_distances(source, pretrained: nn.Module | None = None) -> list[dict]:
     """
     L2 distance (see `weight_distance`) of every member from member 0 and, when given, from the pre-trained model.
+    PEFT adapter members are merged into their base first, so distances between them are those of their weight
+    deltas (`||Δ_k - Δ_0||`).
 
     Args:
         source (`str`, `os.PathLike` or `list`): A run directory or a list of member directories.
@@ -127,10 +128,10 @@ def member_distances(source, pretrained: nn.Module | None = None) -> list[dict]:
         `pretrained`).
     """
     member_dirs = load_members(source)
-    first = load_base_model(member_dirs[0])
+    first = member_model(member_dirs[0])
     rows = []
     for index, member_dir in enumerate(member_dirs):
-        member = first if index == 0 else load_base_model(member_dir)
+        member = first if index == 0 else member_model(member_dir)
         rows.append(
             {
                 "member": index,

@@ -19,9 +19,8 @@ from .calibration import calibration_metrics, check_calibration_split, fit_tempe
 from .members import load_members
 from .metrics import classification_metrics, disagreement, ensemble_gain, mean_pairwise_kl
 from .run_dir import atomic_write_json, atomic_write_text, run_manifest
-from .soups import LABEL_COLUMNS, greedy_soup, make_dataloader, predict_logits, uniform_soup
+from .soups import LABEL_COLUMNS, greedy_soup, make_dataloader, member_model, predict_logits, uniform_soup
 from .uncertainty import ood_metrics, selective_metrics
-from .weights import load_base_model
 
 logger = logging.get_logger(__name__)
 
@@ -222,7 +221,7 @@ def predict_run(
         method, indices, steps, {}, {split: [] for split in every}, {}, tuple(ood_datasets or ())
     )
     for member in member_dirs:
-        model = load_base_model(member, device)
+        model = member_model(member, device)
         for split, dataset in every.items():
             probs, predictions.labels[split] = predict_probs(model, dataset, data_collator, batch_size)
             predictions.members[split].append(probs)

@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .adapters import check_adapter_dir, is_adapter_dir
 from .run_dir import MANIFEST_NAME, RunDirectory
 from .weights import check_weight_files, pickle_weight_files, untied_missing, weight_files
 
@@ -23,7 +24,8 @@ def load_members(source: str | os.PathLike | list[str | os.PathLike], allow_pick
     Args:
         source (`str`, `os.PathLike` or `list`):
             A run directory (its manifest lists the complete members; each one's sha256 is verified), or a list of
-            `save_pretrained` directories holding safetensors weights.
+            `save_pretrained` directories holding safetensors weights, or of PEFT adapter directories over one base
+            (`adapter_config.json`, `adapter_model.safetensors`).
         allow_pickle (`bool`, *optional*, defaults to `False`):
             Accept listed directories that hold only pickle weights (`pytorch_model*.bin`); they are read with
             `torch.load(weights_only=True)`. Only for checkpoints from a source you trust.
@@ -40,16 +42,36 @@ def load_members(source: str | os.PathLike | list[str | os.PathLike], allow_pick
         complete = run.complete_members()
         if not complete:
             raise ValueError(f"{source} lists no complete member yet: train the ensemble first.")
-        return [run.path / complete[index]["path"] for index in sorted(complete)]
+        members = [run.path / complete[index]["path"] for index in sorted(complete)]
+        _check_adapters(members)
+        return members
     members = [Path(member) for member in source]
     if not members:
         raise ValueError("No member directories given.")
+    if _check_adapters(members):
+        return members
     for position, member in enumerate(members):
         if not check_weight_files(member, f"Member {position}"):
             check_pickle_weights(member, allow_pickle)
         if not (member / "config.json").is_file():
             raise FileNotFoundError(f"{member} has no config.json: members are save_pretrained directories.")
     return members
+
+
+def _check_adapters(members: list[Path]) -> bool:
+    """Whether the members are PEFT adapters, checked: all of them (not mixed with full models), each with its files,
+    and the same model config if they carry one (`config.json`, for label names)."""
+    adapters = [is_adapter_dir(member) for member in members]
+    if any(adapters) and not all(adapters):
+        raise ValueError(
+            f"{members[adapters.index(True)]} is a PEFT adapter but {members[adapters.index(False)]} is a full model: "
+            "the members of an ensemble or soup are all adapters over one base, or all full models."
+        )
+    for member in members if adapters[0] else []:
+        check_adapter_dir(member)
+    if adapters[0] and any((member / "config.json").is_file() for member in members):
+        check_member_configs(members)
+    return adapters[0]
 
 
 def check_pickle_weights(model_dir: str | os.PathLike, allow_pickle: bool) -> None:
@@ -147,7 +169,7 @@ def iter_member_tensors(member_dirs: list[Path]) -> Iterator[tuple[str, Iterator
         yield name, checked(name)
 
 
-def _float64_mean(tensors: Iterator[torch.Tensor]) -> torch.Tensor:
+def float64_mean(tensors: Iterator[torch.Tensor]) -> torch.Tensor:
     """Mean of floating-point tensors accumulated in float64 and cast back; other tensors: the first one."""
     total, count, dtype = None, 0, None
     for tensor in tensors:
@@ -175,7 +197,7 @@ def copy_member_tensors(targets: list[nn.Module], member_dirs: list[Path], avera
         if name not in states[0]:
             raise ValueError(f"Tensor {name!r} of {member_dirs[0]} does not belong to {architecture}.")
         if average:
-            states[0][name].copy_(_float64_mean(tensors))
+            states[0][name].copy_(float64_mean(tensors))
         else:
             for state, tensor in zip(states, tensors):
                 state[name].copy_(tensor)

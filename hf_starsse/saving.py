@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import PreTrainedModel
@@ -11,7 +12,13 @@ from .atomic_io import fsync_dir, fsync_files
 from .weights import PICKLE_SUFFIXES
 
 # Files of a member directory that belong to the member or its training, not to its processor.
-NON_PROCESSOR_FILES = {"config.json", "generation_config.json", "training_args.bin", "trainer_state.json"}
+NON_PROCESSOR_FILES = {
+    "config.json",
+    "generation_config.json",
+    "training_args.bin",
+    "trainer_state.json",
+    "adapter_config.json",  # a PEFT adapter's: copied into a model directory, transformers would load it as one
+}
 
 
 def processor_files(member: Path) -> list[Path]:
@@ -46,16 +53,28 @@ def save_model_dir(
         extra_files (`dict[str, str]`, *optional*): More text files (model card, records) by file name.
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
     """
-    out_dir = Path(out_dir)
     check_out_dir(out_dir, [processor_source], overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         for file in processor_files(processor_source):
             shutil.copy2(file, tmp / file.name)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+
+    write_dir_atomically(out_dir, write, overwrite)
+
+
+def write_dir_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> None:
+    """
+    Fill a temporary directory next to `out_dir` with `write(tmp)`, then rename it into place: `out_dir` is either
+    complete or untouched (an old one is replaced only with `overwrite`).
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        write(tmp)
         fsync_files(tmp)
         _move_into_place(tmp, out_dir, overwrite)
     except BaseException:

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, TrainerCallback, default_data_collator
 from transformers.utils import logging
 
+from .adapter_soups import check_adapter_soup, lora_soup_model, save_lora_soup_adapter
+from .adapters import is_adapter_dir, processor_source
 from .cards import SOUP_RECORD_NAME, soup_card
 from .members import copy_member_tensors, load_members
 from .saving import check_out_dir, save_model_dir
@@ -133,10 +135,19 @@ class BatchNormRecalibrationCallback(TrainerCallback):
             recalibrate_batchnorm(model, train_dataloader, self.num_batches)
 
 
+def member_model(member: Path, device: str | torch.device | None = None) -> PreTrainedModel:
+    """One member as a model of the base architecture: its checkpoint, or a PEFT adapter merged into its base (then
+    distances and interpolations between members are those of their weight deltas)."""
+    return lora_soup_model([member], device) if is_adapter_dir(member) else load_base_model(member, device)
+
+
 def _soup(member_dirs: list[Path], options: _SoupOptions) -> tuple[PreTrainedModel, bool]:
     """The averaged model (eval mode) and whether its BatchNorm statistics were re-estimated."""
-    model = load_base_model(member_dirs[0], options.device)
-    copy_member_tensors([model], member_dirs, average=True)
+    if is_adapter_dir(member_dirs[0]):  # LoRA: the mean of the merged members, W + mean_k(s B_k A_k)
+        model = lora_soup_model(member_dirs, options.device)
+    else:
+        model = load_base_model(member_dirs[0], options.device)
+        copy_member_tensors([model], member_dirs, average=True)
     if not has_batchnorm(model):
         return model.eval(), False
     if options.train_dataset is None:
@@ -166,9 +177,12 @@ def uniform_soup(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    adapter_out_dir: str | os.PathLike | None = None,
 ) -> PreTrainedModel:
     """
-    Average all members' weights into one model of the base architecture.
+    Average all members' weights into one model of the base architecture. LoRA members (PEFT adapter directories)
+    are averaged exactly: the soup is the mean of the merged members, `W + mean_k(s B_k A_k)` (see
+    `hf_starsse.adapter_soups`).
 
     Args:
         members (`str`, `os.PathLike` or `list`): A run directory or a list of member directories (see `load_members`).
@@ -182,19 +196,27 @@ def uniform_soup(
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
         allow_pickle (`bool`, *optional*, defaults to `False`): Accept members with only pickle weights (see
             `load_members`).
+        adapter_out_dir (`str` or `os.PathLike`, *optional*): LoRA members: also save the soup as one LoRA adapter of
+            rank K·r here (see `save_lora_soup_adapter`).
 
     Returns:
         [`~transformers.PreTrainedModel`]: The soup, in eval mode.
     """
     member_dirs = load_members(members, allow_pickle)
-    if out_dir is not None:
-        check_out_dir(out_dir, member_dirs, overwrite)
+    for directory in (out_dir, adapter_out_dir):
+        if directory is not None:
+            check_out_dir(directory, member_dirs, overwrite)
+    if adapter_out_dir is not None:
+        check_adapter_soup(member_dirs)
     options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     model, recalibrated = _soup(member_dirs, options)
+    names = [str(member) for member in member_dirs]
+    record = {"method": "uniform", "members": names, "batchnorm_recalibrated": recalibrated}
     if out_dir is not None:
-        names = [str(member) for member in member_dirs]
-        record = {"method": "uniform", "members": names, "batchnorm_recalibrated": recalibrated}
-        save_model_dir(model, out_dir, member_dirs[0], _soup_files(model, members, record), overwrite)
+        processors = processor_source(member_dirs[0])
+        save_model_dir(model, out_dir, processors, _soup_files(model, members, record), overwrite)
+    if adapter_out_dir is not None:
+        save_lora_soup_adapter(member_dirs, adapter_out_dir, overwrite, record)
     return model
 
 
@@ -235,6 +257,7 @@ def greedy_soup(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    adapter_out_dir: str | os.PathLike | None = None,
 ) -> tuple[PreTrainedModel, list[int]]:
     """
     Greedy soup (Wortsman et al., 2022): sort members by `metric` on held-out `eval_dataset`, then add each member
@@ -245,19 +268,22 @@ def greedy_soup(
         members (`str`, `os.PathLike` or `list`): A run directory or a list of member directories.
         eval_dataset: Held-out data with a label column (never the test split).
         metric (`Callable`, *optional*): `metric(logits, labels) -> float`, higher is better (default: accuracy).
-        out_dir, train_dataset, data_collator, batch_size, num_batches, device, overwrite, allow_pickle: As in
-            [`uniform_soup`].
+        out_dir, train_dataset, data_collator, batch_size, num_batches, device, overwrite, allow_pickle,
+            adapter_out_dir: As in [`uniform_soup`] (the adapter form holds the chosen members).
 
     Returns:
         `tuple`: The soup and the positions (in `load_members` order) of the members it contains.
     """
     member_dirs = load_members(members, allow_pickle)
-    if out_dir is not None:
-        check_out_dir(out_dir, member_dirs, overwrite)
+    for directory in (out_dir, adapter_out_dir):
+        if directory is not None:
+            check_out_dir(directory, member_dirs, overwrite)
+    if adapter_out_dir is not None:
+        check_adapter_soup(member_dirs)
     options = _SoupOptions(train_dataset, data_collator, batch_size, num_batches, device)
     loader, scores = None, []
     for member in member_dirs:
-        model = load_base_model(member, device)
+        model = member_model(member, device)
         if loader is None:
             loader = options.loader(model, eval_dataset)
         scores.append(_score(model, loader, metric))
@@ -271,14 +297,17 @@ def greedy_soup(
         logger.info(f"greedy soup: adding member {candidate} gives {score:.4f} (best so far {best:.4f})")
         if score >= best:
             chosen, best, soup, recalibrated = chosen + [candidate], score, trial, trial_recalibrated
+    record = {
+        "method": "greedy",
+        "members": [str(member) for member in member_dirs],
+        "member_scores": scores,
+        "chosen": chosen,
+        "score": best,
+        "batchnorm_recalibrated": recalibrated,
+    }
     if out_dir is not None:
-        record = {
-            "method": "greedy",
-            "members": [str(member) for member in member_dirs],
-            "member_scores": scores,
-            "chosen": chosen,
-            "score": best,
-            "batchnorm_recalibrated": recalibrated,
-        }
-        save_model_dir(soup, out_dir, member_dirs[chosen[0]], _soup_files(soup, members, record), overwrite)
+        processors = processor_source(member_dirs[chosen[0]])
+        save_model_dir(soup, out_dir, processors, _soup_files(soup, members, record), overwrite)
+    if adapter_out_dir is not None:
+        save_lora_soup_adapter([member_dirs[i] for i in chosen], adapter_out_dir, overwrite, record)
     return soup, chosen

@@ -4,12 +4,14 @@ import os
 
 from transformers import PreTrainedModel
 
+from ..adapters import base_sha256, is_adapter_dir, load_adapter_members, processor_source
 from ..cards import ensemble_card
 from ..members import IGNORED_CONFIG_KEYS, check_member_configs, copy_member_tensors, load_members
 from ..run_dir import run_manifest
 from ..saving import check_out_dir, save_model_dir
 from ..tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, task_of_architecture
 from .configuration_ensemble import EnsembleConfig
+from .modeling_adapter_ensemble import ADAPTER_ENSEMBLE_CLASSES, AdapterEnsembleConfig
 from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
 
 
@@ -45,6 +47,22 @@ def _manifest_fields(source, positions: list[int]) -> dict:
     }
 
 
+def _adapter_ensemble(member_dirs: list, config_fields: dict, base_model: str | None) -> PreTrainedModel:
+    """The base loaded once with the members' adapters, as an `AdapterEnsembleFor...` model."""
+    loaded = load_adapter_members(member_dirs, base_model)
+    member_config = {key: value for key, value in loaded.config.to_dict().items() if key not in IGNORED_CONFIG_KEYS}
+    config = AdapterEnsembleConfig(
+        member_config=member_config,
+        base_model=loaded.base_reference,
+        base_revision=loaded.base_revision,
+        base_sha256=base_sha256(loaded.base_dir),
+        adapter_names=loaded.names,
+        peft_type=loaded.adapter_config.get("peft_type"),
+        **config_fields,
+    )
+    return ADAPTER_ENSEMBLE_CLASSES[_ensemble_class(member_config)](config, loaded.model, loaded.base_dir)
+
+
 def build_ensemble(
     source,
     out_dir: str | os.PathLike | None = None,
@@ -52,13 +70,17 @@ def build_ensemble(
     member_weights: list[float] | None = None,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    include_base: bool = False,
+    base_model: str | None = None,
 ) -> PreTrainedModel:
     """
     Build an ensemble model (`EnsembleForSequenceClassification` or `EnsembleForImageClassification`) whose members
-    are the given checkpoints, checked for matching configs, tensors and finite values before use.
+    are the given checkpoints, checked for matching configs, tensors and finite values before use. Members that are
+    PEFT adapters give an `AdapterEnsembleFor...` model holding their base model once plus the K adapters.
 
     Args:
-        source (`str`, `os.PathLike` or `list`): A run directory (hashes verified) or a list of member directories.
+        source (`str`, `os.PathLike` or `list`): A run directory (hashes verified) or a list of member directories
+            (`save_pretrained` directories, or PEFT adapter directories over one base model).
         out_dir (`str` or `os.PathLike`, *optional*): Save the ensemble here, atomically, with the first member's
             processor files: `AutoModelFor...from_pretrained(out_dir)` and `pipeline(model=out_dir)` load it.
         members (`list[int]`, *optional*): Positions (in `load_members` order) of the members to use, e.g. `[0, 1]`
@@ -67,6 +89,10 @@ def build_ensemble(
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
         allow_pickle (`bool`, *optional*, defaults to `False`): Accept members with only pickle weights (see
             `load_members`).
+        include_base (`bool`, *optional*, defaults to `False`): Adapter members: save a copy of the base model in
+            `out_dir` too (offline use); by default the saved ensemble references it (Hub id or path).
+        base_model (`str`, *optional*): Adapter members: the base model's Hub id or path, when not the one their
+            `adapter_config.json` names (e.g. a local copy).
 
     Returns:
         [`~transformers.PreTrainedModel`]: The ensemble, in eval mode.
@@ -79,18 +105,19 @@ def build_ensemble(
     if outside or not positions or len(set(positions)) < len(positions):
         raise ValueError(f"members={members}: choose distinct positions in 0..{len(member_dirs) - 1} (one at least).")
     member_dirs = [member_dirs[position] for position in positions]
-    member_config = check_member_configs(member_dirs)
-    member_config = {key: value for key, value in member_config.items() if key not in IGNORED_CONFIG_KEYS}
-    config = EnsembleConfig(
-        member_config=member_config,
-        num_members=len(member_dirs),
-        member_weights=member_weights,
-        **_manifest_fields(source, positions),
-    )
-    model = _ensemble_class(member_config)(config)
-    copy_member_tensors(list(model.members), member_dirs)
+    fields = dict(num_members=len(member_dirs), member_weights=member_weights, **_manifest_fields(source, positions))
+    if is_adapter_dir(member_dirs[0]):
+        model = _adapter_ensemble(member_dirs, dict(fields, include_base=include_base), base_model)
+    elif include_base or base_model is not None:
+        raise ValueError("include_base and base_model are for PEFT adapter members; these are full models.")
+    else:
+        member_config = check_member_configs(member_dirs)
+        member_config = {key: value for key, value in member_config.items() if key not in IGNORED_CONFIG_KEYS}
+        model = _ensemble_class(member_config)(EnsembleConfig(member_config=member_config, **fields))
+        copy_member_tensors(list(model.members), member_dirs)
     model.eval()
     if out_dir is not None:
         card = str(ensemble_card(model, source))
-        save_model_dir(model, out_dir, member_dirs[0], {"README.md": card}, overwrite=overwrite)
+        processors = processor_source(member_dirs[0], getattr(model, "base_dir", None))
+        save_model_dir(model, out_dir, processors, {"README.md": card}, overwrite=overwrite)
     return model

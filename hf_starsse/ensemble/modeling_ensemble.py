@@ -109,8 +109,9 @@ class EnsemblePreTrainedModel(PreTrainedModel):
         if self.config.member_temperatures is not None:
             scaled = scaled / torch.tensor(self.config.member_temperatures, device=scaled.device).view(-1, 1, 1)
         log_probs = torch.log_softmax(scaled, dim=-1)
+        count = self.config.num_members
         if self.config.member_weights is None:
-            log_weights = torch.full((len(self.members),), -math.log(len(self.members)), device=log_probs.device)
+            log_weights = torch.full((count,), -math.log(count), device=log_probs.device)
         else:
             weights = torch.tensor(self.config.member_weights, dtype=torch.float64)
             log_weights = torch.log(weights / weights.sum()).to(device=log_probs.device, dtype=log_probs.dtype)
@@ -124,11 +125,15 @@ class EnsemblePreTrainedModel(PreTrainedModel):
             **uncertainty_outputs(log_probs, log_weights, pooled),
         )
 
+    def member_logits(self, inputs: dict) -> torch.Tensor:
+        """Each member's logits for the members' `inputs`, stacked: `(K, batch, num_labels)`."""
+        logits = [member(**inputs, return_dict=True).logits for member in self.members]
+        return torch.stack([z.to(logits[0].device) for z in logits])
+
     def _forward_members(self, inputs: dict, labels: torch.Tensor | None):
         return_dict = inputs.pop("return_dict", None)
         inputs = {key: value for key, value in inputs.items() if value is not None}
-        logits = [member(**inputs, return_dict=True).logits for member in self.members]
-        output = self.combine_member_logits(torch.stack([z.to(logits[0].device) for z in logits]), labels)
+        output = self.combine_member_logits(self.member_logits(inputs), labels)
         return output if return_dict is not False else output.to_tuple()
 
 
