@@ -42,6 +42,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 from transformers.utils import logging
 
 from hf_starsse import StarSSETrainer, StarSSETrainingArguments, uniform_soup
+from hf_starsse.atomic_io import atomic_write_json
 from hf_starsse.data import DataArguments, prepare_task
 from hf_starsse.demo import DemoArguments, fashion_mnist, pretrained_mobilenet_v2
 from hf_starsse.demo.run import evaluation_sets
@@ -50,7 +51,6 @@ from hf_starsse.diagnostics import barrier_height, interpolation_curve
 from hf_starsse.evaluation import predict_probs
 from hf_starsse.members import load_members
 from hf_starsse.metrics import classification_metrics
-from hf_starsse.run_dir import atomic_write_json
 from hf_starsse.soups import BatchNormRecalibrationCallback, make_dataloader
 from hf_starsse.sweep import cell_name, sweep_cycle_hyperparameters
 

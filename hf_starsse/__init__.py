@@ -17,12 +17,12 @@ from .ensemble import (  # noqa: E402
 from .evaluation import evaluate_ensemble  # noqa: E402
 from .hub import push_ensemble_to_hub  # noqa: E402
 from .members import load_members  # noqa: E402
-from .run_dir import RunDirectory, load_weights  # noqa: E402
+from .run_dir import RunDirectory  # noqa: E402
 from .schedule import get_cycle_schedule  # noqa: E402
 from .soups import greedy_soup, recalibrate_batchnorm, uniform_soup  # noqa: E402
 from .trainer import StarSSETrainer  # noqa: E402
 from .training_args import StarSSETrainingArguments  # noqa: E402
-from .weights import load_base_model  # noqa: E402
+from .weights import load_base_model, load_weights  # noqa: E402
 
 __all__ = [
     "AdapterEnsembleConfig",

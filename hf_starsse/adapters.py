@@ -18,8 +18,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-from .run_dir import pickle_weight_files, weight_files, weights_sha256
 from .saving import processor_files
+from .weights import pickle_weight_files, weight_files, weights_sha256
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"

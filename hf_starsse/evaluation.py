@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from .atomic_io import atomic_write_json, atomic_write_text
 from .calibration import calibration_metrics, check_calibration_split, fit_temperature
 from .members import load_members
 from .metrics import classification_metrics, disagreement, ensemble_gain, mean_pairwise_kl
-from .run_dir import atomic_write_json, atomic_write_text, run_manifest
+from .run_dir import run_manifest
 from .soups import LABEL_COLUMNS, greedy_soup, make_dataloader, member_model, predict_logits, uniform_soup
 from .uncertainty import ood_metrics, selective_metrics
 

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .run_dir import atomic_write_bytes  # noqa: E402
+from .atomic_io import atomic_write_bytes  # noqa: E402
 
 METRIC_LABELS = {
     "accuracy": "accuracy",

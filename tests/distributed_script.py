@@ -15,7 +15,8 @@ import torch
 from transformers import TrainerCallback, default_data_collator
 
 from hf_starsse import StarSSETrainer
-from hf_starsse.run_dir import RunDirectory, load_weights
+from hf_starsse.run_dir import RunDirectory
+from hf_starsse.weights import load_weights
 
 from conftest import load_text_model, make_args, text_dataset, tokenizer
 

@@ -8,7 +8,8 @@ import torch
 from transformers import BertForMaskedLM
 
 from hf_starsse import RunDirectory, load_weights
-from hf_starsse.run_dir import atomic_write_bytes, atomic_write_json, weights_sha256
+from hf_starsse.atomic_io import atomic_write_bytes, atomic_write_json
+from hf_starsse.weights import weights_sha256
 
 from conftest import bert_config
 

@@ -20,12 +20,12 @@ import torch
 from transformers import AutoConfig
 
 from .. import plots
+from ..atomic_io import atomic_write_text
 from ..calibration import calibrate_ensemble
 from ..cards import save_card_info
 from ..corruptions import CORRUPTIONS, SEVERITIES, corrupted_splits, summarize_robustness
 from ..data import DataArguments, PreparedTask, prepare_task
 from ..evaluation import evaluation_rows, predict_run, write_evaluation
-from ..run_dir import atomic_write_text
 from ..soups import BatchNormRecalibrationCallback
 from ..trainer import StarSSETrainer
 from ..training_args import StarSSETrainingArguments
