@@ -232,7 +232,8 @@ def main() -> None:
         "",
         "(c) Inference time per batch (ms): the adapter ensemble (the library's forward: a loop over adapters) "
         "against the ensemble of the K merged full members (goal: ratio <= 1.0), and PEFT's mixed-adapter batch "
-        "(the batch repeated K times, `adapter_names`), left out of the library because it was not faster:",
+        "(the batch repeated K times, `adapter_names`), left out of the library: slower in most cases measured "
+        "(text at batch 8 and 32, images at batch 32; faster only on small image batches, see README):",
         "",
         "| model | K | batch | adapter ensemble | K full members | ratio | mixed batch | mixed / loop |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
