@@ -15,7 +15,7 @@ BEHAVIOURS = ("more local", "optimal", "more semi-local")
 COLOURS = {"more local": "tab:blue", "optimal": "tab:green", "more semi-local": "tab:red", "local_de": "tab:gray",
            "sse": "tab:orange", "starsse": "tab:purple"}  # fmt: skip
 METRICS = ("accuracy", "nll", "ece", "ece_calibrated", "aurc")
-HEADERS = {"ece_calibrated": "ECE calibrated", "aurc": "AURC"}
+HEADERS = {"accuracy": "acc", "nll": "NLL", "ece": "ECE", "ece_calibrated": "ECE calibrated", "aurc": "AURC"}
 
 
 def split_metric(evaluation: dict, kind: str, index: int, metric: str, shift: bool) -> float:
@@ -45,7 +45,7 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 def final_table(final: dict, members: int) -> list[str]:
     """Mean ± std over seeds at size K (and the single model), in distribution and under shift."""
-    header = ["model", *(f"{split} {HEADERS.get(m, m)}" for split in ("test", "shift") for m in METRICS),
+    header = ["model", *(f"{split} {HEADERS[m]}" for split in ("test", "shift") for m in METRICS),
               "optimizer steps"]  # fmt: skip
     models = [("Single model (member 0)", "starsse", "member", 0, 1)]
     for method, name in NAMES.items():
