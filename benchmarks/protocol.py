@@ -1,10 +1,13 @@
 """The pieces of the quality benchmark's protocol that are decisions, as pure functions (unit-tested on tiny inputs):
 when member 0 has converged, when the learning-rate grid must grow, which grid cells show the paper's three
-behaviours, and paired differences over seeds."""
+behaviours, paired differences over seeds, and the metrics after pool-then-calibrate."""
 
 import numpy as np
 
+from hf_starsse.calibration import calibration_metrics, fit_temperature
+from hf_starsse.metrics import classification_metrics
 from hf_starsse.sweep import best_cell
+from hf_starsse.uncertainty import aurc
 
 CONVERGENCE_TOLERANCE = 0.005  # 0.5 accuracy points
 
@@ -76,3 +79,45 @@ def paired_difference(values: dict, baseline: dict) -> tuple[float, float]:
         raise ValueError("No seed in common: paired differences need the same seeds for both.")
     diffs = np.array([values[seed] - baseline[seed] for seed in seeds], dtype=np.float64)
     return float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
+
+
+def log_probs(probs) -> np.ndarray:
+    """`log(probs)` in float64, zeros clipped to the smallest positive float (a probability that underflowed)."""
+    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), np.finfo(np.float64).tiny))
+
+
+def temperature(probs, labels) -> float:
+    """The temperature of a prediction given as probabilities (e.g. an ensemble's mean), fitted on held-out `labels`
+    by the library's `fit_temperature` (minimum NLL of `softmax(log(probs) / T)`)."""
+    return fit_temperature(log_probs(probs), labels)
+
+
+def evaluation_metrics(probs, labels, fitted_temperature: float) -> dict[str, float]:
+    """
+    `classification_metrics` of `probs`, plus `ece_calibrated` and `nll_calibrated` (after dividing the
+    log-probabilities by `fitted_temperature`, fitted on the validation split) and `aurc` (the risk-coverage area of
+    the max-probability score; a temperature rarely changes that ranking).
+    """
+    calibrated = calibration_metrics(log_probs(probs), labels, fitted_temperature)
+    return {**classification_metrics(probs, labels), "ece_calibrated": calibrated["ece"],
+            "nll_calibrated": calibrated["nll"], "aurc": aurc(probs, labels)}  # fmt: skip
+
+
+def calibration_goal(ensemble: dict, members: list[dict], others: list[dict]) -> dict:
+    """
+    The goal of pool-then-calibrate: the calibrated ensemble's ECE at or below the best member's (raw) ECE, while
+    its calibrated NLL stays the lowest: at or below every member's and every other model's NLL, raw or calibrated.
+
+    Args:
+        ensemble: The ensemble's metrics (`ece_calibrated`, `nll_calibrated`).
+        members: Each member's metrics (`ece`, `nll`, `nll_calibrated`).
+        others: Other models to beat on NLL (e.g. the uniform soup): `nll`, `nll_calibrated`.
+
+    Returns:
+        `dict`: `ece`, `best_member_ece`, `nll`, `lowest_other_nll` and `holds` (`bool`).
+    """
+    best_member_ece = min(m["ece"] for m in members)
+    lowest_other_nll = min(min(m["nll"], m["nll_calibrated"]) for m in members + others)
+    ece, nll = ensemble["ece_calibrated"], ensemble["nll_calibrated"]
+    return {"ece": ece, "best_member_ece": best_member_ece, "nll": nll, "lowest_other_nll": lowest_other_nll,
+            "holds": bool(ece <= best_member_ece and nll <= lowest_other_nll)}  # fmt: skip

@@ -17,7 +17,8 @@ Per task:
    of each member, accuracy along member 0 -> member k with barrier heights, on the test split.
 4. **The final comparison** on test and shift, at each method's own optimum, per seed (each seed its own member 0;
    seed 0's SSE/StarSSE runs are the grid's optimal cells): single model, Local DE, SSE, StarSSE ensembles and
-   uniform soups of size 1..K; accuracy, NLL, ECE, optimizer steps; paired differences over seeds.
+   uniform soups of size 1..K; accuracy, NLL, ECE, ECE after pool-then-calibrate (one temperature per model,
+   fitted on the validation split), AURC, optimizer steps; paired differences over seeds.
 
 Everything resumes from `--work-dir` (members, cells, evaluations are reused); keep it outside the repository.
 
@@ -59,6 +60,7 @@ from quality_report import write_report
 
 RESULTS = Path(__file__).parent / "results"
 CYCLE_METHODS = ("sse", "starsse")
+EVALUATION_VERSION = 2  # in the evaluations' cache key: older evaluations (without calibration) are recomputed
 BATCHNORM_BATCHES = 20  # of 64 training images: BatchNorm re-estimation at each interpolation point
 SIZES = {  # per task: data sizes and member 0's recipe; "quick" for the smoke test
     "image": dict(train=3000, validation=1000, test=1000, shift=100, epochs=3.0, learning_rate=0.01, batch=32,
@@ -241,29 +243,39 @@ def cell_dir(ctx: Context, method: str, cell: dict) -> Path:
 
 
 def evaluate_run(ctx: Context, run: Path) -> dict:
-    """Per split: each member's, each ensemble size's and each uniform soup size's metrics (soup 1 = member 0)."""
+    """
+    Per split: each member's, each ensemble size's and each uniform soup size's metrics (soup 1 = member 0),
+    including those after pool-then-calibrate: one temperature per model, fitted on the validation split (carved
+    from the training data), applied to the pooled prediction (`protocol.evaluation_metrics`).
+    """
     manifest = json.loads((run / "ensemble.json").read_text())
-    key = [m["sha256"] for m in manifest["members"]] + sorted(ctx.eval_sets)
+    key = [m["sha256"] for m in manifest["members"]] + sorted(ctx.eval_sets) + [f"evaluation-v{EVALUATION_VERSION}"]
 
     def compute() -> dict:
         members = load_members(run)
-        probs, labels = {split: [] for split in ctx.eval_sets}, {}
-        for member in members:
-            model = ctx.load(member)
-            for split, dataset in ctx.eval_sets.items():
-                p, labels[split] = ctx.probs(model, dataset)
-                probs[split].append(p)
-        result = {split: {"member": [classification_metrics(p, labels[split]) for p in probs[split]],
-                          "ensemble": [classification_metrics(np.mean(probs[split][:k], 0), labels[split])
-                                       for k in range(1, len(members) + 1)]} for split in ctx.eval_sets}  # fmt: skip
-        for split in ctx.eval_sets:
-            result[split]["soup"] = [result[split]["member"][0]]
-        for size in range(2, len(members) + 1):
-            soup = uniform_soup(members[:size], train_dataset=ctx.task.train_dataset,
-                                data_collator=ctx.task.data_collator, batch_size=64)  # fmt: skip
-            for split, dataset in ctx.eval_sets.items():
-                result[split]["soup"].append(classification_metrics(*ctx.probs(soup, dataset)))
-        return {"splits": result, "steps": [m["steps"] for m in manifest["members"]]}
+        splits = {"validation": ctx.task.eval_dataset, **ctx.eval_sets}
+
+        def predict(model) -> dict:
+            return {split: ctx.probs(model, dataset) for split, dataset in splits.items()}
+
+        predictions = {"member": [predict(ctx.load(member)) for member in members]}
+        predictions["ensemble"] = [
+            {split: (np.mean([p[split][0] for p in predictions["member"][:k]], 0), labels)
+             for split, (_, labels) in predictions["member"][0].items()} for k in range(1, len(members) + 1)
+        ]  # fmt: skip
+        predictions["soup"] = predictions["member"][:1] + [
+            predict(uniform_soup(members[:size], train_dataset=ctx.task.train_dataset,
+                                 data_collator=ctx.task.data_collator, batch_size=64))
+            for size in range(2, len(members) + 1)
+        ]  # fmt: skip
+        result = {split: {kind: [] for kind in predictions} for split in ctx.eval_sets}
+        temperatures = {kind: [] for kind in predictions}
+        for kind, models in predictions.items():
+            for prediction in models:
+                temperatures[kind].append(protocol.temperature(*prediction["validation"]))
+                for split in ctx.eval_sets:
+                    result[split][kind].append(protocol.evaluation_metrics(*prediction[split], temperatures[kind][-1]))
+        return {"splits": result, "temperatures": temperatures, "steps": [m["steps"] for m in manifest["members"]]}
 
     return cached(run / "protocol_evaluation.json", key, compute)
 
@@ -334,7 +346,8 @@ def run_task(ctx: Context) -> dict:
         final[seed] = {method: evaluate_run(ctx, run) for method, run in methods.items()}
     result = {"sizes": ctx.sizes, "convergence": convergence, "member0_validation_accuracy": member0_accuracy,
               "grids": grids, "behaviours": behaviours, "final": final, "classes": ctx.task.label_names,
-              "train_samples": len(ctx.task.train_dataset), "seconds": time.perf_counter() - start}  # fmt: skip
+              "train_samples": len(ctx.task.train_dataset), "evaluation_version": EVALUATION_VERSION,
+              "seconds": time.perf_counter() - start}  # fmt: skip
     atomic_write_json(ctx.work / "results.json", result)
     ctx.log(f"done in {result['seconds']:.0f} s (this process)")
     return result
@@ -353,7 +366,11 @@ def main(argv=None) -> None:
     for name in ("image", "text"):  # a task finished by another process is reported too
         path = options.work_dir / name / "results.json"
         if name not in results and path.is_file():
-            results[name] = json.loads(path.read_text())
+            saved = json.loads(path.read_text())
+            if saved.get("evaluation_version") == EVALUATION_VERSION:
+                results[name] = saved
+            else:
+                print(f"Not reporting {path}: its evaluations are older than this script; rerun --task {name}.")
     command = "python " + " ".join(sys.argv if argv is None else ["benchmarks/quality.py", *argv])
     environment = (f"{platform.machine()}, {os.cpu_count()} cores, {options.threads} torch thread(s) per process, "
                    f"torch {torch.__version__}")  # fmt: skip

@@ -14,7 +14,8 @@ NAMES = {"local_de": "Local DE", "sse": "SSE", "starsse": "StarSSE"}
 BEHAVIOURS = ("more local", "optimal", "more semi-local")
 COLOURS = {"more local": "tab:blue", "optimal": "tab:green", "more semi-local": "tab:red", "local_de": "tab:gray",
            "sse": "tab:orange", "starsse": "tab:purple"}  # fmt: skip
-METRICS = ("accuracy", "nll", "ece")
+METRICS = ("accuracy", "nll", "ece", "ece_calibrated", "aurc")
+HEADERS = {"accuracy": "acc", "nll": "NLL", "ece": "ECE", "ece_calibrated": "ECE calibrated", "aurc": "AURC"}
 
 
 def split_metric(evaluation: dict, kind: str, index: int, metric: str, shift: bool) -> float:
@@ -44,7 +45,8 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 def final_table(final: dict, members: int) -> list[str]:
     """Mean ± std over seeds at size K (and the single model), in distribution and under shift."""
-    header = ["model", *(f"test {m}" for m in METRICS), *(f"shift {m}" for m in METRICS), "optimizer steps"]
+    header = ["model", *(f"{split} {HEADERS[m]}" for split in ("test", "shift") for m in METRICS),
+              "optimizer steps"]  # fmt: skip
     models = [("Single model (member 0)", "starsse", "member", 0, 1)]
     for method, name in NAMES.items():
         models += [(f"{name} ensemble ({members})", method, "ensemble", members - 1, members),
@@ -55,6 +57,34 @@ def final_table(final: dict, members: int) -> list[str]:
                   for metric in METRICS]  # fmt: skip
         rows.append([label, *values, f"{steps(final, method, size):.0f}"])
     return table(header, rows)
+
+
+def mean_metrics(final: dict, method: str, kind: str, index: int, shift: bool) -> dict[str, float]:
+    """Every metric of one model, mean over seeds."""
+    names = next(iter(final.values()))[method]["splits"]["test"][kind][index]
+    return {m: float(np.mean(list(per_seed(final, method, kind, index, m, shift).values()))) for m in names}
+
+
+def calibration_goal_line(final: dict, members: int) -> str:
+    """Whether pool-then-calibrate reaches its goal (`protocol.calibration_goal`), per method, test and shift."""
+    verdicts, parts = [], []
+    for shift in (False, True):
+        cells = []
+        for method, name in NAMES.items():
+            goal = protocol.calibration_goal(
+                mean_metrics(final, method, "ensemble", members - 1, shift),
+                [mean_metrics(final, method, "member", k, shift) for k in range(members)],
+                [mean_metrics(final, method, "soup", members - 1, shift)],
+            )
+            verdicts.append(goal["holds"])
+            cells.append(f"{name} {'holds' if goal['holds'] else 'fails'} (ECE {goal['ece']:.4f} vs best member "
+                         f"{goal['best_member_ece']:.4f}; NLL {goal['nll']:.4f} vs lowest other "
+                         f"{goal['lowest_other_nll']:.4f})")  # fmt: skip
+        parts.append(f"{'shift' if shift else 'test'}: " + ", ".join(cells))
+    return (f"**Calibration goal**: the calibrated ensemble's ECE at or below the best member's while its NLL stays "
+            f"the lowest (below each member's and the uniform soup's, raw or calibrated; temperatures fitted on the "
+            f"validation split; means over seeds). It holds in {sum(verdicts)} of {len(verdicts)} cases: "
+            + "; ".join(parts) + ".")  # fmt: skip
 
 
 def paired_table(final: dict, members: int) -> list[str]:
@@ -206,7 +236,10 @@ def task_section(name: str, result: dict, options, prefix: Path) -> list[str]:
               "each method at its own optimum ("
               + "; ".join(f"{NAMES[m]}: LR x{c['lr_ratio']:g}, length x{c['length_ratio']:g}"
                           for m, c in optimum.items()) + "):", "",
-              *final_table(final, members), "", "Accuracy by ensemble / soup size (mean over seeds):", "",
+              *final_table(final, members), "", "ECE calibrated: after one temperature per model (for an ensemble, "
+              "of the pooled prediction) fitted on the validation split; AURC: area under the risk-coverage curve of "
+              "the max probability (lower is better).", "", calibration_goal_line(final, members), "",
+              "Accuracy by ensemble / soup size (mean over seeds):", "",
               *size_table(final, members), "", "Paired differences (same seed, same member 0; mean ± std):", "",
               *paired_table(final, members), "", f"![{prefix.name}_{name}_final.png]({prefix.name}_{name}_final.png)",
               ""]  # fmt: skip

@@ -3,9 +3,11 @@ real offline assets (skipped, naming the install command, when they are missing)
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +69,31 @@ def test_paired_difference():
         protocol.paired_difference({0: 0.9}, {1: 0.8})
 
 
+def test_temperature_and_calibrated_metrics_on_a_hand_computed_case():
+    probs, labels = np.array([[0.8, 0.2]] * 4), np.array([0, 0, 0, 1])
+    # the NLL is lowest when every prediction is (0.75, 0.25): log(0.8 / 0.2) / T = log(0.75 / 0.25)
+    fitted = protocol.temperature(probs, labels)
+    assert fitted == pytest.approx(math.log(4) / math.log(3), rel=1e-4)
+    metrics = protocol.evaluation_metrics(probs, labels, fitted)
+    assert metrics["ece"] == pytest.approx(0.05) and metrics["ece_calibrated"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["nll_calibrated"] == pytest.approx(-(3 * math.log(0.75) + math.log(0.25)) / 4, rel=1e-6)
+    assert metrics["nll_calibrated"] < metrics["nll"] and metrics["accuracy"] == 0.75
+    # confidences 0.9 > 0.8 > 0.7 > 0.6, the third wrong: risks 0, 0, 1/3, 1/4 at coverages 1/4..1
+    ranked = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    assert protocol.evaluation_metrics(ranked, np.array([0, 0, 1, 0]), 1.0)["aurc"] == pytest.approx(7 / 48)
+    with_zero = protocol.evaluation_metrics(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]), 2.0)
+    assert all(math.isfinite(value) for value in with_zero.values())  # an underflowed probability is clipped
+
+
+def test_calibration_goal():
+    members = [{"ece": 0.03, "nll": 0.50, "nll_calibrated": 0.48}, {"ece": 0.02, "nll": 0.52, "nll_calibrated": 0.47}]
+    soup = [{"nll": 0.46, "nll_calibrated": 0.45}]
+    goal = protocol.calibration_goal({"ece_calibrated": 0.02, "nll_calibrated": 0.40}, members, soup)
+    assert goal == {"ece": 0.02, "best_member_ece": 0.02, "nll": 0.40, "lowest_other_nll": 0.45, "holds": True}
+    assert not protocol.calibration_goal({"ece_calibrated": 0.021, "nll_calibrated": 0.40}, members, soup)["holds"]
+    assert not protocol.calibration_goal({"ece_calibrated": 0.01, "nll_calibrated": 0.451}, members, soup)["holds"]
+
+
 assets = pytest.mark.skipif(
     any(
         importlib.util.find_spec(name) is None
@@ -94,8 +121,14 @@ def test_quick_benchmark_runs_every_phase_and_resumes(tmp_path, monkeypatch, res
     quality.main(argv)
     report = results.read_text()
     for section in ("## Image", "## Text", "**Member 0**", "**SSE grid**", "**StarSSE behaviours**",
-                    "Single model (member 0)", "StarSSE uniform soup (3)", "Paired differences"):  # fmt: skip
+                    "Single model (member 0)", "StarSSE uniform soup (3)", "Paired differences",
+                    "test ECE calibrated", "shift AURC", "**Calibration goal**"):  # fmt: skip
         assert section in report, section
+    final_rows = [line for line in report.splitlines() if line.startswith("| StarSSE ensemble (3) |")]
+    assert len(final_rows) == 2  # image and text
+    for row in final_rows:  # 5 metrics x (test, shift) as "mean ± std", then the steps
+        cells = [cell.split(" ± ") for cell in row.strip("| ").split(" | ")[1:11]]
+        assert all(len(cell) == 2 and all(math.isfinite(float(v)) for v in cell) for cell in cells), row
     for name in ("image_final", "text_final", "image_sse_behaviours", "text_starsse_behaviours"):
         assert (results.parent / f"quality_{name}.png").is_file(), name
     text = json.loads((tmp_path / "work/text/results.json").read_text())
@@ -103,10 +136,28 @@ def test_quick_benchmark_runs_every_phase_and_resumes(tmp_path, monkeypatch, res
     shift_splits = set(json.loads((tmp_path / "work/image/results.json").read_text())["final"]["0"]["sse"]["splits"])
     assert len(shift_splits) == 1 + 8  # test + 8 corruptions at the quick severity
     assert set(text["behaviours"]["starsse"]) == {"more local", "optimal", "more semi-local"}
+    for evaluation in text["final"]["1000"].values():
+        assert all(0 < t < 100 for kind in evaluation["temperatures"].values() for t in kind)
+        for split in evaluation["splits"].values():
+            for entry in (entry for kind in split.values() for entry in kind):
+                assert all(math.isfinite(entry[m]) for m in ("ece_calibrated", "nll_calibrated", "aurc"))
 
     saved = sorted((tmp_path / "work").glob("**/members/member-*/model.safetensors"))
     saved += sorted((tmp_path / "work").glob("**/protocol_*.json"))
     mtimes = [path.stat().st_mtime_ns for path in saved]
     quality.main(argv)  # a rerun reuses every member, cell and evaluation
     assert [path.stat().st_mtime_ns for path in saved] == mtimes
+    assert json.loads((tmp_path / "work/text/results.json").read_text())["final"] == text["final"]
+
+    # an evaluation cached before calibration (older key, no calibrated metrics) is recomputed, not used
+    old = tmp_path / "work/text/seed1000/local_de/protocol_evaluation.json"
+    saved = json.loads(old.read_text())
+    saved["key"] = saved["key"][:-1]
+    for split in saved["value"]["splits"].values():
+        for entry in (entry for kind in split.values() for entry in kind):
+            for name in ("ece_calibrated", "nll_calibrated", "aurc"):
+                del entry[name]
+    del saved["value"]["temperatures"]
+    old.write_text(json.dumps(saved))
+    quality.main(argv)
     assert json.loads((tmp_path / "work/text/results.json").read_text())["final"] == text["final"]
