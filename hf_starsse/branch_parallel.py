@@ -40,7 +40,7 @@ class BranchParallelMixin:
             "each on the full dataset without gradient synchronisation."
         )
         rendezvous = self._run.rendezvous
-        main_process_only(self.accelerator, rendezvous.clear)
+        main_process_only(rendezvous.clear)
         outputs, error = [], None
         with rendezvous.heartbeat(process, interval=min(5.0, ensemble_args.ddp_timeout / 4)):
             try:
@@ -52,7 +52,7 @@ class BranchParallelMixin:
             rendezvous.report(process, {"members": share, "error": None if error is None else repr(error)})
         reports = rendezvous.wait(num_processes, timeout=ensemble_args.ddp_timeout)
         self.accelerator.wait_for_everyone()
-        main_process_only(self.accelerator, rendezvous.clear)
+        main_process_only(rendezvous.clear)
         if error is not None:
             raise error
         failed = [

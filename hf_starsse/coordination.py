@@ -32,28 +32,33 @@ SWITCHED_STATE = {
 }
 
 
-def on_main_process(accelerator: Accelerator, fn: Callable):
-    """Run `fn` on the main process only; every process gets its result, or raises the error it raised."""
+def on_main_process(fn: Callable):
+    """
+    Run `fn` on the main process only; every process gets its result, or raises the error it raised. The processes
+    are the launch's (`PartialState`): unlike an accelerator's `AcceleratorState`, it stays valid when a later
+    `TrainingArguments` resets accelerate's state (e.g. a second experiment in the same Python session).
+    """
+    state = PartialState()
     result, error = None, None
-    if accelerator.is_main_process:
+    if state.is_main_process:
         try:
             result = fn()
         except Exception as err:  # re-raised on every process below, so that none waits forever
             error = err
-    if accelerator.num_processes > 1:
+    if state.num_processes > 1:
         payload = [None if error else result, error]
         broadcast_object_list(payload, from_process=0)
-        result = result if accelerator.is_main_process else payload[0]
+        result = result if state.is_main_process else payload[0]
         error = payload[1]
     if error is not None:
         raise error
     return result
 
 
-def main_process_only(accelerator: Accelerator, fn: Callable):
+def main_process_only(fn: Callable):
     """Run `fn` on the main process and return its result there (`None` elsewhere); errors reach every process."""
     result = []
-    on_main_process(accelerator, lambda: result.append(fn()))
+    on_main_process(lambda: result.append(fn()))
     return result[0] if result else None
 
 

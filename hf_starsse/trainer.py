@@ -188,7 +188,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         ensemble_args = self.args
         self._run = run = RunDirectory(ensemble_args.output_dir)
         self._remember_start_states(ensemble_args)
-        todo = on_main_process(self.accelerator, self._plan)
+        todo = on_main_process(self._plan)
         branches = self._parallel_branches(todo)
         in_turn = [member for member in todo if member not in branches]
         processes = {"mode": "data_parallel", "num_processes": self.accelerator.num_processes}
@@ -226,7 +226,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         outputs = []
         for member in members:
             checkpoint = resume_from_checkpoint if member == members[0] else None
-            lock = main_process_only(self.accelerator, lambda: self._run.lock_member(member))  # noqa: B023
+            lock = main_process_only(lambda: self._run.lock_member(member))  # noqa: B023
             try:
                 outputs.append(self._train_member(ensemble_args, member, checkpoint, ignore_keys_for_eval, processes))
             finally:
@@ -341,7 +341,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
                 torch.save(optimizer_state, member_dir / OPTIMIZER_STATE_NAME)
             self._run.record_member(member, parent, seed, self.state.global_step, processes)
 
-        on_main_process(self.accelerator, record)
+        on_main_process(record)
 
     def _run_header(self) -> dict:
         return run_header(self.args, self.accelerator.unwrap_model(self.model), self.train_dataset)

@@ -56,7 +56,7 @@ class RunOutputsMixin:
             model = build_ensemble(self._run_dir(), output_dir, members, overwrite=overwrite)
             return model if calibrate_on is None else calibrate_ensemble(output_dir, calibrate_on, **options)
 
-        return main_process_only(self.accelerator, save)
+        return main_process_only(save)
 
     def save_soup(
         self, output_dir: str, method: str = "uniform", num_batches: int | None = None, overwrite: bool = False
@@ -93,7 +93,7 @@ class RunOutputsMixin:
                 return uniform_soup(self._run_dir(), output_dir, **options)
             return greedy_soup(self._run_dir(), self.eval_dataset, out_dir=output_dir, **options)[0]
 
-        return main_process_only(self.accelerator, make_soup)
+        return main_process_only(make_soup)
 
     def adopt_member(self, source: str | os.PathLike, index: int = 0) -> None:
         """
@@ -120,7 +120,7 @@ class RunOutputsMixin:
                     "model. Use a new output_dir (or overwrite_output_dir=True) to start from this one."
                 )
 
-        on_main_process(self.accelerator, adopt)
+        on_main_process(adopt)
 
     def _run_dir(self) -> str:
         if not isinstance(self.args, StarSSETrainingArguments):

@@ -8,8 +8,9 @@ import pytest
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
+from transformers import TrainingArguments
 
-from hf_starsse.coordination import Rendezvous, branch_share, single_process_state
+from hf_starsse.coordination import Rendezvous, branch_share, main_process_only, on_main_process, single_process_state
 
 
 def test_a_silent_process_is_named_instead_of_waited_for(tmp_path):
@@ -78,3 +79,14 @@ def test_single_process_state_refuses_an_unknown_accelerate_layout(monkeypatch):
     with pytest.raises(RuntimeError, match=r"accelerate's shared state has no \['process_index'\]"):
         with single_process_state():
             pass
+
+
+def test_main_process_work_survives_a_later_training_arguments(tmp_path):
+    """A `TrainingArguments` set up after a trainer empties accelerate's `AcceleratorState` (transformers resets it);
+    main-process work (saving an ensemble, recording a member) must still run."""
+    accelerator = Accelerator(cpu=True)
+    assert TrainingArguments(output_dir=str(tmp_path), use_cpu=True).device.type == "cpu"  # resets the state
+    with pytest.raises(AttributeError):
+        accelerator.num_processes  # what the main-process helpers used to read  # noqa: B018
+    assert main_process_only(lambda: 7) == 7
+    assert on_main_process(lambda: "done") == "done"
