@@ -158,7 +158,7 @@ def test_text_demo_end_to_end(tmp_path, capsys):
     values = dict(zip(header, ensemble.split(",")))
     assert 0 <= float(values["shift_accuracy"]) <= 1 and float(values["shift_nll"]) > 0  # the shift is evaluated
     splits = {row["split"] for row in json.loads((root / "run/evaluation.json").read_text())}
-    assert splits == {"test", "held-out newsgroups/all"}
+    assert splits == {"test", "held-out newsgroups/all", "validation"}  # validation: the temperatures' split
     notes = (root / "report/results.md").read_text()
     assert "comp.sys.mac.hardware" in notes and "24 training texts" in notes
 
