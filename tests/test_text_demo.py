@@ -157,10 +157,13 @@ def test_text_demo_end_to_end(tmp_path, capsys):
     header, ensemble = summary[0].split(","), next(line for line in summary if line.startswith("ensemble"))
     values = dict(zip(header, ensemble.split(",")))
     assert 0 <= float(values["shift_accuracy"]) <= 1 and float(values["shift_nll"]) > 0  # the shift is evaluated
-    splits = {row["split"] for row in json.loads((root / "run/evaluation.json").read_text())}
-    assert splits == {"test", "held-out newsgroups/all", "validation"}  # validation: the temperatures' split
+    rows = json.loads((root / "run/evaluation.json").read_text())
+    assert {row["split"] for row in rows} == {"test", "held-out newsgroups/all", "validation"}  # validation: for T
+    ensemble_test = next(r for r in rows if r["model"] == "ensemble" and r["size"] == 2 and r["split"] == "test")
+    assert 0 <= ensemble_test["ood_sms_spam_auroc_max_prob"] <= 1  # the far-OOD SMS messages are scored
     notes = (root / "report/results.md").read_text()
     assert "comp.sys.mac.hardware" in notes and "24 training texts" in notes
+    assert "`sms_spam`: messages of the SMS Spam Collection" in notes and "| ood_sms_spam_auroc_entropy |" in notes
 
     model = AutoModelForSequenceClassification.from_pretrained(root / "ensemble")
     assert model.config.num_members == 2 and model.config.member_config["id2label"]["0"] == "computers"

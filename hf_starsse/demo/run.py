@@ -33,11 +33,12 @@ from .assets import fashion_mnist, pretrained_mobilenet_v2
 from .text import (
     TEXT_DEMO_DEFAULTS,
     TEXT_TRAINING_DEFAULTS,
+    sms_spam_ood,
     text_data_arguments,
     text_evaluation_sets,
     text_notes,
 )
-from .uncertainty_report import CALIBRATION_SPLIT, OOD_NAME, calibration_set, digits_ood, write_uncertainty_report
+from .uncertainty_report import CALIBRATION_SPLIT, calibration_set, digits_ood, write_uncertainty_report
 
 # The demo's training recipe (every option can be changed on the command line).
 TRAINING_DEFAULTS = dict(
@@ -73,6 +74,11 @@ DEFAULT_ORIGINS = {
     ),
 }
 TASKS = ("image", "text")
+# The far-OOD set of each task: its name in the evaluation columns and what the report says it is.
+OOD_SETS = {
+    "image": ("digits", "scikit-learn's handwritten digits (upscaled)"),
+    "text": ("sms_spam", "messages of the SMS Spam Collection"),
+}
 
 
 def demo_defaults(task: str) -> dict:
@@ -117,7 +123,9 @@ class DemoArguments:
     calibration_samples: int = field(
         default=1000, metadata={"help": "Held-out images the temperatures are fitted on (validation split)."}
     )
-    ood_samples: int = field(default=500, metadata={"help": "Far-OOD images (scikit-learn's digits, if installed)."})
+    ood_samples: int = field(
+        default=500, metadata={"help": "Far-OOD examples: scikit-learn's digits (if installed) or SMS Spam messages."}
+    )
     max_length: int = field(default=64, metadata={"help": "Text task: tokens per text (truncated)."})
     recalibrate_batchnorm: bool = field(
         default=True,
@@ -301,7 +309,8 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
         save_card_info(paths["run"], **card_origin(demo, data))
     _phase(3, "Evaluating members, ensembles and the uniform soup on the test split and the shift set")
     if demo.task == "text":
-        eval_sets, ood = text_evaluation_sets(task, demo.test_split, demo.test_samples, demo.shift_samples), None
+        eval_sets = text_evaluation_sets(task, demo.test_split, demo.test_samples, demo.shift_samples)
+        ood = sms_spam_ood(task, demo.ood_samples, demo.max_length)
     else:
         eval_sets = evaluation_sets(task, demo)
         ood = digits_ood(task.processing_class, demo.image_size, demo.ood_samples)
@@ -309,7 +318,7 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     predictions = predict_run(
         paths["run"],
         {**eval_sets, CALIBRATION_SPLIT: calibration},
-        ood_datasets={OOD_NAME: ood} if ood is not None else None,
+        ood_datasets={OOD_SETS[demo.task][0]: ood} if ood is not None else None,
         train_dataset=task.train_dataset,
         data_collator=task.data_collator,
         batch_size=args.per_device_eval_batch_size,
@@ -335,7 +344,12 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
         notes = text_notes(data, task, eval_sets)
     notes.append(f"Temperatures fitted on {len(calibration)} held-out examples ({calibration_source}).")
     paths["report"].mkdir(parents=True, exist_ok=True)
-    summary = write_report(rows, paths["report"], notes, write_uncertainty_report(predictions, rows, paths["report"]))
+    summary = write_report(
+        rows,
+        paths["report"],
+        notes,
+        write_uncertainty_report(predictions, rows, paths["report"], ood_description=OOD_SETS[demo.task][1]),
+    )
     print("\n".join(markdown_table(summary, ["model", "accuracy", "nll", "ece", "shift_accuracy", "shift_nll"])))
     for name, path in paths.items():
         print(f"{name:>8}: {path}")

@@ -2,8 +2,10 @@
 families, evaluated on later posts of the trained-on newsgroups and, as the shift, of held-out sibling newsgroups;
 see `text_assets`)."""
 
+import datasets
+
 from ..data import DataArguments, PreparedTask
-from .text_assets import NEWSGROUP_FAMILIES, newsgroups, pretrained_minilm
+from .text_assets import NEWSGROUP_FAMILIES, load_sms_spam, newsgroups, pretrained_minilm
 
 # The text demo's recipe, over the image demo's (sized to finish in under 5 minutes on 2 CPU cores).
 TEXT_TRAINING_DEFAULTS = dict(
@@ -39,6 +41,14 @@ def text_evaluation_sets(task: PreparedTask, test_split: str, test_samples: int,
         sets[SHIFT_SPLIT] = task.splits["shift"]
     limits = {"test": test_samples, SHIFT_SPLIT: shift_samples}
     return {name: task.prepare(split.select(range(min(limits[name], len(split))))) for name, split in sets.items()}
+
+
+def sms_spam_ood(task: PreparedTask, samples: int, max_length: int) -> datasets.Dataset:
+    """The first `samples` messages of the SMS Spam Collection, a far out-of-distribution set for newsgroup posts,
+    tokenized like the training data (labels `-1`: no class of the task)."""
+    texts = load_sms_spam()["text"][:samples]
+    encoded = task.processing_class(texts, truncation=True, max_length=max_length)
+    return datasets.Dataset.from_dict({**encoded, "labels": [-1] * len(texts)})
 
 
 def text_notes(data: DataArguments, task: PreparedTask, evaluation: dict) -> list[str]:

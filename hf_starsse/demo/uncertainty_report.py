@@ -18,7 +18,7 @@ from ..evaluation import RunPredictions
 from ..metrics import expected_calibration_error, reliability_diagram, softmax
 from ..uncertainty import risk_coverage_curve
 
-CALIBRATION_SPLIT, OOD_NAME = "validation", "digits"
+CALIBRATION_SPLIT = "validation"
 
 
 def calibration_set(task, train_samples: int, samples: int):
@@ -71,10 +71,21 @@ def _calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.clip(probs, 1e-12, None)) / temperature)
 
 
-def _table(rows: list[dict], models: dict, test_split: str) -> list[str]:
-    columns = ["model", "ece", "ece_calibrated", "nll", "nll_calibrated", "temperature", "aurc", "accuracy_at_90",
-               "accuracy_at_80", f"ood_{OOD_NAME}_auroc_max_prob", f"ood_{OOD_NAME}_auroc_entropy",
-               f"ood_{OOD_NAME}_auroc_mutual_information", f"ood_{OOD_NAME}_fpr95_max_prob"]  # fmt: skip
+def _table(rows: list[dict], models: dict, test_split: str, ood: str | None) -> list[str]:
+    columns = [
+        "model",
+        "ece",
+        "ece_calibrated",
+        "nll",
+        "nll_calibrated",
+        "temperature",
+        "aurc",
+        "accuracy_at_90",
+        "accuracy_at_80",
+    ]
+    if ood is not None:
+        columns += [f"ood_{ood}_auroc_max_prob", f"ood_{ood}_auroc_entropy", f"ood_{ood}_auroc_mutual_information",
+                    f"ood_{ood}_fpr95_max_prob"]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for label, (model, member, size) in models.items():
         row = next(
@@ -86,7 +97,11 @@ def _table(rows: list[dict], models: dict, test_split: str) -> list[str]:
 
 
 def write_uncertainty_report(
-    predictions: RunPredictions, rows: list[dict], report_dir: Path, test_split: str = "test"
+    predictions: RunPredictions,
+    rows: list[dict],
+    report_dir: Path,
+    test_split: str = "test",
+    ood_description: str = "a far-OOD set",
 ) -> list[str]:
     """
     Save `reliability.png` (before / after calibration, on the test split) and `risk_coverage.png` for the single
@@ -97,6 +112,7 @@ def write_uncertainty_report(
         rows (`list[dict]`): `evaluation_rows(predictions, calibration_split="validation")`.
         report_dir (`Path`): Where the plots go.
         test_split (`str`, *optional*, defaults to `"test"`): The split the plots and the table show.
+        ood_description (`str`, *optional*): What the OOD set of `predictions` is, for the report's text.
     """
     models = _models(predictions)
     labels = predictions.labels[test_split]
@@ -118,18 +134,20 @@ def write_uncertainty_report(
         title,
     )
     plots.plot_risk_coverage(curves, report_dir / "risk_coverage.png", f"Risk-coverage on the {test_split} split")
-    ood = f"`{OOD_NAME}`: scikit-learn's handwritten digits as a far-OOD set" if predictions.ood_splits else (
-        "no OOD set (install scikit-learn: `pip install hf_starsse[demo]`)")  # fmt: skip
+    ood = predictions.ood_splits[0] if predictions.ood_splits else None
+    ood_text = (
+        f"`{ood}`: {ood_description}" if ood else "none (the image demo's needs scikit-learn: `hf_starsse[demo]`)"
+    )
     return [
         "",
         "## Calibration, selective prediction and OOD detection",
         "",
         f"On the {test_split} split. `*_calibrated`: after one temperature per model fitted on the "
         f"`{CALIBRATION_SPLIT}` split (for the ensemble: after pooling). `accuracy_at_90/80`: accuracy on the 90% / "
-        f"80% most confident images. OOD: {ood}; AUROC by max probability, entropy and (ensemble) mutual "
+        f"80% most confident examples. OOD: {ood_text}; AUROC by max probability, entropy and (ensemble) mutual "
         "information, FPR at 95% TPR by max probability. Plots: `reliability.png`, `risk_coverage.png`.",
         "",
-        *_table(rows, models, test_split),
+        *_table(rows, models, test_split, ood),
     ]
 
 
