@@ -48,7 +48,7 @@ def test_card_renders_from_the_installed_wheel(tmp_path, text_run):
     script = textwrap.dedent(
         f"""
         import json, sys
-        sys.path = [{str(target)!r}] + [p for p in sys.path if p and not p.startswith({str(ROOT)!r})]
+        sys.path = [{str(target)!r}] + [p for p in sys.path if p and p.rstrip("/") != {str(ROOT)!r}]
         import hf_starsse, hf_starsse.cards
         from hf_starsse import build_ensemble
         build_ensemble({text_run.args.output_dir!r}, {str(tmp_path / "ensemble")!r})
