@@ -21,13 +21,25 @@ class CountTrainings(TrainerCallback):
         self.runs.append((member_dir.parent.parent.name, member_dir.name))
 
 
+def sweep_options(base_model: str, **options) -> dict:
+    """`sweep_cycle_hyperparameters` arguments for the tiny text task from `base_model` (2 interpolation points
+    unless given); `options` adds or overrides the rest (args, grid, callbacks, ...)."""
+    return (
+        dict(
+            model_init=lambda: load_text_model(base_model, seed=None),
+            train_dataset=text_dataset(),
+            eval_dataset=text_dataset(n=16, seed=9),
+            num_interpolation_points=2,
+        )
+        | options
+    )
+
+
 def test_sweep_reuses_member_0_and_resumes(tmp_path, pretrained_bert):
     counter = CountTrainings()
-    options = dict(
-        model_init=lambda: load_text_model(pretrained_bert, seed=None),
+    options = sweep_options(
+        pretrained_bert,
         args=make_args(tmp_path / "sweep", num_members=2, cycle_steps=None),
-        train_dataset=text_dataset(),
-        eval_dataset=text_dataset(n=16, seed=9),
         lr_ratios=(0.5, 4.0),
         length_ratios=(0.5, 1.0),
         trainer_kwargs={"callbacks": [counter]},
@@ -63,14 +75,8 @@ def test_sweep_reuses_member_0_and_resumes(tmp_path, pretrained_bert):
 
 def test_changed_setup_redoes_the_cells(tmp_path, pretrained_bert):
     counter = CountTrainings()
-    options = dict(
-        model_init=lambda: load_text_model(pretrained_bert, seed=None),
-        train_dataset=text_dataset(),
-        eval_dataset=text_dataset(n=16, seed=9),
-        lr_ratios=(2.0,),
-        length_ratios=(1.0,),
-        trainer_kwargs={"callbacks": [counter]},
-        num_interpolation_points=2,
+    options = sweep_options(
+        pretrained_bert, lr_ratios=(2.0,), length_ratios=(1.0,), trainer_kwargs={"callbacks": [counter]}
     )
     sweep_cycle_hyperparameters(
         args=make_args(tmp_path / "sweep", num_members=2, max_steps=4, cycle_steps=None), **options
@@ -96,14 +102,7 @@ def test_adopting_a_different_member_0_is_refused(tmp_path, text_run):
 
 
 def test_changed_setup_never_deletes_finished_cells_without_overwrite(tmp_path, pretrained_bert):
-    options = dict(
-        model_init=lambda: load_text_model(pretrained_bert, seed=None),
-        train_dataset=text_dataset(),
-        eval_dataset=text_dataset(n=16, seed=9),
-        lr_ratios=(2.0,),
-        length_ratios=(1.0,),
-        num_interpolation_points=2,
-    )
+    options = sweep_options(pretrained_bert, lr_ratios=(2.0,), length_ratios=(1.0,))
     sweep_cycle_hyperparameters(args=make_args(tmp_path / "sweep", num_members=2, max_steps=4), **options)
     saved = (tmp_path / "sweep/sweep.json").read_text()
     counter = CountTrainings()
@@ -119,15 +118,12 @@ def test_changed_setup_never_deletes_finished_cells_without_overwrite(tmp_path, 
 
 def test_sse_sweep_shares_member_0_not_the_chain_and_resumes(tmp_path, pretrained_bert):
     counter = CountTrainings()
-    options = dict(
-        model_init=lambda: load_text_model(pretrained_bert, seed=None),
+    options = sweep_options(
+        pretrained_bert,
         args=make_args(tmp_path / "sweep", num_members=3, max_steps=4, cycle_steps=None),
-        train_dataset=text_dataset(),
-        eval_dataset=text_dataset(n=16, seed=9),
         lr_ratios=(0.5, 4.0),
         length_ratios=(0.5,),
         trainer_kwargs={"callbacks": [counter]},
-        num_interpolation_points=2,
     )
     starsse = sweep_cycle_hyperparameters(**options)
     sse = sweep_cycle_hyperparameters(**options, ensemble_method="sse")
@@ -165,16 +161,15 @@ def test_sweep_adopts_a_given_first_member(tmp_path, text_run):
     counter = CountTrainings()
     first = Path(text_run.args.output_dir) / "members" / "member-00"
     results = sweep_cycle_hyperparameters(
-        model_init=lambda: load_text_model(str(first), seed=None),
-        args=make_args(tmp_path / "sweep", num_members=2, max_steps=2, cycle_steps=None),
-        train_dataset=text_dataset(),
-        eval_dataset=text_dataset(n=16, seed=9),
-        lr_ratios=(2.0,),
-        length_ratios=(0.5,),
-        trainer_kwargs={"callbacks": [counter]},
-        num_interpolation_points=2,
-        ensemble_method="sse",
-        first_member=first,
+        **sweep_options(
+            str(first),
+            args=make_args(tmp_path / "sweep", num_members=2, max_steps=2, cycle_steps=None),
+            lr_ratios=(2.0,),
+            length_ratios=(0.5,),
+            trainer_kwargs={"callbacks": [counter]},
+            ensemble_method="sse",
+            first_member=first,
+        )
     )
     assert counter.runs == [("sse-lr2-len0.5", "member-01")] and not (tmp_path / "sweep/member0").exists()
     members = json.loads((tmp_path / "sweep/cells/sse-lr2-len0.5/ensemble.json").read_text())["members"]
