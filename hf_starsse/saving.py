@@ -54,6 +54,11 @@ def save_model_dir(
         overwrite (`bool`, *optional*, defaults to `False`): Replace a non-empty `out_dir`.
     """
     check_out_dir(out_dir, [processor_source], overwrite)
+    write_dir_atomically(out_dir, _model_writer(model, processor_source, extra_files), overwrite)
+
+
+def _model_writer(model: PreTrainedModel, processor_source: Path, extra_files: dict[str, str] | None):
+    """What fills a model directory: `save_pretrained`, the processor files of `processor_source`, `extra_files`."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
@@ -62,7 +67,7 @@ def save_model_dir(
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
 
-    write_dir_atomically(out_dir, write, overwrite)
+    return write
 
 
 def write_dir_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> None:
@@ -89,13 +94,7 @@ def replace_model_dir(model: PreTrainedModel, model_dir: str | os.PathLike, extr
     records) and replacing `extra_files`: written next to it, then swapped in, so `model_dir` is never half-written.
     """
     model_dir = Path(model_dir)
-    tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}.new."))
-    try:
-        save_model_dir(model, tmp / "model", model_dir, extra_files)
-        _move_into_place(tmp / "model", model_dir, overwrite=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    fsync_dir(model_dir.parent)
+    write_dir_atomically(model_dir, _model_writer(model, model_dir, extra_files), overwrite=True)
 
 
 def check_out_dir(out_dir: str | os.PathLike, members: list[Path], overwrite: bool = False) -> None:
