@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .adapters import check_adapter_dir, is_adapter_dir
+from .adapters import base_sha256, check_adapter_dir, is_adapter_dir, resolve_base
 from .run_dir import MANIFEST_NAME, RunDirectory
 from .weights import check_weight_files, pickle_weight_files, untied_missing, weight_files
 
@@ -43,7 +43,8 @@ def load_members(source: str | os.PathLike | list[str | os.PathLike], allow_pick
         if not complete:
             raise ValueError(f"{source} lists no complete member yet: train the ensemble first.")
         members = [run.path / complete[index]["path"] for index in sorted(complete)]
-        _check_adapters(members)
+        if _check_adapters(members):
+            _check_run_base(run)
         return members
     members = [Path(member) for member in source]
     if not members:
@@ -72,6 +73,22 @@ def _check_adapters(members: list[Path]) -> bool:
     if adapters[0] and any((member / "config.json").is_file() for member in members):
         check_member_configs(members)
     return adapters[0]
+
+
+def _check_run_base(run: RunDirectory) -> None:
+    """The base model an adapter run names is still the one it was trained on (sha256 of its weights)."""
+    manifest = run.read_manifest()
+    expected = manifest.get("base_model_sha256")
+    if expected is None:  # adapters trained elsewhere and imported, or a base with pickle weights only
+        return
+    base_dir = resolve_base(manifest["base_model"], manifest.get("base_model_revision"), f"Run {run.path}: its ")
+    found = base_sha256(base_dir)
+    if found != expected:
+        raise ValueError(
+            f"The base model {base_dir} is not the one the adapters of {run.path} were trained on: the sha256 of its "
+            f"weights is {found}, the run's manifest records {expected}. Restore that base model (or point "
+            "base_model_name_or_path at a copy of it)."
+        )
 
 
 def check_pickle_weights(model_dir: str | os.PathLike, allow_pickle: bool) -> None:

@@ -62,7 +62,9 @@ CHECKPOINTS_DIR = "checkpoints"
 PROCESS_REPORTS_DIR = ".processes"
 FORMAT_VERSION = 1
 # Manifest fields that define a run: a directory holding a run that differs in any of them is refused.
+# Adapter (PEFT) runs also have `adapter`, `base_model_revision` and `base_model_sha256`; full-model runs lack them.
 IDENTITY_KEYS = ("ensemble_method", "base_model", "hyperparameters", "precision", "train_data")
+ADAPTER_IDENTITY_KEYS = ("adapter", "base_model_revision", "base_model_sha256")
 # Identity fields that manifests of earlier hf_starsse versions lack: such runs resume (with a warning) and get them.
 LATER_IDENTITY_KEYS = ("precision", "train_data")
 # Fields every manifest member entry has, with their types.
@@ -180,6 +182,8 @@ class RunDirectory:
                     raise
                 manifest = None
                 self._discard()
+            if manifest is not None and not overwrite:
+                self._check_same_kind(manifest, header)
             if manifest is not None and self._differences(manifest, header):
                 if not overwrite:
                     raise ValueError(
@@ -212,10 +216,22 @@ class RunDirectory:
                 "another output_dir, or make it writable."
             )
 
+    def _check_same_kind(self, manifest: dict[str, Any], header: dict[str, Any]) -> None:
+        """Refuse to mix full-model members and PEFT adapter members in one run directory."""
+        saved, wanted = bool(manifest.get("adapter")), bool(header.get("adapter"))
+        if saved != wanted:
+            kinds = ("full-model members", "PEFT adapter members")
+            raise ValueError(
+                f"output_dir {str(self.path)!r} holds a run of {kinds[saved]}, but this run trains {kinds[wanted]}: "
+                "the two cannot be mixed in one run directory. Use another output_dir, or set "
+                "overwrite_output_dir=True to discard it."
+            )
+
     @staticmethod
     def _differences(manifest: dict[str, Any], header: dict[str, Any]) -> list[str]:
         """The identity fields in which `header` differs from `manifest` (fields an older manifest lacks: none)."""
         keys = [key for key in IDENTITY_KEYS if key in manifest or key not in LATER_IDENTITY_KEYS]
+        keys += ADAPTER_IDENTITY_KEYS
 
         def flat(source: dict[str, Any]) -> dict[str, Any]:
             values = {}

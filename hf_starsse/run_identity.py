@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .adapter_training import adapter_header, is_peft_model
 from .training_args import StarSSETrainingArguments
 
 # Rows of the training data hashed into its fingerprint (evenly spaced, first and last included).
@@ -67,9 +68,12 @@ def model_id(name_or_path: str | None) -> str | None:
 
 
 def run_header(args: StarSSETrainingArguments, model, train_dataset) -> dict:
-    """The manifest header of the run that `args` trains from `model` on `train_dataset`."""
+    """
+    The manifest header of the run that `args` trains from `model` on `train_dataset`; for a PEFT model, also its base
+    (Hub id or path, revision, sha256 of its weights) and adapter configuration (see `adapter_header`).
+    """
     config = getattr(model, "config", None)
-    return {
+    header = {
         "library": "hf_starsse",
         "library_version": __version__,
         "ensemble_method": args.ensemble_method,
@@ -79,3 +83,4 @@ def run_header(args: StarSSETrainingArguments, model, train_dataset) -> dict:
         "precision": precision_settings(args),
         "train_data": dataset_fingerprint(train_dataset),
     }
+    return {**header, **adapter_header(model)} if is_peft_model(model) else header

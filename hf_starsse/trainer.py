@@ -15,6 +15,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
+from .adapter_training import FreshAdapter, check_peft_model, is_peft_model, load_member_weights
 from .branch_parallel import BranchParallelMixin
 from .coordination import main_process_only, on_main_process
 from .data import check_train_dataset
@@ -24,7 +25,6 @@ from .run_identity import run_header
 from .schedule import get_cycle_schedule
 from .trainer_outputs import RunOutputsMixin
 from .training_args import StarSSETrainingArguments
-from .weights import load_weights
 
 logger = logging.get_logger(__name__)
 
@@ -74,6 +74,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         self._carried_optimizer_state: dict | None = None
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._fresh_parameters: set[str] = set()
+        self._fresh_adapter: FreshAdapter | None = None
         self._initial_scaler_state: dict | None = None
         self._callback_states: dict[int, tuple[ExportableState, dict]] = {}
         self._tensorboard_dirs: dict[TensorBoardCallback, str] = {}
@@ -105,8 +106,9 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
                 "Ensembles with DeepSpeed or FSDP are not supported yet: member snapshots and branch starts need full "
                 "state dicts. Train data-parallel (DDP), or one member per job with members_to_train."
             )
-        if hasattr(self.model, "peft_config"):
-            raise ValueError("PEFT models are not supported as ensemble members yet; merge the adapter first.")
+        model = self.accelerator.unwrap_model(self.model)
+        if is_peft_model(model):
+            check_peft_model(model, self.args.ensemble_method)
         if self.args.load_best_model_at_end and self.args.ensemble_method != "local_de":
             raise ValueError(
                 "load_best_model_at_end=True would make a cycle member the best checkpoint of its cycle instead of "
@@ -114,7 +116,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             )
         self._check_callbacks()
         if self.args.ensemble_method == "local_de" and self.model_init is None:
-            if not isinstance(self.accelerator.unwrap_model(self.model), PreTrainedModel):
+            if not isinstance(model, PreTrainedModel) and not is_peft_model(model):
                 raise ValueError(
                     "ensemble_method='local_de' re-initialises the head of a transformers PreTrainedModel for every "
                     f"member; {type(self.model).__name__} is not one. Pass model_init=... that builds a fresh model."
@@ -131,8 +133,12 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             )
 
     def _remember_pretrained_state(self) -> None:
-        """Keep the weights Local DE members start from, and the parameters that did not come from a checkpoint."""
+        """Keep the weights Local DE members start from, and the parameters that did not come from a checkpoint (for
+        a PEFT model: the adapter as given, see `FreshAdapter`; the frozen base stays in place)."""
         model = self.accelerator.unwrap_model(self.model)
+        if is_peft_model(model):
+            self._fresh_adapter = FreshAdapter(model)
+            return
         self._initial_state = {
             name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()
         }
@@ -202,7 +208,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             self.args, self._member, self._run = ensemble_args, None, None
             self.accelerator.dataloader_config.data_seed = ensemble_args.data_seed
         if not todo or branches:  # the model ends as the last member, as after training the members in turn
-            load_weights(self.accelerator.unwrap_model(self.model), run.member_dir(ensemble_args.members()[-1]))
+            load_member_weights(self.accelerator.unwrap_model(self.model), run.member_dir(ensemble_args.members()[-1]))
         self.state.log_history = run.member_logs(ensemble_args.members())
         return _combine_outputs(outputs)
 
@@ -308,12 +314,14 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             return
         plan = plan_member(self.args, member)
         if plan.parent is None:
-            if self._initial_state is not None:
+            if self._fresh_adapter is not None:
+                self._fresh_adapter.apply(model)
+            elif self._initial_state is not None:
                 model.load_state_dict(self._initial_state)
                 self._reinitialize_head(model)
             return
         parent_dir = self._run.member_dir(plan.parent)
-        load_weights(model, parent_dir)
+        load_member_weights(model, parent_dir)
         if not plan.fresh_optimizer:
             self._carried_optimizer_state = torch.load(parent_dir / OPTIMIZER_STATE_NAME, weights_only=True)
 

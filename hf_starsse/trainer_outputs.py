@@ -12,6 +12,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import HubStrategy
 from transformers.utils import logging
 
+from .adapter_training import check_member_kind
 from .calibration import calibrate_ensemble, check_calibration_split
 from .coordination import main_process_only, on_main_process
 from .ensemble import build_ensemble
@@ -105,6 +106,7 @@ class RunOutputsMixin:
             source (`str` or `os.PathLike`): A `save_pretrained` directory (e.g. `members/member-00` of another run).
             index (`int`, *optional*, defaults to 0): The member it becomes.
         """
+        check_member_kind(self.accelerator.unwrap_model(self.model), source)
         state_file = Path(source) / TRAINER_STATE_NAME
         steps = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
         run = RunDirectory(self._run_dir())

@@ -1,0 +1,183 @@
+"""What `StarSSETrainer` does differently when the model is a PEFT model (LoRA and other adapters): the checks before
+training, the run header fields that pin the base model, loading a member's adapter into the model, and the fresh
+adapter (and head) of every Local DE member. The base weights are frozen by PEFT and never written per member.
+
+Members are saved by `Trainer.save_model`, i.e. `PeftModel.save_pretrained`: `adapter_model.safetensors` and
+`adapter_config.json` (plus processor files). `peft` is imported only when a PEFT model is given.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .adapters import (
+    ADAPTER_WEIGHTS_NAME,
+    BASE_KEYS,
+    IGNORED_ADAPTER_KEYS,
+    base_sha256,
+    check_adapter_dir,
+    is_adapter_dir,
+    require_peft,
+    resolve_base,
+)
+from .weights import check_weight_files, load_weights
+
+# LoRA initialisations that draw A at random (B = 0): Local DE members can each draw their own.
+RANDOM_LORA_INITS = (True, "gaussian")
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether `model` is a `peft.PeftModel` (told without importing peft)."""
+    return hasattr(model, "peft_config") and hasattr(model, "active_adapter")
+
+
+def _adapter_config(model: nn.Module):
+    return model.peft_config[model.active_adapter]
+
+
+def check_peft_model(model: nn.Module, ensemble_method: str) -> None:
+    """
+    Refuse PEFT models that cannot be ensemble members: several adapters, prompt learning (no per-member weights to
+    average or branch from), a base model that cannot be found again by its name (the adapters reference it), or, for
+    Local DE, a LoRA initialisation that is not random (each member draws LoRA A again).
+
+    Raises:
+        `ValueError`: naming the problem and what to do.
+    """
+    if len(model.peft_config) != 1:
+        raise ValueError(
+            f"The PEFT model holds {len(model.peft_config)} adapters ({sorted(model.peft_config)}); ensemble members "
+            "are trained one adapter at a time. Give StarSSETrainer a model with one adapter (get_peft_model)."
+        )
+    config = _adapter_config(model)
+    if config.is_prompt_learning:
+        raise ValueError(
+            f"{config.peft_type.value} (prompt learning) adapters are not supported as ensemble members: use an "
+            "adapter that changes the model's weights (LoRA, DoRA, IA3, ...)."
+        )
+    reference = config.base_model_name_or_path
+    if not reference:
+        raise ValueError(
+            "The PEFT model's base has no name or path (base_model_name_or_path is empty), so the members' adapters "
+            "could not find it again. Save the base with save_pretrained, load it from there with from_pretrained, "
+            "then call get_peft_model."
+        )
+    init = getattr(config, "init_lora_weights", True)
+    if ensemble_method == "local_de" and init not in RANDOM_LORA_INITS:
+        raise ValueError(
+            f"ensemble_method='local_de' draws every member's LoRA A again with PEFT's random initialisation, but "
+            f"init_lora_weights={init!r} is not random. Use init_lora_weights=True or 'gaussian', or pass "
+            "model_init=... that builds each member's PEFT model."
+        )
+
+
+def adapter_header(model: nn.Module) -> dict:
+    """
+    The run header fields of a PEFT model: its base (`base_model`, a Hub id or absolute path, and its revision), the
+    sha256 of the base's safetensors weights, and the adapter configuration (as `adapter_config.json` has it, without
+    bookkeeping entries).
+    """
+    config = _adapter_config(model)
+    reference = config.base_model_name_or_path
+    local = os.path.isdir(reference)
+    base_dir = Path(reference) if local else resolve_base(reference, config.revision, "The PEFT model's ")
+    adapter = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in IGNORED_ADAPTER_KEYS and key not in BASE_KEYS and not key.startswith("_")
+    }
+    return {
+        "base_model": os.path.abspath(reference) if local else reference,
+        "base_model_revision": config.revision,
+        "base_model_sha256": base_sha256(base_dir),
+        "adapter": _jsonable(adapter),
+    }
+
+
+def _jsonable(value):
+    """Sets (PEFT keeps target_modules as one) as sorted lists, enums as their values; the rest as is."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(item) for item in value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return getattr(value, "value", value) if not isinstance(value, (str, int, float, bool)) else value
+
+
+def load_member_weights(model: nn.Module, member_dir: str | os.PathLike) -> None:
+    """
+    Load a saved member into `model` in place: an adapter directory into a PEFT model's active adapter (the base is
+    left as it is), a `save_pretrained` directory into a full model (`weights.load_weights`).
+
+    Raises:
+        `ValueError`: a full model and an adapter member mixed, or an adapter whose tensors do not fit the model's.
+    """
+    member_dir = Path(member_dir)
+    check_member_kind(model, member_dir)
+    if not is_peft_model(model):
+        load_weights(model, member_dir)
+        return
+    peft = require_peft()
+    check_adapter_dir(member_dir)
+    check_weight_files(member_dir)
+    state = load_file(member_dir / ADAPTER_WEIGHTS_NAME)
+    expected = set(peft.get_peft_model_state_dict(model, adapter_name=model.active_adapter))
+    if set(state) != expected:
+        raise ValueError(
+            f"The adapter in {member_dir} does not fit the model being trained: tensors "
+            f"{sorted(set(state) ^ expected)[:5]} differ. Its adapter_config.json must match the model's PEFT config."
+        )
+    peft.set_peft_model_state_dict(model, state, adapter_name=model.active_adapter)
+
+
+def check_member_kind(model: nn.Module, member_dir: str | os.PathLike) -> None:
+    """Refuse a member directory of the other kind than `model` (an adapter for a full model, or the reverse)."""
+    if is_adapter_dir(member_dir) != is_peft_model(model):
+        kinds = ("a PEFT adapter", "a full model")
+        raise ValueError(
+            f"{member_dir} holds {kinds[not is_adapter_dir(member_dir)]} but the model being trained is "
+            f"{kinds[not is_peft_model(model)]}: a run's members are all adapters over one base, or all full models."
+        )
+
+
+class FreshAdapter:
+    """
+    The starting adapter of Local DE members over a frozen base: the adapter state as given (before training), with
+    LoRA A drawn again by PEFT's own initialisation (B = 0) and new heads (`modules_to_save` modules that
+    `from_pretrained` did not load) initialised again, under the seed set for the member.
+
+    Args:
+        model (`peft.PeftModel`): The model as given to the trainer.
+    """
+
+    def __init__(self, model: nn.Module):
+        peft = require_peft()
+        self.name = model.active_adapter
+        self.state = {
+            key: tensor.detach().to("cpu", copy=True)
+            for key, tensor in peft.get_peft_model_state_dict(model, adapter_name=self.name).items()
+        }
+        self.new_heads = [
+            wrapper.modules_to_save[self.name]
+            for wrapper in model.modules()
+            if isinstance(wrapper, peft.utils.ModulesToSaveWrapper)
+            and not all(getattr(p, "_is_hf_initialized", False) for p in wrapper.original_module.parameters())
+        ]
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> None:
+        """Give `model` a fresh adapter and fresh new heads (draws from the current random state)."""
+        peft = require_peft()
+        peft.set_peft_model_state_dict(model, self.state, adapter_name=self.name)
+        init_lora_weights = getattr(_adapter_config(model), "init_lora_weights", True)
+        for module in model.modules():
+            if isinstance(module, peft.tuners.lora.LoraLayer) and self.name in module.lora_A:
+                module.reset_lora_parameters(self.name, init_lora_weights)
+        base = model.get_base_model()
+        for head in self.new_heads:
+            for module in head.modules():
+                base._init_weights(module)
