@@ -1,7 +1,8 @@
 """A tiny StarSSE run for tests/test_distributed.py, launched with torchrun (or plainly, as one process).
 
 Every process writes `record-<rank>.json` next to the run: per member it trained, the learning rate after each
-optimizer step, the samples it saw, whether it started from member 0's saved weights, and its process count.
+optimizer step, the samples it saw, whether it started from member 0's saved weights, and its process count. With
+`--lora` the members are LoRA adapters over the frozen base.
 """
 
 import argparse
@@ -15,8 +16,8 @@ import torch
 from transformers import TrainerCallback, default_data_collator
 
 from hf_starsse import StarSSETrainer
+from hf_starsse.adapter_training import is_peft_model, load_member_weights
 from hf_starsse.run_dir import RunDirectory
-from hf_starsse.weights import load_weights
 
 from conftest import load_text_model, make_args, text_dataset, tokenizer
 
@@ -35,10 +36,14 @@ class Recorder(TrainerCallback):
         self.current = self.members[member] = {"lrs": [], "samples": [], "starts_from_member_0": None}
         if member > 0:
             start = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-            member_0 = load_text_model(self.model_path, seed=None)
-            load_weights(member_0, self.run.member_dir(0))
+            member_0 = make_model(self.model_path, is_peft_model(model), seed=None)
+            load_member_weights(member_0, self.run.member_dir(0))
             self.current["starts_from_member_0"] = all(
-                torch.equal(start[name], tensor) for name, tensor in member_0.state_dict().items()
+                torch.equal(start[name], tensor)
+                for name, tensor in member_0.state_dict().items()
+                if not is_peft_model(model)
+                or "lora_" in name
+                or ".modules_to_save." in name  # a PEFT model's trained part
             )
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
@@ -53,6 +58,18 @@ class Recorder(TrainerCallback):
         return default_data_collator(features)
 
 
+def make_model(path: str, lora: bool, seed: int | None = 0):
+    """The tiny BERT with a new head, wrapped with a LoRA adapter when `lora`."""
+    model = load_text_model(path, seed=seed)
+    if not lora:
+        return model
+    import peft
+
+    return peft.get_peft_model(
+        model, peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query"])
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)
@@ -62,6 +79,7 @@ def main() -> None:
     parser.add_argument("--branch_parallel", action="store_true")
     parser.add_argument("--kill_member", type=int, help="SIGKILL the process training this member at step 5")
     parser.add_argument("--kill_after", type=int, help="... once this member is complete")
+    parser.add_argument("--lora", action="store_true", help="LoRA members (peft)")
     options = parser.parse_args()
     args = make_args(
         options.run_dir,
@@ -75,7 +93,7 @@ def main() -> None:
     )
     recorder = Recorder(options.run_dir, options.model_path, options.kill_member, options.kill_after)
     trainer = StarSSETrainer(
-        model=load_text_model(options.model_path),
+        model=make_model(options.model_path, options.lora),
         args=args,
         train_dataset=text_dataset(),
         processing_class=tokenizer(),

@@ -194,3 +194,29 @@ def test_killed_branch_process_is_resumed_alone(tmp_path, pretrained_bert):
     for member, state in kept.items():
         assert all(torch.equal(state[name], tensor) for name, tensor in weights(run, member).items())
     assert RunDirectory(run).complete_members().keys() == {0, 1, 2}
+
+
+def test_lora_members_data_parallel_then_branch_parallel(tmp_path, pretrained_bert):
+    pytest.importorskip("peft")
+    run = tmp_path / "run"
+    records = run_script(run, pretrained_bert, "--lora", "--branch_parallel")
+    assert {rank: sorted(record) for rank, record in records.items()} == {0: [0, 1], 1: [0, 2]}
+    for record in records.values():
+        assert len(record[0]["samples"]) == 24  # member 0: data-parallel
+        branch = next(member for member in record if member > 0)
+        assert record[branch]["starts_from_member_0"] and record[branch]["lrs"] == cycle_lrs(6)
+        assert len(record[branch]["samples"]) == 48
+    entries = manifest(run)["members"]
+    assert [(e["index"], e["parent"], e["processes"]["mode"]) for e in entries] == [
+        (0, None, "data_parallel"),
+        (1, 0, "branch_parallel"),
+        (2, 0, "branch_parallel"),
+    ]
+    for member in range(3):
+        files = {path.name for path in RunDirectory(run).member_dir(member).iterdir()}
+        assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    adapters = [load_file(RunDirectory(run).member_dir(m) / "adapter_model.safetensors") for m in range(3)]
+    assert not torch.equal(
+        adapters[1]["base_model.model.classifier.weight"], adapters[2]["base_model.model.classifier.weight"]
+    )
+    assert RunDirectory(run).complete_members().keys() == {0, 1, 2}
