@@ -1,6 +1,7 @@
 """What `StarSSETrainer` does differently when the model is a PEFT model (LoRA and other adapters): the checks before
-training, the run header fields that pin the base model, loading a member's adapter into the model, and the fresh
-adapter (and head) of every Local DE member. The base weights are frozen by PEFT and never written per member.
+training, the run header fields that pin the base model, loading a member's adapter into the model, the fresh
+adapter (and head) of every Local DE member, and the frozen base's BatchNorm statistics held fixed. The base weights
+are frozen by PEFT and never written per member.
 
 Members are saved by `Trainer.save_model`, i.e. `PeftModel.save_pretrained`: `adapter_model.safetensors` and
 `adapter_config.json` (plus processor files). `peft` is imported only when a PEFT model is given.
@@ -12,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.hooks import RemovableHandle
 
 from .adapters import (
     ADAPTER_WEIGHTS_NAME,
@@ -181,3 +184,24 @@ class FreshAdapter:
         for head in self.new_heads:
             for module in head.modules():
                 base._init_weights(module)
+
+
+def hold_base_batchnorm(model: nn.Module) -> list[RemovableHandle]:
+    """
+    Keep the BatchNorm layers of a PEFT model's frozen base in eval mode while its adapter trains (their running
+    statistics are part of the base, which no member stores): each member is then trained with the statistics it
+    is evaluated with, and the base stays the same for every member. BatchNorm layers the adapter trains
+    (`modules_to_save`) are left alone. Remove the returned hooks after training.
+    """
+    frozen = [
+        module
+        for module in model.modules()
+        if isinstance(module, _BatchNorm)
+        and module.track_running_stats
+        and not any(parameter.requires_grad for parameter in module.parameters())
+    ]
+    return [module.register_forward_pre_hook(_eval_mode) for module in frozen]
+
+
+def _eval_mode(module: nn.Module, inputs) -> None:
+    module.eval()

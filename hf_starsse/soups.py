@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, TrainerCallback, default_data_collator
 from transformers.utils import logging
 
 from .adapter_soups import check_adapter_soup, lora_soup_model, save_lora_soup_adapter
+from .adapter_training import is_peft_model
 from .adapters import is_adapter_dir, processor_source
 from .cards import SOUP_RECORD_NAME, soup_card
 from .members import copy_member_tensors, load_members
@@ -125,13 +126,18 @@ class BatchNormRecalibrationCallback(TrainerCallback):
 
     Args:
         num_batches (`int`, *optional*): Limit the pass to this many batches (default: one epoch).
+
+    PEFT members are left as they are: their BatchNorm statistics belong to the frozen base, which the trainer holds
+    fixed (see `adapter_training.hold_base_batchnorm`) and no adapter stores.
     """
 
     def __init__(self, num_batches: int | None = None):
         self.num_batches = num_batches
 
     def on_train_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        if model is not None and train_dataloader is not None and has_batchnorm(model):
+        if model is None or train_dataloader is None or is_peft_model(model):
+            return
+        if has_batchnorm(model):
             recalibrate_batchnorm(model, train_dataloader, self.num_batches)
 
 

@@ -26,10 +26,10 @@ from . import plots
 from .atomic_io import atomic_write_json
 from .diagnostics import barrier_height, interpolation_curve
 from .evaluation import evaluate_ensemble
-from .soups import make_dataloader
+from .soups import make_dataloader, member_model
 from .trainer import StarSSETrainer
 from .training_args import StarSSETrainingArguments
-from .weights import load_base_model, weights_sha256
+from .weights import weights_sha256
 
 SWEEP_RESULTS_NAME = "sweep.json"
 SWEEP_METHODS = {"starsse": "StarSSE", "sse": "SSE"}
@@ -68,7 +68,7 @@ def _score_cell(cell_dir: Path, eval_dataset, train_dataset, trainer: StarSSETra
     rows = evaluate_ensemble(cell_dir, {"validation": eval_dataset}, soups=(), **_eval_options(trainer))
     members = [row for row in rows if row["model"] == "member"]
     ensemble = max((row for row in rows if row["model"] == "ensemble"), key=lambda row: row["size"])
-    first, second = (load_base_model(cell_dir / f"members/member-{i:02d}", trainer.args.device) for i in (0, 1))
+    first, second = (member_model(cell_dir / f"members/member-{i:02d}", trainer.args.device) for i in (0, 1))
     loader = make_dataloader(first, eval_dataset, trainer.data_collator, trainer.args.per_device_eval_batch_size)
     bn_loader = make_dataloader(first, train_dataset, trainer.data_collator, trainer.args.per_device_train_batch_size)
     curve = interpolation_curve(first, second, {"validation": loader}, num_points, batchnorm_dataloader=bn_loader)

@@ -15,7 +15,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
-from .adapter_training import FreshAdapter, check_peft_model, is_peft_model, load_member_weights
+from .adapter_training import FreshAdapter, check_peft_model, hold_base_batchnorm, is_peft_model, load_member_weights
 from .branch_parallel import BranchParallelMixin
 from .coordination import main_process_only, on_main_process
 from .data import check_train_dataset
@@ -75,6 +75,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._fresh_parameters: set[str] = set()
         self._fresh_adapter: FreshAdapter | None = None
+        self._batchnorm_hooks: list = []
         self._initial_scaler_state: dict | None = None
         self._callback_states: dict[int, tuple[ExportableState, dict]] = {}
         self._tensorboard_dirs: dict[TensorBoardCallback, str] = {}
@@ -273,9 +274,16 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             if resume_from_checkpoint and last is None:
                 raise ValueError(f"No valid checkpoint found for member {member} in {run.checkpoints_dir(member)}")
             resume_from_checkpoint = last
-        output = super().train(
-            resume_from_checkpoint=resume_from_checkpoint, ignore_keys_for_eval=ignore_keys_for_eval
-        )
+        if self.model_init is None:
+            self._hold_base_batchnorm(self.accelerator.unwrap_model(self.model))
+        try:
+            output = super().train(
+                resume_from_checkpoint=resume_from_checkpoint, ignore_keys_for_eval=ignore_keys_for_eval
+            )
+        finally:
+            for hook in self._batchnorm_hooks:
+                hook.remove()
+            self._batchnorm_hooks = []
         self._save_member(member, processes if processes["num_processes"] > 1 else None)
         return output
 
@@ -296,6 +304,11 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and self._initial_scaler_state is not None:
             scaler.load_state_dict(self._initial_scaler_state)  # a carried one replaces it in create_optimizer
+
+    def _hold_base_batchnorm(self, model: nn.Module) -> None:
+        """A PEFT model's frozen base keeps its BatchNorm statistics while a member trains (`hold_base_batchnorm`)."""
+        if is_peft_model(model):
+            self._batchnorm_hooks = hold_base_batchnorm(model)
 
     def _check_parents(self, todo: list[int], complete: dict) -> None:
         for position, member in enumerate(todo):
@@ -360,6 +373,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         model = super().call_model_init(trial)
         if self._member is not None:
             self._init_member_weights(model)
+            self._hold_base_batchnorm(model)
         return model
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:

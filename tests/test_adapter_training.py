@@ -11,6 +11,7 @@ from test_trainer import Recorder, StopAt, train_text
 from transformers import BertModel, MobileNetV2Config, MobileNetV2ForImageClassification
 
 from hf_starsse import StarSSETrainer, build_ensemble, uniform_soup
+from hf_starsse.soups import BatchNormRecalibrationCallback
 
 from conftest import bert_config, image_dataset, load_image_model, load_text_model, make_args, text_dataset, tokenizer
 
@@ -196,19 +197,29 @@ def test_full_model_and_adapter_members_never_share_a_run(tmp_path, lora_base):
         trainer.adopt_member(tmp_path / "lora" / "run" / "members" / "member-00")
 
 
-def test_lora_image_members_with_batchnorm(tmp_path):
+@pytest.mark.parametrize("with_model_init", [False, True])
+def test_lora_image_members_with_batchnorm(tmp_path, with_model_init):
     # tf_padding=False: transformers' TF-style padding reads the convolution's stride, which a LoRA wrapper hides
     config = MobileNetV2Config(num_channels=3, image_size=16, depth_multiplier=0.25, num_labels=10, tf_padding=False)
     MobileNetV2ForImageClassification(config).save_pretrained(tmp_path / "base")
     lora = peft.LoraConfig(
         r=4, lora_alpha=8, target_modules=r".*expand_1x1\.convolution", modules_to_save=["classifier"]
     )
+
+    def model_init():
+        return peft.get_peft_model(load_image_model(str(tmp_path / "base")), lora)
+
+    base = base_digest(model_init().state_dict())
     trainer = StarSSETrainer(
-        model=peft.get_peft_model(load_image_model(str(tmp_path / "base")), lora),
-        args=make_args(tmp_path / "run", num_members=2, per_device_train_batch_size=4),
+        **(dict(model_init=model_init) if with_model_init else dict(model=model_init())),
+        args=make_args(tmp_path / "run", num_members=2, per_device_train_batch_size=4, ensemble_method="local_de"),
         train_dataset=image_dataset(),
+        callbacks=[BatchNormRecalibrationCallback()],
     )
     trainer.train()
+    assert base_digest(trainer.model.state_dict()) == base  # BatchNorm statistics included: the base is held fixed
+    batchnorms = [module for module in trainer.model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert batchnorms and not any(module._forward_pre_hooks for module in batchnorms)  # held only while training
     saved = adapter(tmp_path / "run", 1)
     assert any("lora_A" in key for key in saved) and "base_model.model.classifier.weight" in saved
     assert not any("running_mean" in key for key in saved)  # BatchNorm statistics belong to the frozen base

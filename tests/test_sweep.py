@@ -1,11 +1,12 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from transformers import TrainerCallback
 
-from hf_starsse.sweep import sweep_cycle_hyperparameters
+from hf_starsse.sweep import cell_name, sweep_cycle_hyperparameters
 
 from conftest import load_text_model, make_args, text_dataset
 
@@ -176,3 +177,26 @@ def test_sweep_adopts_a_given_first_member(tmp_path, text_run):
     assert members[0]["sha256"] == results["setup"]["member0_sha256"]
     assert members[0]["sha256"] == json.loads((Path(text_run.args.output_dir) / "ensemble.json").read_text())[
         "members"][0]["sha256"]  # fmt: skip
+
+
+def test_sweep_of_lora_members(tmp_path, pretrained_bert):
+    peft = pytest.importorskip("peft")
+
+    def model_init():
+        lora = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+        return peft.get_peft_model(load_text_model(pretrained_bert, seed=None), lora)
+
+    options = sweep_options(
+        pretrained_bert,
+        model_init=model_init,
+        args=make_args(tmp_path / "sweep", num_members=2, max_steps=4, cycle_steps=None),
+        lr_ratios=(1.0, 4.0),
+        length_ratios=(0.5,),
+    )
+    results = sweep_cycle_hyperparameters(**options)
+    assert len(results["cells"]) == 2
+    for cell in results["cells"]:
+        member_dir = tmp_path / "sweep/cells" / cell_name("starsse", cell["lr_ratio"], 0.5) / "members/member-01"
+        assert (member_dir / "adapter_model.safetensors").is_file() and not (member_dir / "model.safetensors").exists()
+        assert 0 <= cell["member_accuracy"] <= 1
+        assert math.isfinite(cell["ensemble_nll"]) and math.isfinite(cell["barrier"])
