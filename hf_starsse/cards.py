@@ -4,6 +4,13 @@ Cards are rendered from the Jinja templates in `model_cards/` (at the repository
 `hf_starsse/model_cards/`) and carry YAML metadata built with `huggingface_hub.ModelCardData` (library, base model,
 tags, datasets, licence, and `model-index` results from `evaluation.json` when the run was evaluated) and a body
 describing the method, the members' lineage, the results and how to load the model. Publishing is in `hub.py`.
+
+Cards of adapter ensembles (PEFT members) add what PEFT's own cards say: tags `peft` and the method (`lora`), the base
+model, and for a base with a Hub id the tag `base_model:adapter:<id>` and `base_model_relation: adapter` (the Hub's
+model tree lists the ensemble among the base's adapters). Their `library_name` stays `transformers`: the Hub's `peft`
+library counts downloads and builds its usage snippet from a root `adapter_config.json`, which an adapter ensemble
+cannot have (transformers would load it as one adapter instead of the ensemble); its adapters are in
+`adapters/member_<k>/`. The body gives one member's adapter size against the base model's.
 """
 
 import json
@@ -14,9 +21,11 @@ from statistics import fmean
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .adapters import require_peft
 from .atomic_io import atomic_write_json
 from .run_dir import run_manifest
 from .tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, task_of_architecture
+from .weights import pickle_weight_files, weight_files
 
 # The templates: inside the installed package (wheel), else at the root of the source tree (checkout, editable).
 TEMPLATES = next(
@@ -30,6 +39,9 @@ CARD_INFO_NAME = "card_info.json"
 SOUP_RECORD_NAME = "soup.json"
 # Where the usage examples of a card point until the model has a Hub repository.
 ENSEMBLE_PLACEHOLDER, SOUP_PLACEHOLDER = "path/to/ensemble", "path/to/soup"
+# Where the usage examples of an adapter ensemble's card load its base from, until the base has a known Hub id.
+BASE_PLACEHOLDER = "path/to/base"
+ADAPTER_RELATION = "adapter"  # `base_model_relation` of an adapter ensemble's card
 METHODS = {
     "starsse": (
         "StarSSE",
@@ -129,8 +141,98 @@ def card_info(source, base_model: str | None = None) -> dict:
     }
 
 
-def _card_data(model_name: str, tags: list[str], task: str, info: dict, rows: list[dict], license) -> ModelCardData:
-    """The card's metadata; `rows` are the results of the model itself, reported in `model-index` (clean splits)."""
+def megabytes(num_bytes: int) -> str:
+    """A size in decimal megabytes (as the Hub shows file sizes), to three significant digits."""
+    return f"{num_bytes / 1e6:.3g} MB"
+
+
+def adapter_summary(model) -> dict | None:
+    """
+    What the card of an adapter ensemble says about its adapters, or `None` for an ensemble of full models.
+
+    Args:
+        model (`EnsemblePreTrainedModel`): The ensemble; an adapter ensemble has `peft_model` and `base_dir`.
+
+    Returns:
+        `dict` or `None`: `peft_type`, `rank` (LoRA), `member_size` (one member's adapter tensors), `members_size`
+        (all K), `base_size` (the base model's weight files), `copies_size` (K full copies of the base),
+        `include_base` and `num_labels`.
+    """
+    names = getattr(model.config, "adapter_names", None)
+    if not names:
+        return None
+    state = require_peft().get_peft_model_state_dict(model.peft_model, adapter_name=names[0])
+    member = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    base_files = weight_files(model.base_dir) or pickle_weight_files(model.base_dir)
+    base = sum(file.stat().st_size for file in base_files)
+    count = model.config.num_members
+    return {
+        "peft_type": model.config.peft_type,
+        "rank": getattr(model.peft_model.peft_config[names[0]], "r", None),
+        "member_size": megabytes(member),
+        "members_size": megabytes(count * member),
+        "base_size": megabytes(base),
+        "copies_size": megabytes(count * base),
+        "include_base": model.config.include_base,
+        "num_labels": model.config.num_labels,
+    }
+
+
+def adapter_base_tag(base_model: str) -> str:
+    """PEFT's tag for an adapter of `base_model` (a Hub id)."""
+    return f"base_model:adapter:{base_model}"
+
+
+def adapter_metadata(peft_type: str, base_model: str | None) -> dict:
+    """
+    The metadata an adapter ensemble's card adds to a full-model ensemble's, as PEFT's cards of adapters do.
+
+    Args:
+        peft_type (`str`): The adapters' PEFT method (`"LORA"`, ...), tagged lowercased.
+        base_model (`str`, *optional*): The base model's Hub id: tagged `base_model:adapter:<id>`, and the
+            relation `adapter` (unknown without one).
+
+    Returns:
+        `dict`: `tags` and, with a base, `base_model_relation`.
+    """
+    tags = ["peft", peft_type.lower()]
+    if base_model is None:
+        return {"tags": tags}
+    return {"tags": [*tags, adapter_base_tag(base_model)], "base_model_relation": ADAPTER_RELATION}
+
+
+def card_with_base_model(text: str, base_model: str) -> str:
+    """
+    A rendered card that names `base_model` (a Hub id) as its base, in its metadata (with the adapter tag and
+    relation of an adapter ensemble's card, see `adapter_metadata`) and in its usage examples: for publishing a model
+    whose base was only a local path when its card was rendered.
+
+    Args:
+        text (`str`): The card (`README.md`).
+        base_model (`str`): The base model's Hub id.
+    """
+    card = ModelCard(text)
+    if card.data.base_model == base_model and f'"{BASE_PLACEHOLDER}"' not in text:
+        return text
+    card.data.base_model = base_model
+    tags = card.data.tags or []
+    if "peft" in tags:
+        card.data.tags = [name for name in tags if not name.startswith("base_model:")] + [adapter_base_tag(base_model)]
+        card.data.base_model_relation = ADAPTER_RELATION
+    return str(card).replace(f'"{BASE_PLACEHOLDER}"', f'"{base_model}"')
+
+
+def card_base_model(model_dir: str | os.PathLike) -> str | None:
+    """The base model (Hub id) that the card (`README.md`) of a saved model names, if any."""
+    card = Path(model_dir) / "README.md"
+    return ModelCard.load(card).data.base_model if card.is_file() else None
+
+
+def _card_data(
+    model_name: str, tags: list[str], task: str, info: dict, rows: list[dict], license, peft_type: str | None = None
+) -> ModelCardData:
+    """The card's metadata; `rows` are the results of the model itself, reported in `model-index` (clean splits);
+    `peft_type` (adapter ensembles) adds the metadata of `adapter_metadata`."""
     eval_results = [
         EvalResult(
             task_type=task,
@@ -143,15 +245,17 @@ def _card_data(model_name: str, tags: list[str], task: str, info: dict, rows: li
         for row in rows
         if "/" not in row["split"] and row.get("accuracy") is not None
     ]
+    adapter = adapter_metadata(peft_type, info["base_model"]) if peft_type else {}
     return ModelCardData(
         model_name=model_name,
         library_name="transformers",
         pipeline_tag=task,
         base_model=info["base_model"],
-        tags=["hf_starsse", *tags, task],
+        tags=["hf_starsse", *tags, task, *adapter.pop("tags", [])],
         datasets=info["datasets"] or None,
         license=license,
         eval_results=eval_results or None,
+        **adapter,
     )
 
 
@@ -204,14 +308,16 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
     info = card_info(source, getattr(config, "base_model", None))  # adapter ensembles record their base
     rows = evaluation_rows(source)
     own = [r for r in rows if r["model"] == "ensemble" and r["size"] == config.num_members]
+    adapter = adapter_summary(model)
     return ModelCard.from_template(
-        _card_data(name, [method, "ensemble"], task, info, own, license),
+        _card_data(name, [method, "ensemble"], task, info, own, license, adapter and adapter["peft_type"]),
         template_path=str(TEMPLATES / "ensemble_card.md"),
         model_name=name,
         num_members=config.num_members,
         architecture=(config.member_config.get("architectures") or ["classifier"])[0],
         info=info,
-        peft_type=getattr(config, "peft_type", None),
+        adapter=adapter,
+        base_placeholder=BASE_PLACEHOLDER,
         method_title=title,
         method_description=description,
         hyperparameters=config.cycle_hyperparameters or {},

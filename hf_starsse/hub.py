@@ -1,5 +1,10 @@
 """Publishing saved ensembles and soups on the Hub: `push_ensemble_to_hub` uploads a run's ensemble (and optionally
 its soup and members) with their model cards (rendered by `cards.py`).
+
+Adapter ensembles (PEFT members) go up as they are saved: config, processor files, card and the K adapters
+(`adapters/<name>/`), plus the base model's weights only when the ensemble holds a copy of them (`include_base`). What
+is pushed names the base model by its Hub id, never by a local path: the id recorded by training, or for a base trained
+from a local directory the id declared with `save_card_info(run_dir, base_model=...)` or passed as `base_model=`.
 """
 
 import json
@@ -13,8 +18,10 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 from huggingface_hub.utils import validate_repo_id
 
 from . import __version__
-from .cards import ENSEMBLE_PLACEHOLDER, EVALUATION_NAME, SOUP_PLACEHOLDER, SOUP_RECORD_NAME
-from .ensemble import EnsembleConfig, build_ensemble
+from .adapters import ADAPTER_CONFIG_NAME
+from .cards import ENSEMBLE_PLACEHOLDER, EVALUATION_NAME, SOUP_PLACEHOLDER, SOUP_RECORD_NAME, card_with_base_model
+from .ensemble import AdapterEnsembleConfig, EnsembleConfig, build_ensemble
+from .hub_adapters import adapter_ensemble_folders, hub_base_model, read_json, with_hub_base
 from .run_dir import MANIFEST_NAME, RunDirectory
 from .saving import processor_files
 from .soups import has_batchnorm, uniform_soup
@@ -23,6 +30,7 @@ from .weights import PICKLE_SUFFIXES, weight_files
 # Files of a run directory that travel with its ensemble: the manifest and the evaluation tables.
 RUN_FILES = (MANIFEST_NAME, EVALUATION_NAME, "evaluation.csv")
 PUBLIC = "public"  # staging folder of files uploaded in place of local ones (cards, JSON without local paths)
+ENSEMBLE_TYPES = (EnsembleConfig.model_type, AdapterEnsembleConfig.model_type)
 
 
 @dataclass
@@ -62,21 +70,26 @@ class _Plan:
     kind: str
     files: dict[str, Path] = field(default_factory=dict)
 
-    def add_dir(self, model_dir: Path, prefix: str = "") -> None:
-        for file in model_files(model_dir):
-            self.files[f"{prefix}{file.name}"] = file
+    def add_dir(self, model_dir: Path, prefix: str = "", card: bool = True) -> None:
+        for file in model_files(model_dir, card):
+            self.files[f"{prefix}{file.relative_to(model_dir).as_posix()}"] = file
 
 
-def model_files(model_dir: str | os.PathLike) -> list[Path]:
+def model_files(model_dir: str | os.PathLike, card: bool = True) -> list[Path]:
     """
-    The files of a saved model directory that load it and describe it: safetensors weights (and index), config,
-    processor files, model card, remote code and records. Pickles, Trainer state and checkpoints are left out.
+    The files of a saved model directory that load it and describe it: safetensors weights (and index), config (a
+    PEFT adapter's too), processor files, model card (unless `card=False`), remote code and records; for a saved
+    adapter ensemble also its adapters and, if it holds one, the copy of its base model. Pickles, Trainer state and
+    checkpoints are left out.
     """
     model_dir = Path(model_dir)
     weights = weight_files(model_dir) + sorted(model_dir.glob("*.safetensors.index.json"))
-    configs = [model_dir / name for name in ("config.json", "generation_config.json") if (model_dir / name).is_file()]
+    names = ("config.json", "generation_config.json", ADAPTER_CONFIG_NAME)
+    configs = [model_dir / name for name in names if (model_dir / name).is_file()]
     others = sorted(file for file in processor_files(model_dir) if file.suffix not in PICKLE_SUFFIXES)
-    return weights + configs + [file for file in others if not file.name.endswith(".index.json")]
+    others = [file for file in others if not file.name.endswith(".index.json") and (card or file.name != "README.md")]
+    nested = [file for folder in adapter_ensemble_folders(model_dir) for file in model_files(folder, card=False)]
+    return weights + configs + others + nested
 
 
 def _folder_kind(path: Path) -> str:
@@ -85,8 +98,7 @@ def _folder_kind(path: Path) -> str:
         return "run"
     if (path / SOUP_RECORD_NAME).is_file():
         return "soup"
-    config = path / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("model_type") == EnsembleConfig.model_type:
+    if read_json(path / "config.json").get("model_type") in ENSEMBLE_TYPES:
         return "ensemble"
     raise ValueError(
         f"{path} is neither a run directory ({MANIFEST_NAME}), a saved ensemble (save_ensemble / build_ensemble) nor "
@@ -136,11 +148,13 @@ def _staged(plan: _Plan, name: str, text: str, staging: Path) -> None:
     plan.files[name] = staged
 
 
-def _staged_card(plan: _Plan, model_dir: Path, placeholder: str, staging: Path) -> None:
-    """A copy of the model card whose usage examples load the model from its repository."""
+def _staged_card(plan: _Plan, model_dir: Path, placeholder: str, staging: Path, base_model: str | None) -> None:
+    """A copy of the model card whose usage examples load the model from its repository (and the base model from
+    `base_model`, its Hub id, when known)."""
     card = model_dir / "README.md"
     if card.is_file():
-        _staged(plan, "README.md", card.read_text().replace(f'"{placeholder}"', f'"{plan.repo_id}"'), staging)
+        text = card.read_text().replace(f'"{placeholder}"', f'"{plan.repo_id}"')
+        _staged(plan, "README.md", card_with_base_model(text, base_model) if base_model else text, staging)
 
 
 def _without_local_paths(value):
@@ -152,44 +166,61 @@ def _without_local_paths(value):
     return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
 
 
-def _stage_public_json(plan: _Plan, staging: Path) -> None:
-    """Upload JSON files that name local paths (a run's manifest, a soup's record) without them."""
+def _stage_public_json(plan: _Plan, staging: Path, base_model: str | None) -> None:
+    """Upload JSON files that name local paths (a run's manifest, a soup's record, adapter configs) without them: the
+    base model by its Hub id `base_model` when known, other paths by their last part."""
     for name, file in list(plan.files.items()):
         if file.suffix == ".json" and staging / PUBLIC not in file.parents:
             data = json.loads(file.read_text())
-            public = _without_local_paths(data)
+            public = _without_local_paths(with_hub_base(data, base_model))
             if public != data:
                 _staged(plan, name, json.dumps(public, indent=2) + "\n", staging)
 
 
-def _plan_uploads(path, kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, staging: Path) -> list[_Plan]:
+@dataclass
+class _Options:
+    """What to push beside the main model, as `push_ensemble_to_hub` takes it."""
+
+    soup_repo_id: str | None = None
+    soup_path: str | os.PathLike | None = None
+    members_as_subfolders: bool = False
+    include_base: bool | None = None
+    base_model: str | None = None  # the base model's Hub id, once known
+
+
+def _plan_uploads(path: Path, kind: str, repo_id: str, options: _Options, staging: Path) -> list[_Plan]:
     main = _Plan(repo_id, "soup" if kind == "soup" else "ensemble")
     model_dir = path
     if kind == "run":
         model_dir = staging / "ensemble"
-        build_ensemble(path, model_dir)
+        build_ensemble(path, model_dir, include_base=bool(options.include_base))
     main.add_dir(model_dir)
-    _staged_card(main, model_dir, SOUP_PLACEHOLDER if kind == "soup" else ENSEMBLE_PLACEHOLDER, staging)
+    placeholder = SOUP_PLACEHOLDER if kind == "soup" else ENSEMBLE_PLACEHOLDER
+    _staged_card(main, model_dir, placeholder, staging, options.base_model)
     if kind == "run":
         main.files.update({name: path / name for name in RUN_FILES if (path / name).is_file()})
-    if members_as_subfolders:
+    if options.members_as_subfolders:  # without their own cards (PEFT's name the base by its local path)
         for member in RunDirectory(path).complete_members().values():
-            main.add_dir(path / member["path"], prefix=f"{member['path']}/")
-    plans = [main]
-    if soup_repo_id is not None:
-        soup_dir = Path(soup_path) if soup_path is not None else staging / "soup"
-        if soup_path is None and has_batchnorm(uniform_soup(path, soup_dir)):
-            raise ValueError(
-                "The members have BatchNorm layers, whose statistics a soup must re-estimate on training data: save "
-                "the soup with data first (trainer.save_soup or `hf-starsse soup --dataset ...`) and pass soup_path."
-            )
-        soup = _Plan(soup_repo_id, "soup")
-        soup.add_dir(soup_dir)
-        _staged_card(soup, soup_dir, SOUP_PLACEHOLDER, staging)
-        plans.append(soup)
+            main.add_dir(path / member["path"], prefix=f"{member['path']}/", card=False)
+    plans = [main] if options.soup_repo_id is None else [main, _soup_plan(path, options, staging)]
     for plan in plans:
-        _stage_public_json(plan, staging)
+        _stage_public_json(plan, staging, options.base_model)
     return plans
+
+
+def _soup_plan(path: Path, options: _Options, staging: Path) -> _Plan:
+    """The upload of the soup to its own repository: `options.soup_path`, else the uniform soup of the run's members
+    (for adapter members the merged soup, a plain checkpoint of the base architecture)."""
+    soup_dir = Path(options.soup_path) if options.soup_path is not None else staging / "soup"
+    if options.soup_path is None and has_batchnorm(uniform_soup(path, soup_dir)):
+        raise ValueError(
+            "The members have BatchNorm layers, whose statistics a soup must re-estimate on training data: save "
+            "the soup with data first (trainer.save_soup or `hf-starsse soup --dataset ...`) and pass soup_path."
+        )
+    soup = _Plan(options.soup_repo_id, "soup")
+    soup.add_dir(soup_dir)
+    _staged_card(soup, soup_dir, SOUP_PLACEHOLDER, staging, options.base_model)
+    return soup
 
 
 def push_ensemble_to_hub(
@@ -199,6 +230,8 @@ def push_ensemble_to_hub(
     soup_repo_id: str | None = None,
     soup_path: str | os.PathLike | None = None,
     members_as_subfolders: bool = False,
+    include_base: bool | None = None,
+    base_model: str | None = None,
     private: bool | None = None,
     revision: str | None = None,
     commit_message: str | None = None,
@@ -210,7 +243,9 @@ def push_ensemble_to_hub(
     Publish an ensemble (or a soup) on the Hub: create the repository if needed (and the branch `revision`), then
     upload, in one commit per repository, the files that load the model (safetensors weights, config, processor
     files, remote code), its model card with usage examples pointing at the repository, and for a run directory its
-    manifest and evaluation tables. Pickles, Trainer state and checkpoints are never uploaded.
+    manifest and evaluation tables. Pickles, Trainer state and checkpoints are never uploaded. An adapter ensemble
+    (PEFT members) goes up as it is saved: its adapters (`adapters/<name>/`) without the base model's weights, unless
+    it holds a copy of them (`include_base`); what is pushed names the base model by its Hub id.
 
     Args:
         path (`str` or `os.PathLike`): A run directory (its ensemble of complete members is built for the upload), a
@@ -220,7 +255,14 @@ def push_ensemble_to_hub(
             the uniform soup of the run's members (models without BatchNorm).
         soup_path (`str` or `os.PathLike`, *optional*): A saved soup to push to `soup_repo_id`.
         members_as_subfolders (`bool`, *optional*, defaults to `False`): Also upload each member of the run as a plain
-            model under `members/member-NN/` (loadable with `from_pretrained(repo_id, subfolder=...)`).
+            model under `members/member-NN/` (loadable with `from_pretrained(repo_id, subfolder=...)`; adapter members
+            as PEFT saves them, loadable with `PeftModel.from_pretrained(base, repo_id, subfolder=...)`).
+        include_base (`bool`, *optional*): Adapter ensembles: upload a copy of the base model's weights (`base/`) with
+            the adapters. Default: as the saved ensemble holds them (a run directory: without).
+        base_model (`str`, *optional*): Adapter ensembles and soups whose base model the adapters know only by a local
+            path: its Hub id, which the pushed config, adapter configs, manifest and card name instead (default: the
+            one declared with `save_card_info`, or named by the saved ensemble's card). Its weights must be those of
+            the local copy (their sha256 is checked when the ensemble loads).
         private (`bool`, *optional*): Make new repositories private (default: the namespace's default).
         revision (`str`, *optional*): Branch to commit to, created from `main` if missing (default: `main`).
         commit_message (`str`, *optional*): Commit message (default: "Upload ensemble/soup with hf_starsse").
@@ -240,12 +282,14 @@ def push_ensemble_to_hub(
         raise FileNotFoundError(f"{path} is not a directory: pass a run directory, a saved ensemble or a soup.")
     dry_run = dry_run or dry_run_dir is not None
     _check_push(kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, dry_run, token)
+    base_model = hub_base_model(path, kind, soup_path, include_base, base_model)
+    options = _Options(soup_repo_id, soup_path, members_as_subfolders, include_base, base_model)
     if dry_run_dir is not None and Path(dry_run_dir).exists() and any(Path(dry_run_dir).iterdir()):
         raise ValueError(f"dry_run_dir={dry_run_dir} is not empty: choose a new or empty directory.")
     api = HfApi(library_name="hf_starsse", library_version=__version__)
     uploads = []
     with tempfile.TemporaryDirectory(prefix="hf_starsse_push_") as staging:
-        for plan in _plan_uploads(path, kind, repo_id, soup_repo_id, soup_path, members_as_subfolders, Path(staging)):
+        for plan in _plan_uploads(path, kind, repo_id, options, Path(staging)):
             upload = HubUpload(
                 plan.repo_id,
                 {name: _describe_source(file, Path(staging), path) for name, file in plan.files.items()},
@@ -272,7 +316,8 @@ def _describe_source(file: Path, staging: Path, path: Path) -> str:
             what = "model card" if file.name == "README.md" else f"{file.name} without local paths"
         else:
             what = f"{folder} built from {path}"
-        return f"<{what}>/{file.name}"
+        name = file.parts[len(staging.parts) + (2 if folder == PUBLIC else 1) :]  # public/<repo>/..., <folder>/...
+        return f"<{what}>/{'/'.join(name)}"
     return str(file)
 
 

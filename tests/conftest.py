@@ -1,6 +1,7 @@
 """Tiny models built from config and synthetic data: no downloads, CPU, seconds."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from hf_starsse import StarSSETrainer, StarSSETrainingArguments
+from hf_starsse import StarSSETrainer, StarSSETrainingArguments, evaluate_ensemble
 
 transformers_logging.set_verbosity_error()
 
@@ -143,6 +144,26 @@ def image_run(tmp_path_factory, pretrained_mobilenet) -> StarSSETrainer:
     )
     trainer.train()
     return trainer
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory) -> Path:
+    """A trained 3-member StarSSE run of LoRA adapters (PEFT) over a tiny BERT in a local directory (`lora-base`,
+    which the adapters and the manifest name by its path), evaluated on a test split. Copy it to change it."""
+    peft = pytest.importorskip("peft")
+    root = tmp_path_factory.mktemp("secret-lora-dir")
+    torch.manual_seed(1234)
+    BertModel(bert_config()).save_pretrained(root / "lora-base")
+    tokenizer(root / "lora-base")
+    lora = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+    StarSSETrainer(
+        model=peft.get_peft_model(load_text_model(str(root / "lora-base")), lora),
+        args=make_args(root / "run", learning_rate=5e-3, cycle_learning_rate=1e-2),
+        train_dataset=text_dataset(),
+        processing_class=tokenizer(),
+    ).train()
+    evaluate_ensemble(root / "run", {"test": text_dataset(n=16, seed=3)})
+    return root / "run"
 
 
 @pytest.fixture(scope="session")

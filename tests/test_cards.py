@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 from transformers import BertModel
 
 from hf_starsse import StarSSETrainer, build_ensemble, evaluate_ensemble, push_ensemble_to_hub, uniform_soup
@@ -88,17 +89,12 @@ def local_run(tmp_path_factory) -> Path:
     return root / "run"
 
 
-def test_no_local_path_in_any_pushed_file(local_run, tmp_path):
-    root = local_run.parent
-    assert json.loads((local_run / "ensemble.json").read_text())["base_model"] == str(root / "my-base")
-    out = tmp_path / "planned"
-    uploads = push_ensemble_to_hub(
-        local_run, "team/ens", soup_repo_id="team/soup", members_as_subfolders=True, dry_run_dir=out
-    )
+def assert_no_local_path(out: Path, uploads, root: Path) -> set[str]:
+    """Every file of a dry run (`dry_run_dir=out`) is one planned, and none names `root` or another local path;
+    returns their names."""
     assert all(upload.commit is None for upload in uploads)  # a dry run
     files = [file for file in out.rglob("*") if file.is_file()]
     names = {file.relative_to(out).as_posix() for file in files}
-    assert {"team--ens/README.md", "team--ens/config.json", "team--ens/ensemble.json", "team--soup/soup.json"} <= names
     assert names == {f"{u.repo_id.replace('/', '--')}/{name}" for u in uploads for name in u.files}
     for file in files:
         if file.suffix in (".md", ".json", ".csv", ".txt"):
@@ -108,10 +104,96 @@ def test_no_local_path_in_any_pushed_file(local_run, tmp_path):
         if file.suffix == ".json":
             strings = re.findall(r'"((?:[^"\\]|\\.)*)"', file.read_text())
             assert not [s for s in strings if os.path.isabs(s)], file
+    return names
+
+
+def test_no_local_path_in_any_pushed_file(local_run, tmp_path):
+    root = local_run.parent
+    assert json.loads((local_run / "ensemble.json").read_text())["base_model"] == str(root / "my-base")
+    out = tmp_path / "planned"
+    uploads = push_ensemble_to_hub(
+        local_run, "team/ens", soup_repo_id="team/soup", members_as_subfolders=True, dry_run_dir=out
+    )
+    names = assert_no_local_path(out, uploads, root)
+    assert {"team--ens/README.md", "team--ens/config.json", "team--ens/ensemble.json", "team--soup/soup.json"} <= names
     card = (out / "team--ens/README.md").read_text()
     assert "(my-base) with **StarSSE**" in card  # the local base model by its directory's name
     assert json.loads((out / "team--ens/ensemble.json").read_text())["base_model"] == "my-base"
     assert json.loads((out / "team--soup/soup.json").read_text())["members"] == [f"member-0{i}" for i in range(3)]
+
+
+def test_no_local_path_in_pushed_adapter_files(lora_run, tmp_path):
+    root, out = lora_run.parent, tmp_path / "planned"
+    peft_card = (lora_run / "members/member-00/README.md").read_text()
+    assert f"base_model: {root / 'lora-base'}" in peft_card  # PEFT's card of a member names the base by its path
+    uploads = push_ensemble_to_hub(
+        lora_run,
+        "team/ens",
+        soup_repo_id="team/soup",
+        members_as_subfolders=True,
+        base_model="org/tiny-bert",
+        dry_run_dir=out,
+    )
+    names = assert_no_local_path(out, uploads, root)
+    assert {
+        "team--ens/adapters/member_0/adapter_config.json",
+        "team--ens/members/member-00/adapter_config.json",
+    } <= names
+    assert "team--ens/members/member-00/README.md" not in names
+    card = (out / "team--ens/README.md").read_text()
+    assert "(lora-base) with **StarSSE**" in card and '"org/tiny-bert", num_labels=3' in card
+    assert json.loads((out / "team--ens/ensemble.json").read_text())["base_model"] == "org/tiny-bert"
+
+
+def megabytes(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.3g} MB"
+
+
+def test_adapter_card_metadata_field_by_field(lora_run, tmp_path):
+    build_ensemble(lora_run, tmp_path / "plain")
+    plain = ModelCard.load(tmp_path / "plain/README.md")
+    assert plain.data.base_model is None and "base_model_relation" not in plain.data.to_dict()  # a local base
+    assert plain.data.tags == ["hf_starsse", "starsse", "ensemble", "text-classification", "peft", "lora"]
+    assert '"path/to/base", num_labels=3' in plain.text  # until a Hub id is known (see hub.push_ensemble_to_hub)
+
+    run = Path(shutil.copytree(lora_run, tmp_path / "run"))
+    save_card_info(run, base_model="org/tiny-bert", datasets=["stanfordnlp/imdb"], dataset_name="IMDB")
+    build_ensemble(run, tmp_path / "ensemble")
+    card = ModelCard.load(tmp_path / "ensemble/README.md")
+    data = card.data
+    assert (data.library_name, data.pipeline_tag) == ("transformers", "text-classification")
+    assert (data.base_model, data.base_model_relation) == ("org/tiny-bert", "adapter")
+    assert data.tags == [
+        "hf_starsse",
+        "starsse",
+        "ensemble",
+        "text-classification",
+        "peft",
+        "lora",
+        "base_model:adapter:org/tiny-bert",
+    ]
+    assert data.datasets == ["stanfordnlp/imdb"]
+    row = next(
+        r for r in json.loads((run / "evaluation.json").read_text()) if r["model"] == "ensemble" and r["size"] == 3
+    )
+    (result,) = data.eval_results
+    assert (result.dataset_type, result.dataset_name, result.metric_value) == (
+        "stanfordnlp/imdb",
+        "IMDB",
+        row["accuracy"],
+    )
+
+    text = " ".join(card.text.split())
+    adapter = load_file(run / "members/member-00/adapter_model.safetensors")
+    member = sum(tensor.numel() * tensor.element_size() for tensor in adapter.values())
+    base = (lora_run.parent / "lora-base/model.safetensors").stat().st_size
+    assert 0 < member < base / 10
+    sizes = f"rank 4: {megabytes(member)} per member, over a base model of {megabytes(base)}."
+    assert f"Each member is a LORA adapter of {sizes}" in text
+    total = f"{megabytes(3 * member)} in all, where 3 fine-tuned copies of the base model would take"
+    assert f"The 3 adapters take {total} {megabytes(3 * base)}." in text
+    assert "This repository holds the adapters, not the base model." in text
+    assert 'PeftModel.from_pretrained(base, "path/to/ensemble", subfolder="adapters/member_0")' in text
 
 
 def test_card_metadata_field_by_field(local_run, tmp_path):

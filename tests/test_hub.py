@@ -14,6 +14,8 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import AutoModelForSequenceClassification, TrainingArguments
 
 from hf_starsse import StarSSETrainer, build_ensemble, greedy_soup, push_ensemble_to_hub, uniform_soup
+from hf_starsse.cards import save_card_info
+from hf_starsse.ensemble import AdapterEnsembleConfig
 from hf_starsse.evaluation import evaluate_ensemble
 from hf_starsse.hub import model_files
 
@@ -22,6 +24,9 @@ from hub_server import LocalHub
 
 FAKE_TOKEN = "hf_FAKEtokenXYZ0123456789abcdefghij"
 LOADABLE = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+HUB_BASE = "org/tiny-bert"  # the Hub id declared for the LoRA run's base model, which it knows by a local path
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
 
 
 @pytest.fixture
@@ -45,6 +50,14 @@ def assert_token_never_leaked(hub: LocalHub, *texts: str, roots=()) -> None:
     for root in roots:
         for file in Path(root).rglob("*"):
             assert not file.is_file() or FAKE_TOKEN.encode() not in file.read_bytes(), file
+
+
+def write_files(files: dict[str, bytes], target: Path) -> Path:
+    """A repository's files written into `target`, as a download places them."""
+    for name, content in files.items():
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        (target / name).write_bytes(content)
+    return target
 
 
 def check_card(content: bytes, repo_id: str, tmp_path: Path) -> ModelCard:
@@ -123,10 +136,7 @@ def test_push_run_with_soup_and_members(local_hub, text_run, tmp_path, capfd, ca
     manifest = json.loads((run / "ensemble.json").read_text())  # pushed without the base model's local path
     assert json.loads(files["ensemble.json"]) == {**manifest, "base_model": Path(manifest["base_model"]).name}
 
-    downloaded = tmp_path / "downloaded"
-    for name, content in files.items():
-        (downloaded / name).parent.mkdir(parents=True, exist_ok=True)
-        (downloaded / name).write_bytes(content)
+    downloaded = write_files(files, tmp_path / "downloaded")
     batch = {"input_ids": torch.tensor([[2, 7, 9, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     pushed = AutoModelForSequenceClassification.from_pretrained(downloaded).eval()
     torch.testing.assert_close(pushed(**batch).logits, build_ensemble(run)(**batch).logits)
@@ -254,6 +264,128 @@ def test_without_ensemble_push_is_the_trainers(local_hub, pretrained_bert, tmp_p
     files = local_hub.files("tester/plain")
     assert local_hub.commits[0].message == "Plain" and "model.safetensors" in files
     assert "training_args.bin" in files and "ensemble.json" not in files  # Trainer's own upload of output_dir
+
+
+@pytest.mark.filterwarnings("ignore:Could not find a config file in org/tiny-bert")  # PEFT, offline
+def test_push_adapter_run_holds_the_adapters_not_the_base(local_hub, lora_run, tmp_path, monkeypatch):
+    peft = pytest.importorskip("peft")
+    uploads = push_ensemble_to_hub(
+        lora_run,
+        "team/lora-ensemble",
+        soup_repo_id="team/lora-soup",
+        members_as_subfolders=True,
+        base_model=HUB_BASE,
+        token=FAKE_TOKEN,
+    )
+    assert [upload.repo_id for upload in uploads] == ["team/lora-ensemble", "team/lora-soup"]
+    files = local_hub.files("team/lora-ensemble")
+    members, adapters = [f"members/member-0{i}" for i in range(3)], [f"adapters/member_{i}" for i in range(3)]
+    # the only weights: the adapters, once in the ensemble and once per member; nothing of the base model
+    weights = {name for name in files if name.endswith((".safetensors", ".bin"))}
+    assert weights == {f"{folder}/adapter_model.safetensors" for folder in members + adapters}
+    assert not any(name.startswith("base/") for name in files)
+    for member in members:
+        assert {name.removeprefix(f"{member}/") for name in files if name.startswith(member)} == (
+            ADAPTER_FILES | TOKENIZER_FILES
+        )  # neither PEFT's card nor the Trainer's files
+        weights = (lora_run / member / "adapter_model.safetensors").read_bytes()
+        assert files[f"{member}/adapter_model.safetensors"] == weights
+        local = json.loads((lora_run / member / "adapter_config.json").read_text())
+        assert json.loads(files[f"{member}/adapter_config.json"]) == {**local, "base_model_name_or_path": HUB_BASE}
+    config = json.loads(files["config.json"])
+    assert (config["model_type"], config["base_model"], config["include_base"]) == (
+        "starsse_adapter_ensemble",
+        HUB_BASE,
+        False,
+    )
+    assert json.loads(files["ensemble.json"])["base_model"] == HUB_BASE
+    card = check_card(files["README.md"], "team/lora-ensemble", tmp_path)
+    assert card.data.base_model == HUB_BASE and f'"{HUB_BASE}", num_labels=3' in card.text
+
+    # what was pushed loads: each member with PEFT alone, the ensemble once the base is there (from the Hub: here the
+    # local copy its config's sha256 accepts), the soup as a plain model
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # PEFT would look the base up on the Hub while loading
+    repo, base = write_files(files, tmp_path / "downloaded"), str(lora_run.parent / "lora-base")
+    inputs = {"input_ids": torch.tensor(text_dataset(n=6, seed=4)["input_ids"])}
+    with torch.no_grad():
+        for member, adapter in zip(members, adapters):
+            expected = peft.PeftModel.from_pretrained(load_text_model(base), str(lora_run / member)).eval()
+            for subfolder in (member, adapter):
+                pushed = peft.PeftModel.from_pretrained(load_text_model(base), str(repo), subfolder=subfolder).eval()
+                torch.testing.assert_close(pushed(**inputs).logits, expected(**inputs).logits)
+        config = AdapterEnsembleConfig.from_pretrained(repo)
+        config.base_model = base
+        ensemble = AutoModelForSequenceClassification.from_pretrained(repo, config=config)
+        torch.testing.assert_close(ensemble(**inputs).logits, build_ensemble(lora_run)(**inputs).logits)
+        soup = local_hub.files("team/lora-soup")
+        assert LOADABLE | {"README.md", "soup.json"} <= set(soup)  # a separate repository, as for full models
+        assert check_card(soup["README.md"], "team/lora-soup", tmp_path).data.base_model == HUB_BASE
+        pushed_soup = AutoModelForSequenceClassification.from_pretrained(write_files(soup, tmp_path / "soup")).eval()
+        torch.testing.assert_close(pushed_soup(**inputs).logits, uniform_soup(lora_run)(**inputs).logits)
+
+
+@pytest.mark.parametrize("include_base", [False, True], ids=["adapters-only", "include_base"])
+def test_dry_run_of_adapter_ensembles(lora_run, tmp_path, include_base):
+    adapters = {f"adapters/member_{i}/{name}" for i in range(3) for name in ADAPTER_FILES}
+    base = {"base/config.json", "base/model.safetensors"} if include_base else set()
+    expected = {"README.md", "config.json", *TOKENIZER_FILES, *adapters, *base}
+    options = {"include_base": True} if include_base else {"base_model": HUB_BASE}
+    build_ensemble(lora_run, tmp_path / "saved", include_base=include_base)
+    (saved,) = push_ensemble_to_hub(tmp_path / "saved", "team/saved", dry_run=True, **options)
+    assert set(saved.files) == expected
+    assert saved.files["adapters/member_1/adapter_model.safetensors"] == str(
+        tmp_path / "saved/adapters/member_1/adapter_model.safetensors"
+    )
+
+    out = tmp_path / "planned"
+    ensemble, soup = push_ensemble_to_hub(lora_run, "team/ens", soup_repo_id="team/soup", dry_run_dir=out, **options)
+    assert set(ensemble.files) == expected | {"ensemble.json", "evaluation.json", "evaluation.csv"}
+    assert ensemble.files["adapters/member_2/adapter_model.safetensors"] == (
+        f"<ensemble built from {lora_run}>/adapters/member_2/adapter_model.safetensors"
+    )
+    assert soup.repo_id == "team/soup" and LOADABLE | {"README.md", "soup.json"} <= set(soup.files)
+    written = {file.relative_to(out).as_posix() for file in out.rglob("*") if file.is_file()}
+    assert written == {f"{u.repo_id.replace('/', '--')}/{name}" for u in (ensemble, soup) for name in u.files}
+    config = json.loads((out / "team--ens/config.json").read_text())
+    assert (config["include_base"], config["base_model"]) == (include_base, "lora-base" if include_base else HUB_BASE)
+    if include_base:
+        copy = (out / "team--ens/base/model.safetensors").read_bytes()
+        assert copy == (lora_run.parent / "lora-base/model.safetensors").read_bytes()
+
+
+def test_dry_run_of_a_lora_soup_in_adapter_form(lora_run, tmp_path):
+    uniform_soup(lora_run, tmp_path / "soup", adapter_out_dir=tmp_path / "soup-adapter")
+    with pytest.raises(ValueError, match="base model is the local directory 'lora-base'"):
+        push_ensemble_to_hub(tmp_path / "soup-adapter", "team/soup", dry_run=True)
+    out = tmp_path / "planned"
+    (upload,) = push_ensemble_to_hub(tmp_path / "soup-adapter", "team/soup", base_model=HUB_BASE, dry_run_dir=out)
+    assert set(upload.files) == ADAPTER_FILES | TOKENIZER_FILES | {"soup.json"}  # a PEFT adapter of rank K·r
+    adapter = json.loads((out / "team--soup/adapter_config.json").read_text())
+    assert (adapter["base_model_name_or_path"], adapter["r"]) == (HUB_BASE, 12)
+
+
+def test_adapter_push_names_its_base_by_hub_id(local_hub, lora_run, text_run, tmp_path):
+    with pytest.raises(ValueError, match="base model is the local directory 'lora-base', which Hub users cannot"):
+        push_ensemble_to_hub(lora_run, "team/x", token=FAKE_TOKEN)
+    with pytest.raises(ValueError, match=re.escape("base_model='./lora-base' is not a Hub id")):
+        push_ensemble_to_hub(lora_run, "team/x", base_model="./lora-base", dry_run=True)
+    with pytest.raises(ValueError, match=re.escape("include_base and base_model are for adapter (PEFT) ensembles")):
+        push_ensemble_to_hub(text_run.args.output_dir, "team/x", include_base=True, dry_run=True)
+    build_ensemble(lora_run, tmp_path / "saved")
+    with pytest.raises(ValueError, match="is saved without a copy of its base model"):
+        push_ensemble_to_hub(tmp_path / "saved", "team/x", include_base=True, base_model=HUB_BASE, dry_run=True)
+    assert local_hub.requests == []
+
+    run = Path(shutil.copytree(lora_run, tmp_path / "run"))
+    save_card_info(run, base_model=HUB_BASE)  # declared for the run, as for full models
+    build_ensemble(run, tmp_path / "declared")
+    for source in (run, tmp_path / "declared"):  # the run's card_info.json, the saved ensemble's card
+        out = tmp_path / f"plan-{source.name}"
+        push_ensemble_to_hub(source, "team/x", dry_run_dir=out)
+        assert json.loads((out / "team--x/config.json").read_text())["base_model"] == HUB_BASE
+        adapter = json.loads((out / "team--x/adapters/member_0/adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == HUB_BASE
+        assert ModelCard.load(out / "team--x/README.md").data.base_model == HUB_BASE
 
 
 REAL_HUB = os.environ.get("HF_TOKEN") and os.environ.get("HF_STARSSE_TEST_NAMESPACE")
