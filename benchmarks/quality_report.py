@@ -214,6 +214,8 @@ def task_section(name: str, result: dict, options, prefix: Path) -> list[str]:
     lines[-1] += (f", peak lr {sizes['learning_rate']:g}, batch {sizes['batch']}, linear decay to zero; Local DE "
                   "members repeat it with fresh heads and their own seeds. SSE/StarSSE cycles: cosine to zero, "
                   "restarting at the cycle LR.")  # fmt: skip
+    if result.get("size_note"):
+        lines[-1] += " " + result["size_note"]
     history = ", ".join(f"{k} epochs: {v:.4f}" for k, v in convergence["history"].items())
     verdict = "converged" if convergence["converged"] else "NOT converged within the doublings allowed"
     lines += ["", f"**Member 0** (validation accuracy by length: {history}): {convergence['epochs']:g} epochs "
