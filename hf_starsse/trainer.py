@@ -8,14 +8,14 @@ import os
 
 import torch
 from torch import nn
-from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
+from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
-from .adapter_training import FreshAdapter, check_peft_model, hold_base_batchnorm, is_peft_model, load_member_weights
+from .adapter_training import FreshAdapter, hold_base_batchnorm, is_peft_model, load_member_weights
 from .branch_parallel import BranchParallelMixin
 from .coordination import main_process_only, on_main_process
 from .data import check_train_dataset
@@ -23,6 +23,7 @@ from .plan import plan_member
 from .run_dir import RunDirectory
 from .run_identity import run_header
 from .schedule import get_cycle_schedule
+from .trainer_checks import check_callbacks, check_ensemble_setup
 from .trainer_outputs import RunOutputsMixin
 from .training_args import StarSSETrainingArguments
 
@@ -80,58 +81,13 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         self._callback_states: dict[int, tuple[ExportableState, dict]] = {}
         self._tensorboard_dirs: dict[TensorBoardCallback, str] = {}
         if self._is_ensemble():
-            self._check_ensemble_setup()
+            check_ensemble_setup(self)
             if self.args.ensemble_method == "local_de" and self.model_init is None:
                 self._remember_pretrained_state()
 
     __init__.__signature__ = inspect.signature(Trainer.__init__)
 
     # ----- setup -----------------------------------------------------------------------------------------------
-
-    def _check_ensemble_setup(self) -> None:
-        if self.optimizer is not None or self.lr_scheduler is not None:
-            raise ValueError(
-                "StarSSETrainer creates a new optimizer and schedule for every member, so it cannot use the "
-                "optimizer instance given in `optimizers`. Pass `optimizer_cls_and_kwargs=(optimizer_class, kwargs)` "
-                "instead, or set num_members=1."
-            )
-        given_lr = (self.optimizer_cls_and_kwargs or (None, {}))[1].get("lr")
-        if given_lr is not None and given_lr != self.args.learning_rate:
-            raise ValueError(
-                f"optimizer_cls_and_kwargs sets lr={given_lr}, but learning_rate={self.args.learning_rate}: every "
-                "member's peak learning rate comes from learning_rate (member 0) and cycle_learning_rate (later "
-                "cycles). Set learning_rate, and leave lr out of the optimizer's kwargs."
-            )
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise ValueError(
-                "Ensembles with DeepSpeed or FSDP are not supported yet: member snapshots and branch starts need full "
-                "state dicts. Train data-parallel (DDP), or one member per job with members_to_train."
-            )
-        model = self.accelerator.unwrap_model(self.model)
-        if is_peft_model(model):
-            check_peft_model(model, self.args.ensemble_method)
-        if self.args.load_best_model_at_end and self.args.ensemble_method != "local_de":
-            raise ValueError(
-                "load_best_model_at_end=True would make a cycle member the best checkpoint of its cycle instead of "
-                "the cycle's end, which is what SSE/StarSSE ensemble. Set it to False (or use local_de)."
-            )
-        self._check_callbacks()
-        if self.args.ensemble_method == "local_de" and self.model_init is None:
-            if not isinstance(model, PreTrainedModel) and not is_peft_model(model):
-                raise ValueError(
-                    "ensemble_method='local_de' re-initialises the head of a transformers PreTrainedModel for every "
-                    f"member; {type(self.model).__name__} is not one. Pass model_init=... that builds a fresh model."
-                )
-
-    def _check_callbacks(self) -> None:
-        """Early stopping would end a cycle before its schedule does, and the cycle's end is what SSE/StarSSE keep."""
-        early = [cb for cb in self.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)]
-        if early and self.args.ensemble_method != "local_de":
-            raise ValueError(
-                f"EarlyStoppingCallback would end a {self.args.ensemble_method} cycle before its learning rate "
-                "reaches zero, and the cycle's end is the member the ensemble needs. Remove the callback, or use "
-                "ensemble_method='local_de' (independent fine-tunes: early stopping starts afresh for each member)."
-            )
 
     def _remember_pretrained_state(self) -> None:
         """Keep the weights Local DE members start from, and the parameters that did not come from a checkpoint (for
@@ -190,7 +146,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
                 "StarSSETrainer does not run hyperparameter-search trials: tune the first member with a plain Trainer."
             )
         if self._is_ensemble():
-            self._check_callbacks()  # callbacks may have been added since __init__
+            check_callbacks(self.callback_handler.callbacks, self.args.ensemble_method)  # added since __init__?
         check_train_dataset(self.train_dataset, self.accelerator.unwrap_model(self.model), self.label_names)
         ensemble_args = self.args
         self._run = run = RunDirectory(ensemble_args.output_dir)
