@@ -7,6 +7,7 @@ Members are saved by `Trainer.save_model`, i.e. `PeftModel.save_pretrained`: `ad
 `adapter_config.json` (plus processor files). `peft` is imported only when a PEFT model is given.
 """
 
+import copy
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .adapters import (
     require_peft,
     resolve_base,
 )
+from .atomic_io import atomic_write_text
 from .weights import check_weight_files, load_weights
 
 # LoRA initialisations that draw A at random (B = 0): Local DE members can each draw their own.
@@ -135,6 +137,17 @@ def load_member_weights(model: nn.Module, member_dir: str | os.PathLike) -> None
             f"{sorted(set(state) ^ expected)[:5]} differ. Its adapter_config.json must match the model's PEFT config."
         )
     peft.set_peft_model_state_dict(model, state, adapter_name=model.active_adapter)
+
+
+def save_member_config(model: nn.Module, member_dir: str | os.PathLike) -> None:
+    """
+    Write a PEFT model's model config (classifier architecture, label names) as `config.json` next to its saved
+    adapter: PEFT saves the adapter alone, and ensembles, soups and evaluations of the run read the class names there.
+    """
+    base = model.get_base_model()
+    config = copy.deepcopy(base.config)
+    config.architectures = [type(base).__name__]
+    atomic_write_text(Path(member_dir) / "config.json", config.to_json_string())
 
 
 def check_member_kind(model: nn.Module, member_dir: str | os.PathLike) -> None:

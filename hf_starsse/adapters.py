@@ -18,6 +18,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
+from .errors import MissingDependencyError
 from .saving import processor_files
 from .weights import pickle_weight_files, weight_files, weights_sha256
 
@@ -34,11 +35,11 @@ PEFT_INSTALL = "pip install 'hf_starsse[peft]'"
 
 
 def require_peft():
-    """The `peft` module, or an `ImportError` saying how to install it."""
+    """The `peft` module, or a `MissingDependencyError` (an `ImportError`) saying how to install it."""
     try:
         import peft
     except ImportError:
-        raise ImportError(f"Adapter (PEFT) members need the peft package: {PEFT_INSTALL}") from None
+        raise MissingDependencyError(f"Adapter (PEFT) members need the peft package: {PEFT_INSTALL}") from None
     return peft
 
 

@@ -10,7 +10,9 @@
     hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
     hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
 
-Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`.
+Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`, and so are the PEFT
+options (`--use_peft --lora_r 8 --lora_alpha 16 --lora_target_modules query value`, or `--peft_config FILE`: LoRA
+members, see `hf_starsse.peft_args`).
 """
 
 import dataclasses
@@ -30,6 +32,7 @@ from .errors import HubUnreachableError, StarSSEError, network_error_types
 from .evaluation import evaluate_ensemble
 from .hub import push_ensemble_to_hub
 from .members import load_members
+from .peft_args import PeftArguments, with_peft
 from .soups import greedy_soup, uniform_soup
 from .sweep import sweep_cycle_hyperparameters
 from .trainer import StarSSETrainer
@@ -122,8 +125,8 @@ def _prepare_for_run(data: DataArguments, splits: tuple[str, ...] = ()) -> Prepa
     return prepare_task(data, splits=(data.train_split, *splits), label_names=names)
 
 
-def train(data: DataArguments, args: StarSSETrainingArguments) -> None:
-    task = prepare_task(data)
+def train(data: DataArguments, args: StarSSETrainingArguments, peft: PeftArguments) -> None:
+    task = with_peft(prepare_task(data), peft)
     trainer = StarSSETrainer(args=task.configure(args), **task.trainer_kwargs())
     output = trainer.train()
     if trainer.is_world_process_zero():
@@ -213,10 +216,10 @@ def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
     print(f"Wrote {options.run_dir}/evaluation.csv and evaluation.json.")
 
 
-def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArguments) -> None:
+def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArguments, peft: PeftArguments) -> None:
     if data.eval_split is None:
         raise ValueError("The sweep scores cells on held-out data: pass --eval_split (a validation split).")
-    task = prepare_task(data)
+    task = with_peft(prepare_task(data), peft)
     results = sweep_cycle_hyperparameters(
         task.model_init,
         task.configure(args),
@@ -286,10 +289,10 @@ def _optional_data_options() -> type:
 
 def _run(command: str, argv: list[str]) -> None:
     if command == "train":
-        train(*_parse((DataArguments, StarSSETrainingArguments), command, argv))
+        train(*_parse((DataArguments, StarSSETrainingArguments, PeftArguments), command, argv))
         return
     if command == "sweep":
-        sweep(*_parse((DataArguments, StarSSETrainingArguments, SweepArguments), command, argv))
+        sweep(*_parse((DataArguments, StarSSETrainingArguments, SweepArguments, PeftArguments), command, argv))
         return
     if command == "push":
         push(*_parse((PushArguments,), command, argv))

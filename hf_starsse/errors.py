@@ -8,6 +8,10 @@ class StarSSEError(Exception):
     """Base of hf_starsse's user-facing errors: something the user can fix (its message says how)."""
 
 
+class MissingDependencyError(StarSSEError, ImportError):
+    """An optional extra (e.g. `peft`) that the options asked for is not installed; the message names the install."""
+
+
 class HubUnreachableError(StarSSEError, ConnectionError):
     """The Hugging Face Hub (or the endpoint in `HF_ENDPOINT`) cannot be reached."""
 

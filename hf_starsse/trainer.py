@@ -15,7 +15,13 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 from transformers.utils import logging
 
-from .adapter_training import FreshAdapter, hold_base_batchnorm, is_peft_model, load_member_weights
+from .adapter_training import (
+    FreshAdapter,
+    hold_base_batchnorm,
+    is_peft_model,
+    load_member_weights,
+    save_member_config,
+)
 from .branch_parallel import BranchParallelMixin
 from .coordination import main_process_only, on_main_process
 from .data import check_train_dataset
@@ -24,7 +30,7 @@ from .run_dir import RunDirectory
 from .run_identity import run_header
 from .schedule import get_cycle_schedule
 from .trainer_checks import check_callbacks, check_ensemble_setup
-from .trainer_outputs import RunOutputsMixin
+from .trainer_outputs import RunOutputsMixin, combine_outputs
 from .training_args import StarSSETrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -168,7 +174,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         if not todo or branches:  # the model ends as the last member, as after training the members in turn
             load_member_weights(self.accelerator.unwrap_model(self.model), run.member_dir(ensemble_args.members()[-1]))
         self.state.log_history = run.member_logs(ensemble_args.members())
-        return _combine_outputs(outputs)
+        return combine_outputs(outputs)
 
     def _remember_start_states(self, ensemble_args: StarSSETrainingArguments) -> None:
         """What each member resets to: the stateful callbacks' state, the loss scale, TensorBoard's log directory."""
@@ -303,7 +309,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
                 model._init_weights(module)
 
     def _save_member(self, member: int, processes: dict | None) -> None:
-        member_dir = self._run.member_dir(member)
+        member_dir, model = self._run.member_dir(member), self.accelerator.unwrap_model(self.model)
         self.save_model(str(member_dir), _internal_call=True)
         optimizer_state = None
         if not self.args.reset_optimizer_each_cycle and self.args.ensemble_method != "local_de":
@@ -315,6 +321,8 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
 
         def record():
             self.state.save_to_json(str(member_dir / TRAINER_STATE_NAME))
+            if is_peft_model(model):
+                save_member_config(model, member_dir)
             if optimizer_state is not None:
                 torch.save(optimizer_state, member_dir / OPTIMIZER_STATE_NAME)
             self._run.record_member(member, parent, seed, self.state.global_step, processes)
@@ -383,18 +391,3 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         if self._member is not None:
             logs.update(member=self._member, cycle=plan_member(self.args, self._member).cycle)
         super().log(logs, start_time)
-
-
-def _combine_outputs(outputs: list[TrainOutput]) -> TrainOutput:
-    """One member's output as is; for several, total steps, step-weighted loss and summed runtime and flos."""
-    if len(outputs) == 1:
-        return outputs[0]
-    steps = sum(output.global_step for output in outputs)
-    loss = sum(output.training_loss * output.global_step for output in outputs) / max(1, steps)
-    metrics = {
-        "train_runtime": sum(output.metrics.get("train_runtime", 0.0) for output in outputs),
-        "total_flos": sum(output.metrics.get("total_flos", 0.0) for output in outputs),
-        "train_loss": loss,
-        "train_members": len(outputs),
-    }
-    return TrainOutput(steps, loss, metrics)

@@ -1,5 +1,5 @@
-"""What a `StarSSETrainer` makes of its run directory: the ensemble, soups, an adopted first member, and the Hub
-upload (`RunOutputsMixin`, mixed into `StarSSETrainer`)."""
+"""What a `StarSSETrainer` makes of its run directory: the ensemble, soups, an adopted first member, the Hub
+upload (`RunOutputsMixin`, mixed into `StarSSETrainer`), and the output of `train()` over several members."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from transformers import PreTrainedModel
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer_utils import HubStrategy, TrainOutput
 from transformers.utils import logging
 
 from .adapter_training import check_member_kind
@@ -196,3 +196,18 @@ class RunOutputsMixin:
 
     def _is_ensemble(self) -> bool:
         return isinstance(self.args, StarSSETrainingArguments) and self.args.num_members > 1
+
+
+def combine_outputs(outputs: list[TrainOutput]) -> TrainOutput:
+    """One member's output as is; for several, total steps, step-weighted loss and summed runtime and flos."""
+    if len(outputs) == 1:
+        return outputs[0]
+    steps = sum(output.global_step for output in outputs)
+    loss = sum(output.training_loss * output.global_step for output in outputs) / max(1, steps)
+    metrics = {
+        "train_runtime": sum(output.metrics.get("train_runtime", 0.0) for output in outputs),
+        "total_flos": sum(output.metrics.get("total_flos", 0.0) for output in outputs),
+        "train_loss": loss,
+        "train_members": len(outputs),
+    }
+    return TrainOutput(steps, loss, metrics)

@@ -83,7 +83,9 @@ def test_starting_adapters_and_a_frozen_base(tmp_path, lora_base, method):
     for member in range(3):
         files = {path.name for path in (run / "members" / f"member-{member:02d}").iterdir()}
         assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= files
-        assert not files & {"model.safetensors", "config.json"}  # the base is never written per member
+        assert "model.safetensors" not in files  # the base is never written per member
+        config = json.loads((run / "members" / f"member-{member:02d}" / "config.json").read_text())
+        assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 3
         assert all("lora_" in key or "classifier" in key for key in adapter(run, member))
     starts = [start_adapter(start) for start in recorder.starts]
     assert all(not torch.any(value) for key, value in starts[0].items() if "lora_B" in key)  # PEFT's B = 0
