@@ -32,6 +32,8 @@ from .weights import check_weight_files, load_weights
 
 # LoRA initialisations that draw A at random (B = 0): Local DE members can each draw their own.
 RANDOM_LORA_INITS = (True, "gaussian")
+# LoRA initialisations that move part of the base's weights into the adapter (prefixes of init_lora_weights values).
+BASE_REWRITING_LORA_INITS = ("pissa", "olora", "loftq", "corda")
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -43,11 +45,13 @@ def _adapter_config(model: nn.Module):
     return model.peft_config[model.active_adapter]
 
 
-def check_peft_model(model: nn.Module, ensemble_method: str) -> None:
+def check_peft_model(model: nn.Module, ensemble_method: str, has_model_init: bool) -> None:
     """
     Refuse PEFT models that cannot be ensemble members: several adapters, prompt learning (no per-member weights to
-    average or branch from), a base model that cannot be found again by its name (the adapters reference it), or, for
-    Local DE, a LoRA initialisation that is not random (each member draws LoRA A again).
+    average or branch from), a base model that cannot be found again by its name (the adapters reference it), a LoRA
+    initialisation that rewrites the base's weights (PiSSA, OLoRA, LoftQ, CorDA: the members would no longer share the
+    base on disk), and, for Local DE without `model_init`, an adapter the trainer cannot draw afresh for each member
+    (anything but LoRA with a random initialisation).
 
     Raises:
         `ValueError`: naming the problem and what to do.
@@ -63,31 +67,39 @@ def check_peft_model(model: nn.Module, ensemble_method: str) -> None:
             f"{config.peft_type.value} (prompt learning) adapters are not supported as ensemble members: use an "
             "adapter that changes the model's weights (LoRA, DoRA, IA3, ...)."
         )
-    reference = config.base_model_name_or_path
-    if not reference:
+    if not config.base_model_name_or_path:
         raise ValueError(
             "The PEFT model's base has no name or path (base_model_name_or_path is empty), so the members' adapters "
             "could not find it again. Save the base with save_pretrained, load it from there with from_pretrained, "
             "then call get_peft_model."
         )
     init = getattr(config, "init_lora_weights", True)
-    if ensemble_method == "local_de" and init not in RANDOM_LORA_INITS:
+    if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_LORA_INITS):
         raise ValueError(
-            f"ensemble_method='local_de' draws every member's LoRA A again with PEFT's random initialisation, but "
-            f"init_lora_weights={init!r} is not random. Use init_lora_weights=True or 'gaussian', or pass "
-            "model_init=... that builds each member's PEFT model."
+            f"init_lora_weights={init!r} rewrites the base model's weights in memory, so the members would not share "
+            "the base saved on disk that their adapters name. Use init_lora_weights=True or 'gaussian'."
         )
+    if ensemble_method == "local_de" and not has_model_init:
+        if config.peft_type != "LORA" or init not in RANDOM_LORA_INITS:
+            raise ValueError(
+                f"ensemble_method='local_de' draws every member's adapter afresh, which the trainer does for LoRA "
+                f"with a random init (init_lora_weights=True or 'gaussian'), not for {config.peft_type.value} with "
+                f"init_lora_weights={init!r}. Pass model_init=... that builds each member's PEFT model instead."
+            )
 
 
 def adapter_header(model: nn.Module) -> dict:
     """
     The run header fields of a PEFT model: its base (`base_model`, a Hub id or absolute path, and its revision), the
     sha256 of the base's safetensors weights, and the adapter configuration (as `adapter_config.json` has it, without
-    bookkeeping entries).
+    bookkeeping entries). A local base's path becomes absolute in the model's PEFT config, so that the members'
+    `adapter_config.json` name it from any working directory.
     """
     config = _adapter_config(model)
     reference = config.base_model_name_or_path
     local = os.path.isdir(reference)
+    if local:  # the members' adapter_config.json then name the base from any working directory
+        config.base_model_name_or_path = reference = os.path.abspath(reference)
     base_dir = Path(reference) if local else resolve_base(reference, config.revision, "The PEFT model's ")
     adapter = {
         key: value
@@ -95,7 +107,7 @@ def adapter_header(model: nn.Module) -> dict:
         if key not in IGNORED_ADAPTER_KEYS and key not in BASE_KEYS and not key.startswith("_")
     }
     return {
-        "base_model": os.path.abspath(reference) if local else reference,
+        "base_model": reference,
         "base_model_revision": config.revision,
         "base_model_sha256": base_sha256(base_dir),
         "adapter": _jsonable(adapter),

@@ -81,13 +81,15 @@ def _check_run_base(run: RunDirectory) -> None:
     expected = manifest.get("base_model_sha256")
     if expected is None:  # adapters trained elsewhere and imported, or a base with pickle weights only
         return
-    base_dir = resolve_base(manifest["base_model"], manifest.get("base_model_revision"), f"Run {run.path}: its ")
+    try:
+        base_dir = resolve_base(manifest["base_model"], manifest.get("base_model_revision"))
+    except FileNotFoundError:  # moved or offline: the loader finds it (or a copy given as base_model=) or says so
+        return
     found = base_sha256(base_dir)
     if found != expected:
         raise ValueError(
             f"The base model {base_dir} is not the one the adapters of {run.path} were trained on: the sha256 of its "
-            f"weights is {found}, the run's manifest records {expected}. Restore that base model (or point "
-            "base_model_name_or_path at a copy of it)."
+            f"weights is {found}, the run's manifest records {expected}. Restore that base model at {base_dir}."
         )
 
 

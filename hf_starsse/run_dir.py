@@ -245,9 +245,16 @@ class RunDirectory:
             return values
 
         saved, wanted = flat(manifest), flat(header)
+        # an adapter-config entry only one side has is one another peft version added (the kind itself is checked
+        # by `_check_same_kind`): resuming with a newer peft is not refused for it
+        keys = [
+            key
+            for key in set(saved) | set(wanted)
+            if not key.startswith("adapter.") or key in saved.keys() & wanted.keys()
+        ]
         return [
             f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} now"
-            for key in sorted(set(saved) | set(wanted))
+            for key in sorted(keys)
             if saved.get(key) != wanted.get(key)
         ]
 

@@ -17,6 +17,7 @@ from transformers.utils import logging
 
 from .adapter_training import (
     FreshAdapter,
+    check_peft_model,
     hold_base_batchnorm,
     is_peft_model,
     load_member_weights,
@@ -87,6 +88,9 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         self._initial_scaler_state: dict | None = None
         self._callback_states: dict[int, tuple[ExportableState, dict]] = {}
         self._tensorboard_dirs: dict[TensorBoardCallback, str] = {}
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(self.args, StarSSETrainingArguments) and is_peft_model(model):
+            check_peft_model(model, self.args.ensemble_method, self.model_init is not None)
         if self._is_ensemble():
             check_ensemble_setup(self)
             if self.args.ensemble_method == "local_de" and self.model_init is None:

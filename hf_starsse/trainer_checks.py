@@ -2,7 +2,7 @@
 
 from transformers import EarlyStoppingCallback, PreTrainedModel, TrainerCallback
 
-from .adapter_training import check_peft_model, is_peft_model
+from .adapter_training import is_peft_model
 
 
 def check_ensemble_setup(trainer) -> None:
@@ -37,8 +37,11 @@ def check_ensemble_setup(trainer) -> None:
             "state dicts. Train data-parallel (DDP), or one member per job with members_to_train."
         )
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if is_peft_model(model):
-        check_peft_model(model, trainer.args.ensemble_method)
+    if getattr(model, "_hf_peft_config_loaded", False):
+        raise ValueError(
+            "The model holds adapters added with transformers' add_adapter / load_adapter, which StarSSETrainer does "
+            "not train as members: wrap the base model with peft.get_peft_model(model, config) instead."
+        )
     if trainer.args.load_best_model_at_end and trainer.args.ensemble_method != "local_de":
         raise ValueError(
             "load_best_model_at_end=True would make a cycle member the best checkpoint of its cycle instead of "

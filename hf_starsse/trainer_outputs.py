@@ -12,7 +12,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import HubStrategy, TrainOutput
 from transformers.utils import logging
 
-from .adapter_training import check_member_kind
+from .adapter_training import check_member_kind, is_peft_model, save_member_config
 from .calibration import calibrate_ensemble, check_calibration_split
 from .coordination import main_process_only, on_main_process
 from .ensemble import build_ensemble
@@ -106,7 +106,8 @@ class RunOutputsMixin:
             source (`str` or `os.PathLike`): A `save_pretrained` directory (e.g. `members/member-00` of another run).
             index (`int`, *optional*, defaults to 0): The member it becomes.
         """
-        check_member_kind(self.accelerator.unwrap_model(self.model), source)
+        model = self.accelerator.unwrap_model(self.model)
+        check_member_kind(model, source)
         state_file = Path(source) / TRAINER_STATE_NAME
         steps = json.loads(state_file.read_text())["global_step"] if state_file.is_file() else 0
         run = RunDirectory(self._run_dir())
@@ -116,6 +117,9 @@ class RunOutputsMixin:
             complete = run.complete_members()
             if index not in complete:
                 run.import_member(index, source, self.args.seed + index, steps)
+                member_dir = run.member_dir(index)
+                if is_peft_model(model) and not (member_dir / "config.json").is_file():
+                    save_member_config(model, member_dir)  # an adapter saved by PEFT alone: its label names
             elif complete[index]["sha256"] != weights_sha256(source):
                 raise ValueError(
                     f"Member {index} of {run.path} differs from {source}; its branches were trained from another "

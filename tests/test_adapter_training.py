@@ -3,6 +3,7 @@ member, resume, members_to_train, base identity, and the models refused."""
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -241,6 +242,11 @@ def prompt_tuning(base):
     )
 
 
+def loha(base):
+    config = peft.LoHaConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
+    return peft.get_peft_model(load_text_model(base, seed=None), config)
+
+
 def unnamed_base(base):
     from transformers import BertForSequenceClassification
 
@@ -253,11 +259,8 @@ def unnamed_base(base):
         (two_adapters, "starsse", "holds 2 adapters"),
         (prompt_tuning, "starsse", "PROMPT_TUNING .prompt learning. adapters are not supported"),
         (unnamed_base, "starsse", "base has no name or path"),
-        (
-            lambda base: lora_model(base, init_lora_weights="pissa"),
-            "local_de",
-            "init_lora_weights='pissa' is not random",
-        ),
+        (lambda base: lora_model(base, init_lora_weights="pissa"), "starsse", "'pissa' rewrites the base model's"),
+        (loha, "local_de", "not for LOHA with init_lora_weights=True. Pass model_init"),
     ],
 )
 def test_peft_models_that_cannot_be_members_are_refused(tmp_path, lora_base, make_model, method, message):
@@ -266,3 +269,53 @@ def test_peft_models_that_cannot_be_members_are_refused(tmp_path, lora_base, mak
                        train_dataset=text_dataset())  # fmt: skip
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run" / "ensemble.json").exists()
+
+
+def test_an_unnamed_base_is_refused_for_a_single_member_too(tmp_path, lora_base):
+    with pytest.raises(ValueError, match="base has no name or path"):
+        StarSSETrainer(model=unnamed_base(lora_base), args=make_args(tmp_path / "run", num_members=1))
+
+
+def test_local_de_of_other_adapters_with_model_init(tmp_path, lora_base):
+    trainer = StarSSETrainer(
+        model_init=lambda: loha(lora_base),
+        args=make_args(tmp_path / "run", ensemble_method="local_de", num_members=2),
+        train_dataset=text_dataset(),
+    )
+    trainer.train()
+    files = [load_file(tmp_path / f"run/members/member-0{m}/adapter_model.safetensors") for m in (0, 1)]
+    assert any("hada_w1_a" in key for key in files[0])
+    assert not all(torch.equal(files[0][key], files[1][key]) for key in files[0])
+
+
+def test_a_relative_base_path_is_pinned_absolute(tmp_path, lora_base, monkeypatch):
+    shutil.copytree(lora_base, tmp_path / "models" / "tb")
+    monkeypatch.chdir(tmp_path)
+    train_lora(tmp_path / "run", "models/tb", num_members=2)
+    config = json.loads((tmp_path / "run/members/member-01/adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "models" / "tb")
+    assert json.loads((tmp_path / "run/ensemble.json").read_text())["base_model"] == str(tmp_path / "models" / "tb")
+    monkeypatch.chdir(tmp_path / "models")  # another working directory: the base is still found
+    assert build_ensemble(tmp_path / "run", tmp_path / "ensemble") is not None
+
+
+def test_a_newer_peft_config_field_does_not_block_resume(tmp_path, lora_base):
+    run = tmp_path / "run"
+    train_lora(run, lora_base, num_members=2)
+    manifest = json.loads((run / "ensemble.json").read_text())
+    del manifest["adapter"]["use_dora"]  # as written by a peft without that field
+    (run / "ensemble.json").write_text(json.dumps(manifest))
+    recorder = Recorder()
+    train_lora(run, lora_base, [recorder], num_members=3)
+    assert recorder.members == [2]
+
+
+def test_an_adopted_peft_save_gets_its_model_config(tmp_path, lora_base):
+    model = lora_model(lora_base)
+    model.save_pretrained(tmp_path / "plain")  # PEFT alone: no config.json
+    trainer = StarSSETrainer(
+        model=lora_model(lora_base), args=make_args(tmp_path / "run"), train_dataset=text_dataset()
+    )
+    trainer.adopt_member(tmp_path / "plain")
+    config = json.loads((tmp_path / "run/members/member-00/config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
