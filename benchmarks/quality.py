@@ -25,6 +25,7 @@ Everything resumes from `--work-dir` (members, cells, evaluations are reused); k
     python benchmarks/quality.py --work-dir /work/bench-cache/protocol                  # both tasks, the report
     python benchmarks/quality.py --task text --work-dir W & python benchmarks/quality.py --task image --work-dir W
     python benchmarks/quality.py --quick --work-dir /tmp/quality-smoke --results /tmp/quality.md   # smoke test
+    python benchmarks/quality.py --task text --grid-only sse --work-dir W &  # and --grid-only starsse: side by side
     python benchmarks/quality.py --task image --final-seeds 2000 --work-dir W  # once W's grids are done: a seed aside
 """
 
@@ -89,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1000, 2000])
     parser.add_argument("--final-seeds", type=int, nargs="+", help="Train the final runs of these seeds only "
                         "(default: all; a process started once the grids are done can take others).")  # fmt: skip
+    parser.add_argument("--grid-only", choices=CYCLE_METHODS, help="Only this method's grid (a process beside "
+                        "another doing the other method's), then stop.")  # fmt: skip
     parser.add_argument("--members", type=int, default=5, help="K, member 0 included.")
     parser.add_argument("--lr-ratios", type=float, nargs="+", default=[0.5, 1, 2, 4])
     parser.add_argument("--length-ratios", type=float, nargs="+", default=[0.25, 0.5])
@@ -334,13 +337,8 @@ def final_runs(ctx: Context, optimum: dict, epochs: float, first: Path) -> dict:
     return runs
 
 
-def run_task(ctx: Context) -> dict | None:
-    start = time.perf_counter()
-    convergence = converge(ctx)
-    epochs = convergence["epochs"]
-    first = member0(ctx, ctx.options.seeds[0], epochs)
-    member0_accuracy = validation_accuracy(ctx, first)
-    grids = {method: sweep(ctx, method, epochs, first, member0_accuracy) for method in CYCLE_METHODS}
+def behaviour_results(ctx: Context, grids: dict) -> dict:
+    """Phase 3: each method's three behaviours, evaluated on the test split, with their interpolation curves."""
     behaviours = {}
     for method, grid in grids.items():
         behaviours[method] = {}
@@ -349,14 +347,30 @@ def run_task(ctx: Context) -> dict | None:
             run = cell_dir(ctx, method, cell)
             behaviours[method][name] = {"cell": cell, "evaluation": evaluate_run(ctx, run),
                                         "interpolation": interpolation(ctx, run)}  # fmt: skip
-    runs = final_runs(ctx, {m: grids[m]["behaviours"]["optimal"] for m in CYCLE_METHODS}, epochs, first)
-    if ctx.options.final_seeds:  # a share of the seeds: the process run without --final-seeds reports them all
-        ctx.log(f"final runs of seeds {ctx.options.final_seeds} trained; report with a run without --final-seeds")
+    return behaviours
+
+
+def run_task(ctx: Context) -> dict | None:
+    start = time.perf_counter()
+    convergence = converge(ctx)
+    epochs = convergence["epochs"]
+    first = member0(ctx, ctx.options.seeds[0], epochs)
+    member0_accuracy = validation_accuracy(ctx, first)
+    if ctx.options.grid_only:
+        sweep(ctx, ctx.options.grid_only, epochs, first, member0_accuracy)
+        ctx.log(f"{ctx.options.grid_only} grid done; the run without --grid-only goes on from here")
         return None
+    grids = {method: sweep(ctx, method, epochs, first, member0_accuracy) for method in CYCLE_METHODS}
+    seeds = ctx.options.final_seeds or ctx.options.seeds
+    behaviours = behaviour_results(ctx, grids) if ctx.options.seeds[0] in seeds else None
+    runs = final_runs(ctx, {m: grids[m]["behaviours"]["optimal"] for m in CYCLE_METHODS}, epochs, first)
     final = {}
     for seed, methods in runs.items():
         ctx.log(f"seed {seed}: evaluation")
         final[seed] = {method: evaluate_run(ctx, run) for method, run in methods.items()}
+    if ctx.options.final_seeds:  # a share of the seeds: the process run without --final-seeds reports them all
+        ctx.log(f"seeds {ctx.options.final_seeds} trained and evaluated; report with a run without --final-seeds")
+        return None
     result = {"sizes": ctx.sizes, "convergence": convergence, "member0_validation_accuracy": member0_accuracy,
               "grids": grids, "behaviours": behaviours, "final": final, "classes": ctx.task.label_names,
               "size_note": SIZE_NOTE.get(ctx.name),
@@ -377,7 +391,7 @@ def main(argv=None) -> None:
         started.write_text(str(time.time()))  # the wall time covers resumed runs
     tasks = ("image", "text") if options.task == "both" else (options.task,)
     results = {name: run_task(make_context(name, options)) for name in tasks}
-    if options.final_seeds:
+    if options.final_seeds or options.grid_only:
         return
     for name in ("image", "text"):  # a task finished by another process is reported too
         path = options.work_dir / name / "results.json"

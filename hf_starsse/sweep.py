@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
@@ -185,9 +186,20 @@ def best_cell(cells: list[dict]) -> dict:
 
 
 def _write_results(root: Path, setup: dict, cells: dict, best: dict | None = None) -> None:
-    """`sweep.json`: every finished cell, and the best cell of each method swept so far (`best`: the latest)."""
+    """
+    `sweep.json`: every finished cell, and the best cell of each method swept so far (`best`: the latest). Written
+    under a file lock and merged with the cells already there, so that sweeps of different methods (or grids) can
+    run side by side in one `output_dir`.
+    """
     path = root / SWEEP_RESULTS_NAME
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    with FileLock(str(path) + ".lock"):
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        if saved.get("setup") == setup:
+            cells = {**{_cell_key(cell): cell for cell in saved["cells"]}, **cells}
+        _write_merged(path, saved, setup, cells, best)
+
+
+def _write_merged(path: Path, saved: dict, setup: dict, cells: dict, best: dict | None) -> None:
     by_method = {**saved.get("best_by_method", {}), **(best or {})}
     results = {"setup": setup, "cells": list(cells.values())}
     if best:

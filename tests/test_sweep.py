@@ -200,3 +200,29 @@ def test_sweep_of_lora_members(tmp_path, pretrained_bert):
         assert (member_dir / "adapter_model.safetensors").is_file() and not (member_dir / "model.safetensors").exists()
         assert 0 <= cell["member_accuracy"] <= 1
         assert math.isfinite(cell["ensemble_nll"]) and math.isfinite(cell["barrier"])
+
+
+class OtherProcessWrites(TrainerCallback):
+    """While this sweep trains, another process's sweep (of SSE) records a finished cell in the same sweep.json."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not self.path.is_file():
+            return
+        saved = json.loads(self.path.read_text())
+        other = dict(saved["cells"][0], ensemble_method="sse") if saved["cells"] else None
+        if other is not None and all(cell["ensemble_method"] != "sse" for cell in saved["cells"]):
+            self.path.write_text(json.dumps({**saved, "cells": saved["cells"] + [other]}))
+
+
+def test_sweeps_side_by_side_keep_each_others_cells(tmp_path, pretrained_bert):
+    options = sweep_options(
+        pretrained_bert, args=make_args(tmp_path / "sweep", num_members=2, max_steps=2, cycle_steps=None),
+        lr_ratios=(1.0, 2.0), length_ratios=(0.5,),
+        trainer_kwargs={"callbacks": [OtherProcessWrites(tmp_path / "sweep" / "sweep.json")]},
+    )  # fmt: skip
+    sweep_cycle_hyperparameters(**options)
+    cells = json.loads((tmp_path / "sweep/sweep.json").read_text())["cells"]
+    assert sorted(cell["ensemble_method"] for cell in cells) == ["sse", "starsse", "starsse"]
