@@ -286,8 +286,8 @@ def test_push_adapter_run_holds_the_adapters_not_the_base(local_hub, lora_run, t
     assert not any(name.startswith("base/") for name in files)
     for member in members:
         assert {name.removeprefix(f"{member}/") for name in files if name.startswith(member)} == (
-            ADAPTER_FILES | TOKENIZER_FILES
-        )  # neither PEFT's card nor the Trainer's files
+            ADAPTER_FILES | TOKENIZER_FILES | {"config.json"}
+        )  # the member's model config (label names), neither PEFT's card nor the Trainer's files
         weights = (lora_run / member / "adapter_model.safetensors").read_bytes()
         assert files[f"{member}/adapter_model.safetensors"] == weights
         local = json.loads((lora_run / member / "adapter_config.json").read_text())
