@@ -14,6 +14,7 @@ Runs resume from `--work-dir` (keep it outside the repository).
 """
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -74,7 +75,8 @@ def train_and_evaluate(task, eval_sets: dict, root: Path, seed: int, lora: bool)
         import peft
 
         build = kwargs["model_init"]
-        kwargs["model_init"] = lambda: peft.get_peft_model(build(), peft.LoraConfig(**LORA))
+        # a fresh copy of the lists for every member: PEFT adds the classifier to modules_to_save in place
+        kwargs["model_init"] = lambda: peft.get_peft_model(build(), peft.LoraConfig(**copy.deepcopy(LORA)))
     StarSSETrainer(args=args, **kwargs).train()
     rows = evaluate_ensemble(args.output_dir, eval_sets, data_collator=task.data_collator, batch_size=64)
     metrics = {

@@ -101,17 +101,37 @@ def adapter_header(model: nn.Module) -> dict:
     if local:  # the members' adapter_config.json then name the base from any working directory
         config.base_model_name_or_path = reference = os.path.abspath(reference)
     base_dir = Path(reference) if local else resolve_base(reference, config.revision, "The PEFT model's ")
-    adapter = {
-        key: value
-        for key, value in config.to_dict().items()
-        if key not in IGNORED_ADAPTER_KEYS and key not in BASE_KEYS and not key.startswith("_")
-    }
     return {
         "base_model": reference,
         "base_model_revision": config.revision,
         "base_model_sha256": base_sha256(base_dir),
-        "adapter": _jsonable(adapter),
+        "adapter": adapter_identity(model),
     }
+
+
+def adapter_identity(model: nn.Module) -> dict:
+    """The PEFT model's adapter configuration as the run header records it (JSON values, bookkeeping left out)."""
+    config = _adapter_config(model).to_dict()
+    kept = {
+        k: v for k, v in config.items() if k not in IGNORED_ADAPTER_KEYS | set(BASE_KEYS) and not k.startswith("_")
+    }
+    return _jsonable(kept)
+
+
+def check_same_adapter(model: nn.Module, recorded: dict, member: int) -> None:
+    """
+    Refuse a member whose PEFT config differs from the run's (e.g. a `model_init` that builds another adapter for
+    each member): the run's members must share one adapter configuration to be ensembled and souped.
+    """
+    built = adapter_identity(model)
+    differing = sorted(key for key in built.keys() & recorded.keys() if built[key] != recorded[key])
+    if differing:
+        key = differing[0]
+        raise ValueError(
+            f"model_init built member {member} with another PEFT config than the run's: {key} is {built[key]!r}, the "
+            f"run records {recorded[key]!r}. Build the same config for every member (a fresh LoraConfig each call; "
+            "PEFT adds the classifier to a modules_to_save list in place)."
+        )
 
 
 def _jsonable(value):

@@ -18,6 +18,7 @@ from transformers.utils import logging
 from .adapter_training import (
     FreshAdapter,
     check_peft_model,
+    check_same_adapter,
     hold_base_batchnorm,
     is_peft_model,
     load_member_weights,
@@ -341,6 +342,8 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
     def call_model_init(self, trial=None) -> nn.Module:
         model = super().call_model_init(trial)
         if self._member is not None:
+            if is_peft_model(model):
+                check_same_adapter(model, self._run.read_manifest()["adapter"], self._member)
             self._init_member_weights(model)
             self._hold_base_batchnorm(model)
         return model

@@ -319,3 +319,16 @@ def test_an_adopted_peft_save_gets_its_model_config(tmp_path, lora_base):
     trainer.adopt_member(tmp_path / "plain")
     config = json.loads((tmp_path / "run/members/member-00/config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
+
+
+def test_a_model_init_that_changes_the_adapter_is_refused(tmp_path, lora_base):
+    shared = dict(LORA, modules_to_save=["pooler"])  # one list for every call: PEFT extends it in place
+
+    def model_init():
+        return peft.get_peft_model(load_text_model(lora_base, seed=None), peft.LoraConfig(**shared))
+
+    args = make_args(tmp_path / "run", ensemble_method="local_de", num_members=2)
+    with pytest.raises(ValueError, match="model_init built member 0 with another PEFT config than the run.s") as error:
+        StarSSETrainer(model_init=model_init, args=args, train_dataset=text_dataset()).train()
+    assert "\n" not in str(error.value)
+    assert json.loads((tmp_path / "run/ensemble.json").read_text())["members"] == []  # before any training
