@@ -65,12 +65,10 @@ def assert_same(a, b):
 
 
 @pytest.fixture(scope="module")
-def lora_base(tmp_path_factory) -> str:
-    """A tiny BERT backbone saved like a Hub checkpoint, for these tests alone (one test changes its weights)."""
+def lora_base(tmp_path_factory, pretrained_bert) -> str:
+    """A copy of the tiny BERT backbone for these tests alone (one test changes its weights)."""
     path = tmp_path_factory.mktemp("lora_base") / "tiny-bert"
-    torch.manual_seed(1234)
-    BertModel(bert_config()).save_pretrained(path)
-    tokenizer(path)
+    shutil.copytree(pretrained_bert, path)
     return str(path)
 
 
