@@ -78,18 +78,27 @@ def _check_adapters(members: list[Path]) -> bool:
 def _check_run_base(run: RunDirectory) -> None:
     """The base model an adapter run names is still the one it was trained on (sha256 of its weights)."""
     manifest = run.read_manifest()
-    expected = manifest.get("base_model_sha256")
-    if expected is None:  # adapters trained elsewhere and imported, or a base with pickle weights only
+    if manifest.get("base_model_sha256") is None:  # adapters trained elsewhere and imported, or pickle weights only
         return
     try:
         base_dir = resolve_base(manifest["base_model"], manifest.get("base_model_revision"))
     except FileNotFoundError:  # moved or offline: the loader finds it (or a copy given as base_model=) or says so
         return
-    found = base_sha256(base_dir)
-    if found != expected:
+    check_base_sha256(base_dir, manifest, run.path)
+
+
+def check_base_sha256(base_dir: Path, manifest: dict, run_path: Path, found: str | None = None) -> None:
+    """
+    Refuse a base model whose weights are not the ones the run's adapters were trained on (`base_model_sha256` of
+    its manifest; nothing to check without one). `found`: the base's sha256, when already computed.
+    """
+    expected = manifest.get("base_model_sha256")
+    found = base_sha256(base_dir) if found is None else found
+    if expected is not None and found != expected:
         raise ValueError(
-            f"The base model {base_dir} is not the one the adapters of {run.path} were trained on: the sha256 of its "
-            f"weights is {found}, the run's manifest records {expected}. Restore that base model at {base_dir}."
+            f"The base model {base_dir} is not the one the adapters of {run_path} were trained on: the sha256 of its "
+            f"weights is {found}, the run's manifest records {expected}. Restore that base model at "
+            f"{manifest['base_model']}, or pass base_model= a copy of it."
         )
 
 

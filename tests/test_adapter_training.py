@@ -183,6 +183,14 @@ def test_the_run_header_pins_the_base_model(tmp_path, lora_base):
         open(f"{lora_base}/model.safetensors", "wb").write(original)
     assert build_ensemble(run, tmp_path / "ensemble") is not None
 
+    # a copy given as base_model= is checked too: another model is refused, a copy of the base is used
+    torch.manual_seed(99)
+    BertModel(bert_config()).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="is not the one the adapters of .* were trained on"):
+        build_ensemble(run, base_model=str(tmp_path / "other"))
+    shutil.copytree(lora_base, tmp_path / "copy")
+    assert build_ensemble(run, base_model=str(tmp_path / "copy")).config.base_model == str(tmp_path / "copy")
+
 
 def test_full_model_and_adapter_members_never_share_a_run(tmp_path, lora_base):
     train_text(tmp_path / "full", lora_base, num_members=2)

@@ -6,7 +6,7 @@ from transformers import PreTrainedModel
 
 from ..adapters import base_sha256, is_adapter_dir, load_adapter_members, processor_source
 from ..cards import ensemble_card
-from ..members import IGNORED_CONFIG_KEYS, check_member_configs, copy_member_tensors, load_members
+from ..members import IGNORED_CONFIG_KEYS, check_base_sha256, check_member_configs, copy_member_tensors, load_members
 from ..run_dir import run_manifest
 from ..saving import check_out_dir, save_model_dir
 from ..tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, task_of_architecture
@@ -47,15 +47,20 @@ def _manifest_fields(source, positions: list[int]) -> dict:
     }
 
 
-def _adapter_ensemble(member_dirs: list, config_fields: dict, base_model: str | None) -> PreTrainedModel:
-    """The base loaded once with the members' adapters, as an `AdapterEnsembleFor...` model."""
+def _adapter_ensemble(source, member_dirs: list, config_fields: dict, base_model: str | None) -> PreTrainedModel:
+    """The base loaded once with the members' adapters, as an `AdapterEnsembleFor...` model; a run's base (or the
+    copy given as `base_model`) is checked against the sha256 its manifest records."""
     loaded = load_adapter_members(member_dirs, base_model)
+    found = base_sha256(loaded.base_dir)
+    manifest = run_manifest(source)
+    if manifest is not None:
+        check_base_sha256(loaded.base_dir, manifest, source, found)
     member_config = {key: value for key, value in loaded.config.to_dict().items() if key not in IGNORED_CONFIG_KEYS}
     config = AdapterEnsembleConfig(
         member_config=member_config,
         base_model=loaded.base_reference,
         base_revision=loaded.base_revision,
-        base_sha256=base_sha256(loaded.base_dir),
+        base_sha256=found,
         adapter_names=loaded.names,
         peft_type=loaded.adapter_config.get("peft_type"),
         **config_fields,
@@ -92,7 +97,8 @@ def build_ensemble(
         include_base (`bool`, *optional*, defaults to `False`): Adapter members: save a copy of the base model in
             `out_dir` too (offline use); by default the saved ensemble references it (Hub id or path).
         base_model (`str`, *optional*): Adapter members: the base model's Hub id or path, when not the one their
-            `adapter_config.json` names (e.g. a local copy).
+            `adapter_config.json` names (e.g. a local copy); for a run directory, its weights must have the sha256
+            the run's manifest records.
 
     Returns:
         [`~transformers.PreTrainedModel`]: The ensemble, in eval mode.
@@ -107,7 +113,7 @@ def build_ensemble(
     member_dirs = [member_dirs[position] for position in positions]
     fields = dict(num_members=len(member_dirs), member_weights=member_weights, **_manifest_fields(source, positions))
     if is_adapter_dir(member_dirs[0]):
-        model = _adapter_ensemble(member_dirs, dict(fields, include_base=include_base), base_model)
+        model = _adapter_ensemble(source, member_dirs, dict(fields, include_base=include_base), base_model)
     elif include_base or base_model is not None:
         raise ValueError("include_base and base_model are for PEFT adapter members; these are full models.")
     else:
