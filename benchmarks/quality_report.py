@@ -216,6 +216,7 @@ def task_section(name: str, result: dict, options, prefix: Path) -> list[str]:
                   "restarting at the cycle LR.")  # fmt: skip
     if result.get("size_note"):
         lines[-1] += " " + result["size_note"]
+    lines[-1] += f" Wall time: {result['wall_seconds'] / 60:.0f} min from the task's first start to its results."
     history = ", ".join(f"{k} epochs: {v:.4f}" for k, v in convergence["history"].items())
     verdict = "converged" if convergence["converged"] else "NOT converged within the doublings allowed"
     lines += ["", f"**Member 0** (validation accuracy by length: {history}): {convergence['epochs']:g} epochs "
@@ -249,13 +250,14 @@ def task_section(name: str, result: dict, options, prefix: Path) -> list[str]:
     return lines
 
 
-def write_report(results: dict, options, output: Path, command: str, environment: str, elapsed: float) -> None:
+def write_report(results: dict, options, output: Path, command: str, environment: str) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     prefix = output.with_suffix("")
     lines = [
         "# Ensemble quality: the paper's protocol (single model, Local DE, SSE, StarSSE)",
         "",
-        f"`{command}`: {elapsed / 60:.0f} min wall time since the first start ({environment}). "
+        f"`{command}` ({environment}; each task's wall time, from its first start to its results, is in its "
+        "section). "
         f"K = {options.members}; grids: cycle LR ratios {options.lr_ratios} (extended until the best cell is "
         f"interior, at most {options.max_extensions} more) x cycle length ratios {options.length_ratios}.",
         "",

@@ -4,6 +4,7 @@ real offline assets (skipped, naming the install command, when they are missing)
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def test_quick_benchmark_runs_every_phase_and_resumes(tmp_path, monkeypatch, res
     for row in final_rows:  # 5 metrics x (test, shift) as "mean ± std", then the steps
         cells = [cell.split(" ± ") for cell in row.strip("| ").split(" | ")[1:11]]
         assert all(len(cell) == 2 and all(math.isfinite(float(v)) for v in cell) for cell in cells), row
+    assert len(re.findall(r"Wall time: \d+ min from the task's first start to its results", report)) == 2
+    started = {name: (tmp_path / "work" / name / "started").read_text() for name in ("image", "text")}
     for name in ("image_final", "text_final", "image_sse_behaviours", "text_starsse_behaviours"):
         assert (results.parent / f"quality_{name}.png").is_file(), name
     text = json.loads((tmp_path / "work/text/results.json").read_text())
@@ -147,6 +150,7 @@ def test_quick_benchmark_runs_every_phase_and_resumes(tmp_path, monkeypatch, res
     mtimes = [path.stat().st_mtime_ns for path in saved]
     quality.main(argv)  # a rerun reuses every member, cell and evaluation
     assert [path.stat().st_mtime_ns for path in saved] == mtimes
+    assert {name: (tmp_path / "work" / name / "started").read_text() for name in started} == started  # from the first
     assert json.loads((tmp_path / "work/text/results.json").read_text())["final"] == text["final"]
 
     # an evaluation cached before calibration (older key, no calibrated metrics) is recomputed, not used
