@@ -40,9 +40,12 @@ demo: install
 demo-text: install
 	$(VENV)/bin/hf-starsse demo --task text --output_dir runs/demo-text
 
-# Not part of `bench`: the paper's protocol on both tasks, hours on a 2-core CPU (resumable; see the script).
+# Not part of `bench`: the paper's protocol, one task per core, hours on a 2-core CPU (resumable; see the script).
+# Writes benchmarks/results/quality-text.md and quality-image.md.
 bench-quality: install
-	$(PY) benchmarks/quality.py --work-dir runs/quality
+	$(PY) benchmarks/quality.py --task text --work-dir runs/quality & text=$$!; \
+	$(PY) benchmarks/quality.py --task image --work-dir runs/quality; image=$$?; \
+	wait $$text && exit $$image
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -22,8 +22,8 @@ Per task:
 
 Everything resumes from `--work-dir` (members, cells, evaluations are reused); keep it outside the repository.
 
-    python benchmarks/quality.py --work-dir /work/bench-cache/protocol                  # both tasks, the report
-    python benchmarks/quality.py --task text --work-dir W & python benchmarks/quality.py --task image --work-dir W
+    python benchmarks/quality.py --work-dir /work/bench-cache/protocol    # both tasks, one report: results/quality.md
+    python benchmarks/quality.py --task text --work-dir W &   # and --task image: results/quality-<task>.md each
     python benchmarks/quality.py --quick --work-dir /tmp/quality-smoke --results /tmp/quality.md   # smoke test
     python benchmarks/quality.py --task text --grid-only sse --work-dir W &  # and --grid-only starsse: side by side
     python benchmarks/quality.py --task image --final-seeds 2000 --work-dir W  # once W's grids are done: a seed aside
@@ -89,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=("image", "text", "both"), default="both")
     parser.add_argument("--work-dir", type=Path, default=Path("/work/bench-cache/protocol"))
-    parser.add_argument("--results", type=Path, default=RESULTS / "quality.md")
+    parser.add_argument("--results", type=Path, help="The report (default: benchmarks/results/quality-<task>.md, "
+                        "quality.md for both tasks).")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test of every phase.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1000, 2000])
     parser.add_argument("--final-seeds", type=int, nargs="+", help="Train the final runs of these seeds only "
@@ -104,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--interpolation-points", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="Torch threads (1: one core per process).")
     options = parser.parse_args(argv)
+    options.results = options.results or RESULTS / (
+        "quality.md" if options.task == "both" else f"quality-{options.task}.md"
+    )
     if options.quick:
         options.seeds, options.members, options.lr_ratios = options.seeds[:2], 3, [1.0, 2.0]
         options.length_ratios, options.max_extensions, options.max_doublings = [0.5], 1, 0
@@ -397,14 +401,6 @@ def main(argv=None) -> None:
     results = {name: run_task(make_context(name, options)) for name in tasks}
     if options.final_seeds or options.grid_only:
         return
-    for name in ("image", "text"):  # a task finished by another process is reported too
-        path = options.work_dir / name / "results.json"
-        if name not in results and path.is_file():
-            saved = json.loads(path.read_text())
-            if saved.get("evaluation_version") == EVALUATION_VERSION:
-                results[name] = saved
-            else:
-                print(f"Not reporting {path}: its evaluations are older than this script; rerun --task {name}.")
     command = "python " + " ".join(sys.argv if argv is None else ["benchmarks/quality.py", *argv])
     environment = (f"{platform.machine()}, {os.cpu_count()} cores, {options.threads} torch thread(s) per process, "
                    f"torch {torch.__version__}")  # fmt: skip

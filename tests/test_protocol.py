@@ -165,3 +165,10 @@ def test_quick_benchmark_runs_every_phase_and_resumes(tmp_path, monkeypatch, res
     old.write_text(json.dumps(saved))
     quality.main(argv)
     assert json.loads((tmp_path / "work/text/results.json").read_text())["final"] == text["final"]
+
+    # one task alone: its own report, with its default name
+    assert quality.parse_args(["--task", "text"]).results == quality.RESULTS / "quality-text.md"
+    assert quality.parse_args([]).results == quality.RESULTS / "quality.md"
+    quality.main([*argv, "--task", "text", "--results", str(tmp_path / "text.md")])
+    report = (tmp_path / "text.md").read_text()
+    assert "## Text" in report and "## Image" not in report
