@@ -26,7 +26,6 @@ import torch
 from transformers.utils import logging
 
 from hf_starsse import StarSSETrainer, StarSSETrainingArguments, evaluate_ensemble
-from hf_starsse.data import prepare_task
 from hf_starsse.demo.run import TRAINING_DEFAULTS
 from hf_starsse.demo.text import (
     SHIFT_SPLIT,
@@ -35,6 +34,7 @@ from hf_starsse.demo.text import (
     text_data_arguments,
     text_evaluation_sets,
 )
+from hf_starsse.training.data import prepare_task
 
 from results_table import write_results
 

@@ -4,10 +4,10 @@ behaviours, paired differences over seeds, and the metrics after pool-then-calib
 
 import numpy as np
 
-from hf_starsse.calibration import calibration_metrics, fit_temperature
-from hf_starsse.metrics import classification_metrics
-from hf_starsse.sweep import best_cell
-from hf_starsse.uncertainty import aurc
+from hf_starsse.evaluation.calibration import calibration_metrics, fit_temperature
+from hf_starsse.evaluation.metrics import classification_metrics
+from hf_starsse.evaluation.uncertainty import aurc
+from hf_starsse.training.sweep import best_cell
 
 CONVERGENCE_TOLERANCE = 0.005  # 0.5 accuracy points
 

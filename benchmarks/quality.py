@@ -41,21 +41,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 from transformers.utils import logging
 
 from hf_starsse import StarSSETrainer, StarSSETrainingArguments, uniform_soup
-from hf_starsse.atomic_io import atomic_write_json
-from hf_starsse.data import DataArguments, prepare_task
 from hf_starsse.demo import DemoArguments, fashion_mnist, pretrained_mobilenet_v2
 from hf_starsse.demo.run import evaluation_sets
 from hf_starsse.demo.text_assets import newsgroups, pretrained_minilm
-from hf_starsse.diagnostics import barrier_height, interpolation_curve
-from hf_starsse.evaluation import predict_probs
-from hf_starsse.members import load_members
-from hf_starsse.metrics import classification_metrics
-from hf_starsse.soups import BatchNormRecalibrationCallback, make_dataloader
-from hf_starsse.sweep import cell_name, sweep_cycle_hyperparameters
+from hf_starsse.evaluation.diagnostics import barrier_height, interpolation_curve
+from hf_starsse.evaluation.metrics import classification_metrics
+from hf_starsse.evaluation.run_evaluation import predict_probs
+from hf_starsse.run.members import load_members
+from hf_starsse.soups.batchnorm import BatchNormRecalibrationCallback
+from hf_starsse.soups.predict import make_dataloader
+from hf_starsse.storage.atomic_io import atomic_write_json
+from hf_starsse.training.data import DataArguments, prepare_task
+from hf_starsse.training.sweep import cell_name, sweep_cycle_hyperparameters
 
 import protocol
 from quality_report import write_report
@@ -142,15 +142,14 @@ class Context:
         return StarSSETrainingArguments(**{**recipe, **overrides})
 
     def trainer_kwargs(self) -> dict:
-        callbacks = [BatchNormRecalibrationCallback()] if self.task.is_image else []
+        callbacks = [BatchNormRecalibrationCallback()] if self.name == "image" else []
         return dict(
             model_init=self.task.model_init, train_dataset=self.task.train_dataset, callbacks=callbacks,
             processing_class=self.task.processing_class, data_collator=self.task.data_collator,
         )  # fmt: skip
 
     def load(self, member: Path):
-        auto = AutoModelForImageClassification if self.task.is_image else AutoModelForSequenceClassification
-        return auto.from_pretrained(member).eval()
+        return self.task.family.auto_model_class().from_pretrained(member).eval()
 
     def probs(self, model, dataset) -> tuple[np.ndarray, np.ndarray]:
         return predict_probs(model, dataset, self.task.data_collator, batch_size=64)
@@ -314,7 +313,7 @@ def interpolation(ctx: Context, run: Path) -> list[dict]:
         curves = []
         for k, member in enumerate(members[1:], start=1):
             curve = interpolation_curve(first, ctx.load(member), {"test": loader}, ctx.options.interpolation_points,
-                                        batchnorm_dataloader=bn_loader if ctx.task.is_image else None,
+                                        batchnorm_dataloader=bn_loader if ctx.name == "image" else None,
                                         num_batchnorm_batches=BATCHNORM_BATCHES)  # fmt: skip
             accuracy = curve["test"]["accuracy"]
             curves.append({"member": k, "alpha": curve["alpha"], "accuracy": accuracy,

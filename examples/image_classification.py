@@ -17,8 +17,8 @@ import datasets
 import torch
 from text_classification import parse_args, run
 
-from hf_starsse.corruptions import CORRUPTIONS, corrupted_splits, summarize_robustness
-from hf_starsse.data import PreparedTask
+from hf_starsse.evaluation.corruptions import CORRUPTIONS, corrupted_splits, summarize_robustness
+from hf_starsse.training.data import PreparedTask
 
 
 @dataclass

@@ -10,7 +10,7 @@ Trains every member into `output_dir` (re-running resumes), saves the ensemble a
 and `output_dir/soup`, evaluates members, ensembles and soups on `--test_split` (written to
 `output_dir/evaluation.csv`), and with `--push_to_hub true --hub_model_id you/name` publishes the ensemble.
 `--members_to_train 2` trains one StarSSE branch only (a job of a job array, see slurm_starsse.sh). Every
-`StarSSETrainingArguments` / `TrainingArguments` field and `hf_starsse.data.DataArguments` field is an option.
+`StarSSETrainingArguments` / `TrainingArguments` field and `hf_starsse.training.data.DataArguments` field is an option.
 """
 
 from collections.abc import Callable
@@ -20,8 +20,8 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from hf_starsse import StarSSETrainer, StarSSETrainingArguments, evaluate_ensemble
-from hf_starsse.data import DataArguments, PreparedTask, prepare_task
-from hf_starsse.metrics import compute_metrics
+from hf_starsse.evaluation.metrics import compute_metrics
+from hf_starsse.training.data import DataArguments, PreparedTask, prepare_task
 
 
 @dataclass
@@ -56,8 +56,7 @@ def run(
     test_split = options.test_split or data.eval_split
     needed = tuple(dict.fromkeys(split for split in (data.train_split, data.eval_split, test_split) if split))
     task = prepare_task(data, splits=needed)
-    if task.is_image:
-        args.remove_unused_columns = False  # the transform needs the raw image column
+    task.configure(args)  # e.g. image data keeps its raw column for the transform
     trainer = StarSSETrainer(
         model_init=task.model_init,
         args=args,

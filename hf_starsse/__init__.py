@@ -1,10 +1,10 @@
 """hf_starsse: ensembles and model soups from one pre-trained checkpoint (Local DE, SSE, StarSSE) for transformers."""
 
+import sys
+
 __version__ = "0.1.0"
 
-from .calibration import calibrate_ensemble  # noqa: E402
-from .cards import save_card_info  # noqa: E402
-from .diagnostics import interpolation_curve  # noqa: E402
+from .cards.model_card import save_card_info  # noqa: E402
 from .ensemble import (  # noqa: E402
     AdapterEnsembleConfig,
     AdapterEnsembleForImageClassification,
@@ -14,15 +14,22 @@ from .ensemble import (  # noqa: E402
     EnsembleForSequenceClassification,
     build_ensemble,
 )
-from .evaluation import evaluate_ensemble  # noqa: E402
-from .hub import push_ensemble_to_hub  # noqa: E402
-from .members import load_members  # noqa: E402
-from .run_dir import RunDirectory  # noqa: E402
-from .schedule import get_cycle_schedule  # noqa: E402
-from .soups import greedy_soup, recalibrate_batchnorm, uniform_soup  # noqa: E402
-from .trainer import StarSSETrainer  # noqa: E402
-from .training_args import StarSSETrainingArguments  # noqa: E402
-from .weights import load_base_model, load_weights  # noqa: E402
+from .evaluation import metrics  # noqa: E402
+from .evaluation.calibration import calibrate_ensemble  # noqa: E402
+from .evaluation.diagnostics import interpolation_curve  # noqa: E402
+from .evaluation.run_evaluation import evaluate_ensemble  # noqa: E402
+from .hub.publish import push_ensemble_to_hub  # noqa: E402
+from .run.directory import RunDirectory  # noqa: E402
+from .run.members import load_members  # noqa: E402
+from .soups.average import greedy_soup, uniform_soup  # noqa: E402
+from .soups.batchnorm import recalibrate_batchnorm  # noqa: E402
+from .storage.weights import load_base_model, load_weights  # noqa: E402
+from .training.arguments import StarSSETrainingArguments  # noqa: E402
+from .training.schedule import get_cycle_schedule  # noqa: E402
+from .training.trainer import StarSSETrainer  # noqa: E402
+
+# `hf_starsse.metrics` (the metric functions) keeps its public module path: `from hf_starsse.metrics import accuracy`.
+sys.modules[f"{__name__}.metrics"] = metrics
 
 __all__ = [
     "AdapterEnsembleConfig",

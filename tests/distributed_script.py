@@ -16,8 +16,9 @@ import torch
 from transformers import TrainerCallback, default_data_collator
 
 from hf_starsse import StarSSETrainer
-from hf_starsse.adapter_training import is_peft_model, load_member_weights
-from hf_starsse.run_dir import RunDirectory
+from hf_starsse.adapters.peft import is_peft_model
+from hf_starsse.run.directory import RunDirectory
+from hf_starsse.training.adapters import load_member_weights
 
 from conftest import load_text_model, make_args, text_dataset, tokenizer
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import transformers.modeling_utils
 from transformers import TrainerCallback, TrainerState
 
-import hf_starsse.atomic_io
+import hf_starsse.storage.atomic_io
 from hf_starsse import RunDirectory, StarSSETrainer
-from hf_starsse.run_dir import MANIFEST_NAME
+from hf_starsse.run.directory import MANIFEST_NAME
 
 from conftest import load_text_model, make_args, text_dataset, tokenizer
 
@@ -93,7 +93,7 @@ def install(kill: str, events: Events) -> list[TrainerCallback]:
 
         transformers.modeling_utils.safe_save_file = torn_weights
     elif what == "manifest":
-        record, write_text, recording = RunDirectory.record_member, hf_starsse.atomic_io.atomic_write_text, []
+        record, write_text, recording = RunDirectory.record_member, hf_starsse.storage.atomic_io.atomic_write_text, []
 
         def recorded(self, index, *args, **kwargs):
             recording.append(index)
@@ -106,7 +106,7 @@ def install(kill: str, events: Events) -> list[TrainerCallback]:
             write_text(path, text)
 
         RunDirectory.record_member = recorded
-        hf_starsse.atomic_io.atomic_write_text = torn_manifest
+        hf_starsse.storage.atomic_io.atomic_write_text = torn_manifest
     return []
 
 

@@ -12,7 +12,7 @@ from test_trainer import Recorder, StopAt, train_text
 from transformers import BertModel, MobileNetV2Config, MobileNetV2ForImageClassification
 
 from hf_starsse import StarSSETrainer, build_ensemble, uniform_soup
-from hf_starsse.soups import BatchNormRecalibrationCallback
+from hf_starsse.soups.batchnorm import BatchNormRecalibrationCallback
 
 from conftest import bert_config, image_dataset, load_image_model, load_text_model, make_args, text_dataset, tokenizer
 

@@ -348,7 +348,7 @@ except ImportError as error:
 
 def test_diagnostics_and_evaluation_take_adapter_members(text_base, text_adapters, text_inputs):
     from hf_starsse import evaluate_ensemble
-    from hf_starsse.diagnostics import member_distances, weight_distance
+    from hf_starsse.evaluation.diagnostics import member_distances, weight_distance
 
     merged = merged_members(text_base, text_adapters)
     rows = member_distances(text_adapters, pretrained=text_base())

@@ -30,7 +30,7 @@ from hf_starsse import (
     load_weights,
     uniform_soup,
 )
-from hf_starsse.cli import main
+from hf_starsse.cli.main import main
 
 from conftest import VOCAB, image_dataset, load_image_model, load_text_model, make_args, text_dataset
 
@@ -354,7 +354,7 @@ def ensemble_into_a_non_empty_directory(ctx):
 @case(ValueError, r"run/members holds the members themselves; save to a directory outside the run")
 def greedy_soup_into_the_run(ctx):
     run = ctx.run_copy()
-    forbid(ctx, "hf_starsse.soups.load_base_model")
+    forbid(ctx, "hf_starsse.soups.average.load_base_model")
     return lambda: greedy_soup(run, text_dataset(), out_dir=run / "members", overwrite=True)
 
 

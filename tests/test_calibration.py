@@ -16,9 +16,9 @@ from transformers import (
 )
 
 from hf_starsse import build_ensemble, calibrate_ensemble, uniform_soup
-from hf_starsse.calibration import fit_temperature
-from hf_starsse.evaluation import predict_probs
-from hf_starsse.metrics import softmax
+from hf_starsse.evaluation.calibration import fit_temperature
+from hf_starsse.evaluation.metrics import softmax
+from hf_starsse.evaluation.run_evaluation import predict_probs
 
 from conftest import VOCAB, image_dataset, text_dataset
 
@@ -182,7 +182,7 @@ def test_trainer_save_ensemble_calibrates_in_one_step(tmp_path, text_run):
 
 
 def test_cli_calibrate_soup_and_evaluate(tmp_path, pretrained_bert, text_data, capsys):
-    from hf_starsse.cli import main
+    from hf_starsse.cli.main import main
 
     run, ensemble, soup = tmp_path / "run", tmp_path / "ensemble", tmp_path / "soup"
     argv = ["train", "--model_name_or_path", pretrained_bert, "--dataset", text_data, "--output_dir", str(run),

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from transformers import BertModel
 
 from hf_starsse import StarSSETrainer, build_ensemble, evaluate_ensemble, push_ensemble_to_hub, uniform_soup
-from hf_starsse.cards import save_card_info
-from hf_starsse.data import DataArguments
+from hf_starsse.cards.model_card import save_card_info
+from hf_starsse.training.data import DataArguments
 
 from conftest import bert_config, load_text_model, make_args, text_dataset, tokenizer
 
@@ -50,10 +50,10 @@ def test_card_renders_from_the_installed_wheel(tmp_path, text_run):
         f"""
         import json, sys
         sys.path = [{str(target)!r}] + [p for p in sys.path if p and p.rstrip("/") != {str(ROOT)!r}]
-        import hf_starsse, hf_starsse.cards
+        import hf_starsse, hf_starsse.cards.model_card
         from hf_starsse import build_ensemble
         build_ensemble({text_run.args.output_dir!r}, {str(tmp_path / "ensemble")!r})
-        print(json.dumps([hf_starsse.__file__, str(hf_starsse.cards.TEMPLATES)]))
+        print(json.dumps([hf_starsse.__file__, str(hf_starsse.cards.model_card.TEMPLATES)]))
         """
     )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}

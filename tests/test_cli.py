@@ -11,9 +11,9 @@ import pytest
 import yaml
 from datasets import Dataset, DatasetDict
 
-from hf_starsse.cli import main
-from hf_starsse.data import DataArguments, prepare_task
+from hf_starsse.cli.main import main
 from hf_starsse.errors import MemberLockedError
+from hf_starsse.training.data import DataArguments, prepare_task
 
 from hub_server import LocalHub
 
@@ -197,19 +197,19 @@ def test_push_with_the_hub_unreachable_is_one_line(text_run, capsys, monkeypatch
 
 
 def test_only_user_errors_are_one_line(text_run, capsys, monkeypatch):
-    import hf_starsse.cli
+    import hf_starsse.cli.main
 
     def bug(**kwargs):
         raise RuntimeError("a bug in the library")
 
-    monkeypatch.setattr(hf_starsse.cli, "push_ensemble_to_hub", bug)
+    monkeypatch.setattr(hf_starsse.cli.main, "push_ensemble_to_hub", bug)
     with pytest.raises(RuntimeError, match="a bug in the library"):  # keeps its traceback
         main(["push", "--path", text_run.args.output_dir, "--repo_id", "me/ens", "--dry_run"])
 
     def locked(**kwargs):
         raise MemberLockedError("Member 1 in runs/x is being trained by another job.")
 
-    monkeypatch.setattr(hf_starsse.cli, "push_ensemble_to_hub", locked)
+    monkeypatch.setattr(hf_starsse.cli.main, "push_ensemble_to_hub", locked)
     assert main(["push", "--path", text_run.args.output_dir, "--repo_id", "me/ens", "--dry_run"]) == 2
     assert "error: Member 1 in runs/x is being trained by another job." in capsys.readouterr().err
 
@@ -217,7 +217,7 @@ def test_only_user_errors_are_one_line(text_run, capsys, monkeypatch):
 def test_cpu_only_training_does_not_warn_about_pin_memory(tmp_path, pretrained_bert, text_data):
     import warnings
 
-    from hf_starsse.data import has_accelerator
+    from hf_starsse.training.data import has_accelerator
 
     assert not has_accelerator()  # this test is about CPU-only machines (CI)
     options = COMMON[: COMMON.index("--use_cpu")] + COMMON[COMMON.index("--use_cpu") + 2 :]  # defaults, as users run

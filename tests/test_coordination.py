@@ -10,7 +10,13 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 from transformers import TrainingArguments
 
-from hf_starsse.coordination import Rendezvous, branch_share, main_process_only, on_main_process, single_process_state
+from hf_starsse.run.coordination import (
+    Rendezvous,
+    branch_share,
+    main_process_only,
+    on_main_process,
+    single_process_state,
+)
 
 
 def test_a_silent_process_is_named_instead_of_waited_for(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_starsse.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from hf_starsse.evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_bad_arguments(images):
 
 
 def test_corrupted_splits_and_summary(images):
-    from hf_starsse.corruptions import corrupted_splits, corruption_seed, summarize_robustness
+    from hf_starsse.evaluation.corruptions import corrupted_splits, corruption_seed, summarize_robustness
 
     splits = corrupted_splits(images, [0, 1, 2, 0], corruptions=("contrast", "gaussian_noise"), severities=(1, 5))
     assert list(splits) == ["contrast/1", "contrast/5", "gaussian_noise/1", "gaussian_noise/5"]

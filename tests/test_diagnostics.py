@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, BertModel
 
-from hf_starsse.diagnostics import _evaluate, barrier_height, interpolation_curve, weight_distance
-from hf_starsse.soups import make_dataloader, recalibrate_batchnorm
+from hf_starsse.evaluation.diagnostics import _evaluate, barrier_height, interpolation_curve, weight_distance
+from hf_starsse.soups.batchnorm import recalibrate_batchnorm
+from hf_starsse.soups.predict import make_dataloader
 
 from conftest import image_dataset, text_dataset
 
@@ -68,7 +69,7 @@ def test_weight_distance(text_run, pretrained_bert):
 
 
 def test_member_distances(text_run, pretrained_bert):
-    from hf_starsse.diagnostics import member_distances
+    from hf_starsse.evaluation.diagnostics import member_distances
 
     rows = member_distances(text_run.args.output_dir, BertModel.from_pretrained(pretrained_bert))
     assert [row["member"] for row in rows] == [0, 1, 2] and rows[0]["to_member_0"] == 0.0

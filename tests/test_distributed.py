@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_starsse.atomic_io import atomic_write_json
-from hf_starsse.run_dir import RunDirectory
-from hf_starsse.schedule import cycle_lr_factor
+from hf_starsse.run.directory import RunDirectory
+from hf_starsse.storage.atomic_io import atomic_write_json
+from hf_starsse.training.schedule import cycle_lr_factor
 
 from conftest import text_dataset
 

@@ -173,7 +173,10 @@ def test_tied_weights_survive_the_round_trip(tmp_path):
     [
         (lambda c: c.update(problem_type="multi_label_classification"), "single-label classifiers"),
         (lambda c: c.update(id2label={"0": "score"}, label2id={"score": 0}), "single output"),
-        (lambda c: c.update(architectures=["BertForMaskedLM"]), "neither a sequence- nor an image-classification"),
+        (
+            lambda c: c.update(architectures=["BertForMaskedLM"]),
+            "of no task family ensembles support",
+        ),
     ],
 )
 def test_unsupported_members_refused(tmp_path, text_run, config_edit, message):

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from hf_starsse import build_ensemble
-from hf_starsse.calibration import fit_temperature
-from hf_starsse.evaluation import evaluate_ensemble, evaluation_rows, predict_probs, predict_run
-from hf_starsse.metrics import classification_metrics, expected_calibration_error, softmax
-from hf_starsse.uncertainty import aurc, ood_metrics
+from hf_starsse.evaluation.calibration import fit_temperature
+from hf_starsse.evaluation.metrics import classification_metrics, expected_calibration_error, softmax
+from hf_starsse.evaluation.run_evaluation import evaluate_ensemble, evaluation_rows, predict_probs, predict_run
+from hf_starsse.evaluation.uncertainty import aurc, ood_metrics
 
 from conftest import image_dataset, text_dataset
 
@@ -66,8 +66,8 @@ def test_predict_probs_needs_labels(text_run):
 
 
 def test_robustness_on_corrupted_test_sets(tmp_path, image_run):
-    from hf_starsse.corruptions import corrupted_splits, summarize_robustness
-    from hf_starsse.plots import plot_corruption_bars
+    from hf_starsse.evaluation.corruptions import corrupted_splits, summarize_robustness
+    from hf_starsse.evaluation.plots import plot_corruption_bars
 
     generator = torch.Generator().manual_seed(0)
     images, labels = torch.rand(12, 3, 16, 16, generator=generator), torch.randint(0, 3, (12,), generator=generator)

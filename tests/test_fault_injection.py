@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_starsse import build_ensemble
-from hf_starsse.run_dir import RunDirectory
+from hf_starsse.run.directory import RunDirectory
 
 CHILD = Path(__file__).with_name("fault_child.py")
 

@@ -14,10 +14,10 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import AutoModelForSequenceClassification, TrainingArguments
 
 from hf_starsse import StarSSETrainer, build_ensemble, greedy_soup, push_ensemble_to_hub, uniform_soup
-from hf_starsse.cards import save_card_info
+from hf_starsse.cards.model_card import save_card_info
 from hf_starsse.ensemble import AdapterEnsembleConfig
-from hf_starsse.evaluation import evaluate_ensemble
-from hf_starsse.hub import model_files
+from hf_starsse.evaluation.run_evaluation import evaluate_ensemble
+from hf_starsse.hub.publish import model_files
 
 from conftest import load_text_model, make_args, text_dataset, tokenizer
 from hub_server import LocalHub

@@ -10,7 +10,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ExportableState
 
 from hf_starsse import StarSSETrainer
-from hf_starsse.plan import MemberPlan, plan_member, plan_members
+from hf_starsse.training.plan import MemberPlan, plan_member, plan_members
 
 from conftest import load_text_model, make_args, text_dataset
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import EvalPrediction
 
-from hf_starsse import metrics
+from hf_starsse.evaluation import metrics
 
 PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
 LABELS = np.array([0, 2, 2])

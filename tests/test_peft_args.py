@@ -17,8 +17,8 @@ from test_cli import COMMON
 from transformers import BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification, RobertaModel
 
 from hf_starsse import build_ensemble
-from hf_starsse.cli import main
-from hf_starsse.peft_args import PeftArguments, new_head_modules
+from hf_starsse.cli.main import main
+from hf_starsse.cli.peft_args import PeftArguments, new_head_modules
 
 requires_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="needs peft")
 LORA = ["--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "query", "value"]
@@ -181,8 +181,8 @@ def test_command_line_works_without_peft(tmp_path, pretrained_bert, text_data):
 import sys
 sys.modules["peft"] = None  # as if not installed
 from hf_starsse import build_ensemble
-from hf_starsse.cli import main
-from hf_starsse.peft_args import PeftArguments, get_peft_config
+from hf_starsse.cli.main import main
+from hf_starsse.cli.peft_args import PeftArguments, get_peft_config
 assert get_peft_config(PeftArguments(), model=None) is None
 sys.exit(main(sys.argv[1:]))
 """

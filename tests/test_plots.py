@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from hf_starsse import metrics, plots
+from hf_starsse.evaluation import metrics, plots
 
 
 def labelled(figure) -> tuple:
@@ -61,7 +61,7 @@ def test_corruption_bars_mean_last_and_default_models(tmp_path):
 
 
 def test_reliability_grid_and_risk_coverage(tmp_path):
-    from hf_starsse.uncertainty import risk_coverage_curve
+    from hf_starsse.evaluation.uncertainty import risk_coverage_curve
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=50)

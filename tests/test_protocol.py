@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from hf_starsse.demo.assets import DATA_PACKAGE, TEXT_MODEL_PACKAGE, WEIGHTS_PACKAGE  # noqa: E402
-from hf_starsse.demo.text_assets import TEXT_INSTALL_COMMAND  # noqa: E402
+from hf_starsse.demo.assets import DATA_PACKAGE, TEXT_MODEL_PACKAGE, WEIGHTS_PACKAGE
+from hf_starsse.demo.text_assets import TEXT_INSTALL_COMMAND
 
 import protocol  # noqa: E402
 

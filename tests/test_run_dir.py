@@ -8,8 +8,8 @@ import torch
 from transformers import BertForMaskedLM
 
 from hf_starsse import RunDirectory, load_weights
-from hf_starsse.atomic_io import atomic_write_bytes, atomic_write_json
-from hf_starsse.weights import weights_sha256
+from hf_starsse.storage.atomic_io import atomic_write_bytes, atomic_write_json
+from hf_starsse.storage.weights import weights_sha256
 
 from conftest import bert_config
 
@@ -38,7 +38,7 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
     def disk_full(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr("hf_starsse.run_dir.os.fsync", disk_full)
+    monkeypatch.setattr("hf_starsse.run.directory.os.fsync", disk_full)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(tmp_path / "plot.png", b"new")
     assert (tmp_path / "plot.png").read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
@@ -174,7 +174,7 @@ def test_processes_meet_through_reports(tmp_path):
 
 
 def test_training_data_and_precision_are_part_of_the_run_identity(tmp_path):
-    from hf_starsse.run_identity import dataset_fingerprint, run_header
+    from hf_starsse.training.run_identity import dataset_fingerprint, run_header
 
     from conftest import make_args, text_dataset
 
@@ -198,7 +198,7 @@ def test_training_data_and_precision_are_part_of_the_run_identity(tmp_path):
 def test_manifest_of_an_earlier_version_resumes_and_gains_the_new_fields(tmp_path, caplog):
     import logging
 
-    from hf_starsse.run_identity import run_header
+    from hf_starsse.training.run_identity import run_header
 
     from conftest import make_args, text_dataset
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_starsse import get_cycle_schedule
-from hf_starsse.schedule import cycle_lr_factor
+from hf_starsse.training.schedule import cycle_lr_factor
 
 
 def lrs(num_cycle_steps, num_warmup_steps, peak=0.1):

@@ -162,7 +162,7 @@ def test_trainer_saves_soups(tmp_path, pretrained_bert):
 
 
 def test_recalibration_restores_accuracy_of_a_soup_with_wrong_statistics(tmp_path, image_run):
-    from hf_starsse.soups import accuracy_metric, make_dataloader
+    from hf_starsse.soups.predict import accuracy_metric, make_dataloader
 
     base = members_of(image_run, 1)[0]
     data = image_dataset(n=48, seed=11)
@@ -258,7 +258,8 @@ def test_failed_save_leaves_nothing_and_keeps_the_old_soup(tmp_path, text_run, m
 
 
 def test_members_recalibrated_when_training_ends(tmp_path, pretrained_mobilenet):
-    from hf_starsse.soups import BatchNormRecalibrationCallback, fix_batchnorm_momentum, make_dataloader
+    from hf_starsse.soups.batchnorm import BatchNormRecalibrationCallback, fix_batchnorm_momentum
+    from hf_starsse.soups.predict import make_dataloader
 
     data = image_dataset(n=32)
 

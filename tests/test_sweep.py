@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from transformers import TrainerCallback
 
-from hf_starsse.sweep import cell_name, sweep_cycle_hyperparameters
+from hf_starsse.training.sweep import cell_name, sweep_cycle_hyperparameters
 
 from conftest import load_text_model, make_args, text_dataset
 

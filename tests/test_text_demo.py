@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from hf_starsse.cli import main
+from hf_starsse.cli.main import main
 from hf_starsse.demo import assets
 from hf_starsse.demo.assets import (
     DATA_PACKAGE,

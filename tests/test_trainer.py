@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_starsse import StarSSETrainer
-from hf_starsse.weights import weights_sha256
+from hf_starsse.storage.weights import weights_sha256
 
 from conftest import (
     image_dataset,

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_starsse import build_ensemble, uncertainty
-from hf_starsse.metrics import softmax
+from hf_starsse import build_ensemble
+from hf_starsse.evaluation import uncertainty
+from hf_starsse.evaluation.metrics import softmax
 
 from conftest import text_dataset
 
@@ -77,7 +78,7 @@ def test_auroc_and_fpr95_hand_computed():
     # 95% of 20 = 19 kept: the threshold is 2, which keeps the OOD scores 2 and 30.
     assert uncertainty.fpr_at_tpr(scores_in, scores_out) == pytest.approx(0.5)
     assert uncertainty.fpr_at_tpr(scores_in, scores_out, tpr=1.0) == pytest.approx(0.75)
-    from hf_starsse.metrics import auroc
+    from hf_starsse.evaluation.metrics import auroc
 
     assert auroc(scores_in, scores_out) == pytest.approx((20 + 19 + 18.5 + 0) / 80)
     with pytest.raises(ValueError, match="at least one in-distribution"):

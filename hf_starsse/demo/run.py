@@ -19,16 +19,16 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from .. import plots
-from ..atomic_io import atomic_write_text
-from ..calibration import calibrate_ensemble
-from ..cards import save_card_info
-from ..corruptions import CORRUPTIONS, SEVERITIES, corrupted_splits, summarize_robustness
-from ..data import DataArguments, PreparedTask, prepare_task
-from ..evaluation import evaluation_rows, predict_run, write_evaluation
-from ..soups import BatchNormRecalibrationCallback
-from ..trainer import StarSSETrainer
-from ..training_args import StarSSETrainingArguments
+from ..cards.model_card import save_card_info
+from ..evaluation import plots
+from ..evaluation.calibration import calibrate_ensemble
+from ..evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupted_splits, summarize_robustness
+from ..evaluation.run_evaluation import evaluation_rows, predict_run, write_evaluation
+from ..soups.batchnorm import BatchNormRecalibrationCallback
+from ..storage.atomic_io import atomic_write_text
+from ..training.arguments import StarSSETrainingArguments
+from ..training.data import DataArguments, PreparedTask, prepare_task
+from ..training.trainer import StarSSETrainer
 from .assets import fashion_mnist, pretrained_mobilenet_v2
 from .text import (
     TEXT_DEMO_DEFAULTS,
@@ -293,8 +293,8 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
     _phase(1, "Preparing the pre-trained model and the data (converted and cached on first use)")
     data = _resolve(demo)
     task = prepare_task(data, splits=(data.train_split, demo.test_split))
-    if task.is_image != (demo.task == "image"):
-        raise ValueError(f"--task {demo.task}: {data.source} {'has' if task.is_image else 'has no'} image column.")
+    if task.family.raw_input != demo.task:
+        raise ValueError(f"--task {demo.task}: {data.source} holds {task.family.raw_input} data.")
     print(f"  model {data.model_name_or_path}\n  data  {data.source}: {len(task.train_dataset)} training rows")
 
     run_args = task.configure(dataclasses.replace(args, output_dir=str(paths["run"])))

@@ -4,7 +4,7 @@ see `text_assets`)."""
 
 import datasets
 
-from ..data import DataArguments, PreparedTask
+from ..training.data import DataArguments, PreparedTask
 from .text_assets import NEWSGROUP_FAMILIES, load_sms_spam, newsgroups, pretrained_minilm
 
 # The text demo's recipe, over the image demo's (sized to finish in under 5 minutes on 2 CPU cores).

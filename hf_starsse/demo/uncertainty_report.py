@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import plots
-from ..evaluation import RunPredictions
-from ..metrics import expected_calibration_error, reliability_diagram, softmax
-from ..uncertainty import risk_coverage_curve
+from ..evaluation import plots
+from ..evaluation.metrics import expected_calibration_error, reliability_diagram, softmax
+from ..evaluation.run_evaluation import RunPredictions
+from ..evaluation.uncertainty import risk_coverage_curve
 
 CALIBRATION_SPLIT = "validation"
 

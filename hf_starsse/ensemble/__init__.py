@@ -1,22 +1,28 @@
-"""Ensembles as transformers models, registered with the Auto classes on import.
+"""Ensembles as transformers models, registered on import with the Auto class of every task family.
 
-`AutoModelForSequenceClassification.from_pretrained(dir)`, `AutoModelForImageClassification.from_pretrained(dir)` and
-`pipeline(..., model=dir)` load saved ensembles once `hf_starsse` is imported; without the library, the saved
-`configuration_ensemble.py` / `modeling_ensemble.py` load them with `trust_remote_code=True`. `pipeline()` on an
-ensemble takes `return_uncertainty=True` (see `pipelines.py`). Ensembles of PEFT adapters (`AdapterEnsembleFor...`)
-need the library and peft to load.
+Owns the ensemble configurations and modeling (full members in `configuration_ensemble.py` / `modeling_ensemble.py`,
+self-contained: they are also saved next to each ensemble as remote code; PEFT adapter members over one base in
+`modeling_adapter_ensemble.py`), `build_ensemble` (`build.py`) and the pipelines with uncertainty (`pipelines.py`).
+`AutoModelFor<Task>.from_pretrained(dir)` and `pipeline(..., model=dir)` load saved ensembles once `hf_starsse` is
+imported; without the library, `trust_remote_code=True` does (full members). Which Auto class and pipeline go with
+which ensemble class is the task registry's (`hf_starsse.tasks`).
+
+May import: `tasks`, `storage`, `adapters`, `run`, `cards`.
 """
 
-from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+from transformers import AutoConfig
 
+from ..tasks import FAMILIES
 from .build import build_ensemble
 from .configuration_ensemble import EnsembleConfig
 from .modeling_adapter_ensemble import (
+    ADAPTER_ENSEMBLE_CLASSES,
     AdapterEnsembleConfig,
     AdapterEnsembleForImageClassification,
     AdapterEnsembleForSequenceClassification,
 )
 from .modeling_ensemble import (
+    ENSEMBLE_CLASSES,
     EnsembleClassifierOutput,
     EnsembleForImageClassification,
     EnsembleForSequenceClassification,
@@ -24,16 +30,13 @@ from .modeling_ensemble import (
 from .pipelines import EnsembleImageClassificationPipeline, EnsembleTextClassificationPipeline, register_pipelines
 
 AutoConfig.register(EnsembleConfig.model_type, EnsembleConfig, exist_ok=True)
-AutoModelForSequenceClassification.register(EnsembleConfig, EnsembleForSequenceClassification, exist_ok=True)
-AutoModelForImageClassification.register(EnsembleConfig, EnsembleForImageClassification, exist_ok=True)
 AutoConfig.register(AdapterEnsembleConfig.model_type, AdapterEnsembleConfig, exist_ok=True)
-AutoModelForSequenceClassification.register(
-    AdapterEnsembleConfig, AdapterEnsembleForSequenceClassification, exist_ok=True
-)
-AutoModelForImageClassification.register(AdapterEnsembleConfig, AdapterEnsembleForImageClassification, exist_ok=True)
 EnsembleConfig.register_for_auto_class()
-EnsembleForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-EnsembleForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+for family in FAMILIES:
+    ensemble_class = ENSEMBLE_CLASSES[family.ensemble_class]
+    family.auto_model_class().register(EnsembleConfig, ensemble_class, exist_ok=True)
+    family.auto_model_class().register(AdapterEnsembleConfig, ADAPTER_ENSEMBLE_CLASSES[ensemble_class], exist_ok=True)
+    ensemble_class.register_for_auto_class(family.auto_class)
 register_pipelines()
 
 __all__ = [

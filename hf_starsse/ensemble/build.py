@@ -4,15 +4,21 @@ import os
 
 from transformers import PreTrainedModel
 
-from ..adapters import base_sha256, is_adapter_dir, load_adapter_members, processor_source
-from ..cards import ensemble_card
-from ..members import IGNORED_CONFIG_KEYS, check_base_sha256, check_member_configs, copy_member_tensors, load_members
-from ..run_dir import run_manifest
-from ..saving import check_out_dir, save_model_dir
-from ..tasks import IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, task_of_architecture
+from ..adapters.peft import base_sha256, is_adapter_dir, load_adapter_members, processor_source
+from ..cards.model_card import ensemble_card
+from ..run.directory import run_manifest
+from ..run.members import (
+    IGNORED_CONFIG_KEYS,
+    check_base_sha256,
+    check_member_configs,
+    copy_member_tensors,
+    load_members,
+)
+from ..storage.saving import check_out_dir, save_model_dir
+from ..tasks import FAMILIES, family_of_architecture
 from .configuration_ensemble import EnsembleConfig
 from .modeling_adapter_ensemble import ADAPTER_ENSEMBLE_CLASSES, AdapterEnsembleConfig
-from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
+from .modeling_ensemble import ENSEMBLE_CLASSES
 
 
 def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
@@ -24,15 +30,11 @@ def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
         )
     if member_config.get("num_labels", len(member_config.get("id2label") or {})) == 1:
         raise ValueError("Members have a single output (regression); ensembles average softmax probabilities.")
-    task = task_of_architecture(architecture)
-    if task == IMAGE_CLASSIFICATION:
-        return EnsembleForImageClassification
-    if task == TEXT_CLASSIFICATION:
-        return EnsembleForSequenceClassification
-    raise ValueError(
-        f"Member architecture {architecture!r} is neither a sequence- nor an image-classification model of "
-        "transformers; ensembles are built for those."
-    )
+    family = family_of_architecture(architecture)
+    if family is not None:
+        return ENSEMBLE_CLASSES[family.ensemble_class]
+    supported = ", ".join(f"{family.name} ({family.auto_class})" for family in FAMILIES)
+    raise ValueError(f"Member architecture {architecture!r} is of no task family ensembles support: {supported}.")
 
 
 def _manifest_fields(source, positions: list[int]) -> dict:

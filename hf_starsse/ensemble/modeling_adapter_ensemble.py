@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PreTrainedModel
 
-from ..adapters import base_sha256, copy_base, load_adapter_model, require_peft, resolve_base
+from ..adapters.peft import base_sha256, copy_base, load_adapter_model, require_peft, resolve_base
 from .configuration_ensemble import EnsembleConfig
 from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
 

@@ -175,6 +175,8 @@ class EnsembleForImageClassification(EnsemblePreTrainedModel):
         return self._forward_members(dict(pixel_values=pixel_values, **kwargs), labels)
 
 
+ENSEMBLE_CLASSES = {cls.__name__: cls for cls in (EnsembleForSequenceClassification, EnsembleForImageClassification)}
+
 __all__ = [
     "EnsembleClassifierOutput",
     "EnsembleForImageClassification",

@@ -8,13 +8,14 @@ classifier("some text", return_uncertainty=True)
 #   "mutual_information": 0.07, "disagreement": 0.2}]
 ```
 
-Registered on import for the `text-classification` and `image-classification` tasks through a dispatcher that builds
+Registered on import for the pipeline task of every task family (`hf_starsse.tasks`) through a dispatcher that builds
 the stock pipeline class (unchanged) for every model that is not an ensemble, and its ensemble subclass otherwise.
 """
 
 from transformers import ImageClassificationPipeline, TextClassificationPipeline
 from transformers.pipelines import SUPPORTED_TASKS
 
+from ..tasks import FAMILIES
 from .modeling_ensemble import EnsemblePreTrainedModel
 
 UNCERTAINTY_KEYS = ("predictive_entropy", "expected_entropy", "mutual_information", "disagreement")
@@ -60,16 +61,20 @@ def _dispatcher(stock: type, ensemble: type) -> type:
     return type(f"{stock.__name__}Dispatch", (stock,), {"__new__": __new__, "__doc__": _dispatcher.__doc__})
 
 
+ENSEMBLE_PIPELINES = {
+    cls.__name__: cls for cls in (EnsembleTextClassificationPipeline, EnsembleImageClassificationPipeline)
+}
+
+
 def register_pipelines() -> None:
-    """Route `pipeline("text-classification" / "image-classification", model=<ensemble>)` to the ensemble
-    pipelines (idempotent; other models keep the stock pipelines)."""
-    for task, stock, ensemble in (
-        ("text-classification", TextClassificationPipeline, EnsembleTextClassificationPipeline),
-        ("image-classification", ImageClassificationPipeline, EnsembleImageClassificationPipeline),
-    ):
-        current = SUPPORTED_TASKS[task]["impl"]
+    """Route `pipeline(<task>, model=<ensemble>)` to the ensemble pipeline of the task's family (idempotent; other
+    models keep the stock pipelines)."""
+    for family in FAMILIES:
+        ensemble = ENSEMBLE_PIPELINES[family.ensemble_pipeline]
+        stock = ensemble.__bases__[-1]  # the stock pipeline it extends
+        current = SUPPORTED_TASKS[family.name]["impl"]
         if not (isinstance(current, type) and current.__name__ == f"{stock.__name__}Dispatch"):
-            SUPPORTED_TASKS[task]["impl"] = _dispatcher(stock, ensemble)
+            SUPPORTED_TASKS[family.name]["impl"] = _dispatcher(stock, ensemble)
 
 
 __all__ = [

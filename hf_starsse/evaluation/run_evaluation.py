@@ -1,0 +1,316 @@
+"""`evaluate_ensemble`: one tidy table of metrics for every member, the ensemble of each size 1..K, and soups:
+accuracy, NLL, calibration (before and after pool-then-calibrate), selective prediction and OOD detection.
+
+For benchmarks and reports, `predict_run` returns every model's probabilities once and `evaluation_rows` turns them
+into the table, so plots (reliability diagrams, risk-coverage curves) reuse the same predictions."""
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.utils import logging
+
+from ..run.directory import run_manifest
+from ..run.members import load_members
+from ..soups.average import greedy_soup, member_model, uniform_soup
+from ..soups.predict import LABEL_COLUMNS, make_dataloader, predict_logits
+from ..storage.atomic_io import atomic_write_json, atomic_write_text
+from .calibration import calibration_metrics, check_calibration_split, fit_temperature
+from .metrics import classification_metrics, disagreement, ensemble_gain, mean_pairwise_kl
+from .uncertainty import ood_metrics, selective_metrics
+
+logger = logging.get_logger(__name__)
+
+RESULTS_NAME = "evaluation"
+
+
+@torch.no_grad()
+def predict_probs(model, dataset, data_collator=None, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Softmax probabilities `(N, C)` of `model` on `dataset` and its labels `(N,)`.
+
+    Args:
+        model (`PreTrainedModel`): A classifier (or an ensemble model: its logits are log-probabilities).
+        dataset: Rows with the model's inputs and a label column (`labels` or `label`).
+        data_collator (`Callable`, *optional*): Batches rows (default: `default_data_collator`).
+        batch_size (`int`, *optional*, defaults to 32): Evaluation batch size.
+    """
+    logits, labels = predict_logits(model, make_dataloader(model, dataset, data_collator, batch_size))
+    return logits.softmax(-1).double().numpy(), labels.numpy()
+
+
+def _run_info(source, count: int) -> tuple[str, list[int], list]:
+    """The method, the members' indices and optimizer steps, from the manifest when `source` is a run directory."""
+    manifest = run_manifest(source)
+    if manifest is not None:
+        if len(manifest["members"]) < manifest["num_members"]:
+            logger.warning(
+                f"{source} has {len(manifest['members'])} of {manifest['num_members']} members complete; evaluating "
+                "those."
+            )
+        entries = manifest["members"][:count]
+        return (
+            manifest["ensemble_method"],
+            [entry["index"] for entry in entries],
+            [entry["steps"] for entry in entries],
+        )
+    return "members", list(range(count)), [None] * count
+
+
+@dataclass
+class RunPredictions:
+    """
+    Every model's probabilities on every split, from [`predict_run`]: the input of [`evaluation_rows`], of
+    reliability diagrams and risk-coverage curves.
+
+    Args:
+        method (`str`): The run's method (`"members"` for member directories).
+        indices (`list[int]`): Each member's index; `steps` (`list`): its optimizer steps (or `None`).
+        labels (`dict`): `(N,)` labels by split (`-1` for out-of-distribution splits).
+        members (`dict`): `(K, N, C)` member probabilities by split.
+        soups (`dict`): By soup name (`"uniform_soup"`, `"greedy_soup"`), its size and `(N, C)` probabilities by split.
+        ood_splits (`tuple[str]`): Splits that are out-of-distribution (no metrics of their own).
+    """
+
+    method: str
+    indices: list[int]
+    steps: list
+    labels: dict[str, np.ndarray]
+    members: dict[str, np.ndarray]
+    soups: dict[str, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
+    ood_splits: tuple[str, ...] = ()
+
+    def models(self) -> list[tuple[str, int | None, int]]:
+        """`(model, member, size)` of every evaluated model: members, ensembles of size 1..K, soups."""
+        count = len(self.indices)
+        return (
+            [("member", index, 1) for index in self.indices]
+            + [("ensemble", None, size) for size in range(1, count + 1)]
+            + [(name, None, size) for name, (size, _) in self.soups.items()]
+        )
+
+    def probs(self, model: str, member: int | None, size: int, split: str) -> np.ndarray:
+        """`(N, C)` probabilities of one model (as named by [`models`]) on `split`."""
+        if model == "member":
+            return self.members[split][self.indices.index(member)]
+        if model == "ensemble":
+            return self.members[split][:size].mean(0)
+        return self.soups[model][1][split]
+
+
+def _cost(steps: list, size: int) -> int | None:
+    return None if None in steps[:size] else sum(steps[:size])
+
+
+def _model_rows(predictions: RunPredictions, model: str, member, size: int, calibration_split: str | None) -> list:
+    """The rows of one model: one per in-distribution split."""
+    temperature = None
+    if calibration_split is not None:
+        probs = predictions.probs(model, member, size, calibration_split)
+        temperature = fit_temperature(np.log(np.clip(probs, 1e-12, None)), predictions.labels[calibration_split])
+    rows = []
+    for split, labels in predictions.labels.items():
+        if split in predictions.ood_splits:
+            continue
+        probs = predictions.probs(model, member, size, split)
+        row = {"method": predictions.method, "model": model, "member": member, "size": size, "split": split}
+        row |= classification_metrics(probs, labels) | selective_metrics(probs, labels)
+        if temperature is not None:
+            calibrated = calibration_metrics(np.log(np.clip(probs, 1e-12, None)), labels, temperature)
+            row |= {
+                "temperature": temperature,
+                "nll_calibrated": calibrated["nll"],
+                "ece_calibrated": calibrated["ece"],
+            }
+        for ood in predictions.ood_splits:
+            member_probs = (predictions.members[split][:size], predictions.members[ood][:size])
+            if model != "ensemble" or size < 2:
+                member_probs = (None, None)
+            ood_probs = predictions.probs(model, member, size, ood)
+            row |= {f"ood_{ood}_{k}": v for k, v in ood_metrics(probs, ood_probs, *member_probs).items()}
+        if model == "ensemble":
+            row |= _ensemble_columns(predictions, split, size, row)
+        rows.append(row | {"steps": _cost(predictions.steps, size if model != "member" else 1)})
+    return rows
+
+
+def _ensemble_columns(predictions: RunPredictions, split: str, size: int, row: dict) -> dict:
+    member_probs, labels = predictions.members[split][:size], predictions.labels[split]
+    member_metrics = [classification_metrics(probs, labels) for probs in member_probs]
+    return {
+        "disagreement": disagreement(member_probs),
+        "mean_pairwise_kl": mean_pairwise_kl(member_probs),
+        "accuracy_gain": ensemble_gain(row["accuracy"], [m["accuracy"] for m in member_metrics]),
+        "nll_gain": ensemble_gain(row["nll"], [m["nll"] for m in member_metrics]),
+    }
+
+
+def evaluation_rows(predictions: RunPredictions, calibration_split: str | None = None) -> list[dict]:
+    """
+    The table of [`evaluate_ensemble`] from [`predict_run`]'s predictions, split by split for every model.
+
+    Args:
+        predictions (`RunPredictions`): The models' probabilities.
+        calibration_split (`str`, *optional*): A held-out split (never a test split) on which each model's
+            temperature is fitted after pooling (as `calibrate_ensemble` does), adding `temperature`,
+            `nll_calibrated` and `ece_calibrated` to every row.
+    """
+    if calibration_split is not None:
+        if calibration_split not in predictions.labels or calibration_split in predictions.ood_splits:
+            raise ValueError(f"calibration_split={calibration_split!r} is not one of the labelled datasets.")
+        check_calibration_split(predictions.labels[calibration_split], calibration_split)
+    rows = []
+    for model, member, size in predictions.models():
+        rows += _model_rows(predictions, model, member, size, calibration_split)
+    order = {split: position for position, split in enumerate(predictions.labels)}
+    return sorted(rows, key=lambda row: order[row["split"]])  # split by split, as before
+
+
+def write_evaluation(rows: list[dict], output_dir: str | os.PathLike) -> None:
+    """Write `rows` as `evaluation.csv` and `evaluation.json` (NaN as null) into `output_dir`, atomically."""
+    output_dir = Path(output_dir)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(output_dir / f"{RESULTS_NAME}.csv", buffer.getvalue())
+    strict = [{key: None if isinstance(v, float) and math.isnan(v) else v for key, v in row.items()} for row in rows]
+    atomic_write_json(output_dir / f"{RESULTS_NAME}.json", strict)  # NaN (no pairs at size 1) as null
+
+
+def _with_labels(dataset):
+    """An out-of-distribution dataset with a placeholder label column (-1) when it has none."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or any(name in columns for name in LABEL_COLUMNS) or dataset.format["type"] == "custom":
+        return dataset
+    return dataset.add_column("labels", [-1] * len(dataset))
+
+
+def predict_run(
+    source,
+    datasets: dict,
+    *,
+    soups: tuple[str, ...] = ("uniform",),
+    ood_datasets: dict | None = None,
+    train_dataset=None,
+    data_collator=None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    allow_pickle: bool = False,
+) -> RunPredictions:
+    """
+    The probabilities of every member and soup on every split (arguments as in [`evaluate_ensemble`]): one pass per
+    member and soup; ensembles are averaged from the members' probabilities.
+    """
+    unknown = set(soups) - {"uniform", "greedy"}
+    if unknown:
+        raise ValueError(f"Unknown soups {sorted(unknown)}; choose from 'uniform' and 'greedy'.")
+    if "greedy" in soups and "validation" not in datasets:
+        raise ValueError("A greedy soup picks members on held-out data: add a 'validation' split to datasets.")
+    overlap = set(datasets) & set(ood_datasets or {})
+    if overlap:
+        raise ValueError(f"Splits {sorted(overlap)} are both in datasets and ood_datasets; rename one.")
+    every = {**datasets, **{name: _with_labels(data) for name, data in (ood_datasets or {}).items()}}
+    member_dirs = load_members(source, allow_pickle)
+    method, indices, steps = _run_info(source, len(member_dirs))
+    predictions = RunPredictions(
+        method, indices, steps, {}, {split: [] for split in every}, {}, tuple(ood_datasets or ())
+    )
+    for member in member_dirs:
+        model = member_model(member, device)
+        for split, dataset in every.items():
+            probs, predictions.labels[split] = predict_probs(model, dataset, data_collator, batch_size)
+            predictions.members[split].append(probs)
+    predictions.members = {split: np.stack(probs) for split, probs in predictions.members.items()}
+    options = dict(
+        train_dataset=train_dataset,
+        data_collator=data_collator,
+        batch_size=batch_size,
+        device=device,
+        allow_pickle=allow_pickle,
+    )
+    soup_models = {}
+    if "uniform" in soups:
+        soup_models["uniform_soup"] = (uniform_soup(member_dirs, **options), len(member_dirs))
+    if "greedy" in soups:
+        soup, chosen = greedy_soup(member_dirs, datasets["validation"], **options)
+        soup_models["greedy_soup"] = (soup, len(chosen))
+    for name, (model, size) in soup_models.items():
+        by_split = {split: predict_probs(model, data, data_collator, batch_size)[0] for split, data in every.items()}
+        predictions.soups[name] = (size, by_split)
+    return predictions
+
+
+def evaluate_ensemble(
+    source,
+    datasets: dict,
+    *,
+    soups: tuple[str, ...] = ("uniform",),
+    calibration_split: str | None = None,
+    ood_datasets: dict | None = None,
+    train_dataset=None,
+    data_collator=None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    output_dir: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
+) -> list[dict]:
+    """
+    Evaluate every member, the ensemble of the first `size` members for `size` in 1..K, and soups, on every split.
+
+    Args:
+        source (`str`, `os.PathLike` or `list`): A run directory (hashes verified) or a list of member directories.
+        datasets (`dict`): Evaluation datasets by split name, e.g. `{"test": ..., "shift": ...}`; each has the
+            model's inputs and a label column. Shifted or corrupted test sets are evaluated the same way.
+        soups (`tuple[str]`, *optional*, defaults to `("uniform",)`): Soups to build and evaluate: `"uniform"`,
+            and `"greedy"` (picks members on `datasets["validation"]`).
+        calibration_split (`str`, *optional*): A split of `datasets` (held out, never a test split) on which every
+            model's temperature is fitted after pooling: adds `temperature`, `nll_calibrated`, `ece_calibrated`.
+        ood_datasets (`dict`, *optional*): Out-of-distribution datasets by name (the model's inputs; labels, if
+            any, are ignored): adds `ood_<name>_auroc_<score>` and `ood_<name>_fpr95_<score>` for the scores
+            `max_prob`, `entropy` and (ensembles of 2 or more) `mutual_information`, each split being the
+            in-distribution set.
+        train_dataset (*optional*): Training data for the soups' BatchNorm re-estimation.
+        data_collator (`Callable`, *optional*): Batches rows (default: `default_data_collator`).
+        batch_size (`int`, *optional*, defaults to 32): Evaluation batch size.
+        device (`str` or `torch.device`, *optional*): Where models run (default: CPU).
+        output_dir (`str` or `os.PathLike`, *optional*): Where `evaluation.csv` and `evaluation.json` are written
+            (default: the run directory, when `source` is one).
+        allow_pickle (`bool`, *optional*, defaults to `False`): Accept members with only pickle weights (see
+            `load_members`).
+
+    Returns:
+        `list[dict]`: One row per (model, size, split) with `method`, `model` (`member`, `ensemble`, `uniform_soup`,
+        `greedy_soup`), `member`, `size`, `split`, the metrics of `classification_metrics`, selective prediction
+        (`aurc`, `accuracy_at_90`, `accuracy_at_80`: accuracy on the 90% / 80% most confident samples), diversity
+        and gains for ensembles, the calibration and OOD columns above, and the training cost `steps` (optimizer
+        steps of the members involved). [`predict_run`] + [`evaluation_rows`] give the same rows and keep the
+        probabilities (for reliability diagrams and risk-coverage curves).
+    """
+    if calibration_split is not None:
+        if calibration_split not in datasets:
+            raise ValueError(f"calibration_split={calibration_split!r} is not one of datasets ({sorted(datasets)}).")
+        check_calibration_split(datasets[calibration_split], calibration_split)
+    predictions = predict_run(
+        source,
+        datasets,
+        soups=soups,
+        ood_datasets=ood_datasets,
+        train_dataset=train_dataset,
+        data_collator=data_collator,
+        batch_size=batch_size,
+        device=device,
+        allow_pickle=allow_pickle,
+    )
+    rows = evaluation_rows(predictions, calibration_split)
+    if output_dir is None and isinstance(source, (str, os.PathLike)):
+        output_dir = source
+    if output_dir is not None:
+        write_evaluation(rows, output_dir)
+    return rows

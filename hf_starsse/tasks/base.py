@@ -1,0 +1,65 @@
+"""`TaskFamily`: what hf_starsse knows of one task family, declared in one place (see the package docstring)."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import transformers
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """
+    One task family, e.g. sequence classification.
+
+    Args:
+        name (`str`): Its `pipeline` task, which is also its Hub `pipeline_tag` (e.g. `"text-classification"`).
+        auto_class (`str`): The transformers Auto class of its models (e.g. `"AutoModelForSequenceClassification"`).
+        model_mapping (`Mapping`): transformers' `model_type -> class name(s)` mapping of that Auto class.
+        ensemble_class (`str`), adapter_ensemble_class (`str`): Its ensemble classes in `hf_starsse.ensemble` (by
+            name: the ensemble modules are self-contained, they also travel as remote code).
+        ensemble_pipeline (`str`): The `hf_starsse.ensemble.pipelines` class that adds uncertainty to its pipeline.
+        raw_input (`str`): What its data holds before the processor: `"text"` or `"image"`.
+        combination (`str`): How member outputs combine into the ensemble's prediction (cards and docs).
+        metrics (`tuple[str]`): The metrics that evaluate it, in `evaluate_ensemble`'s rows and on cards.
+        peft_task_type (`str`, *optional*): The PEFT `task_type` of its LoRA members, if PEFT has one.
+        keeps_raw_columns (`bool`): Its processor runs as a dataset transform, so the Trainer must keep the raw
+            columns (`remove_unused_columns=False`).
+        prepare_data (`Callable`): `prepare_data(data, train, to_ids) -> (prepare, processor, data_collator)` for
+            the column options `data` (`hf_starsse.training.data.DataArguments`) and a function from dataset labels to
+            class ids; `prepare(split)` turns a raw split into model inputs with `labels`.
+        check_labels (`Callable`): `check_labels(dataset, column, model)` raises a `ValueError` naming labels the
+            model cannot learn from (e.g. class ids out of range).
+        wrong_model (`str`): The error for a model without this family's head, formatted with `source`, `column`
+            (the data's input column), `model` and `model_type`.
+    """
+
+    name: str
+    auto_class: str
+    model_mapping: Mapping[str, str | tuple[str, ...]]
+    ensemble_class: str
+    adapter_ensemble_class: str
+    ensemble_pipeline: str
+    raw_input: str
+    combination: str
+    metrics: tuple[str, ...]
+    peft_task_type: str | None
+    keeps_raw_columns: bool
+    prepare_data: Callable
+    check_labels: Callable
+    wrong_model: str
+
+    @property
+    def architectures(self) -> frozenset[str]:
+        """The class names it covers: transformers' models of its Auto class and hf_starsse's ensembles."""
+        names = {
+            name for value in self.model_mapping.values() for name in ((value,) if isinstance(value, str) else value)
+        }
+        return frozenset(names | {self.ensemble_class, self.adapter_ensemble_class})
+
+    def covers_model_type(self, model_type: str | None) -> bool:
+        """Whether transformers has a model of this family for `model_type` (e.g. `"bert"`)."""
+        return model_type in self.model_mapping
+
+    def auto_model_class(self) -> type:
+        """The transformers Auto class itself (e.g. `AutoModelForSequenceClassification`)."""
+        return getattr(transformers, self.auto_class)

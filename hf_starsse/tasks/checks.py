@@ -1,0 +1,42 @@
+"""`check_train_dataset`: what every run checks of its training data before it starts, the labels by the model's
+task family."""
+
+import datasets
+
+from .classification import check_class_labels
+from .registry import family_of_architecture
+
+
+def check_train_dataset(dataset, model, label_names: list[str]) -> None:
+    """
+    Check training data before a run starts: present and not empty and, for a `datasets.Dataset` without a transform
+    (whose columns are what the model gets), holding the model's input, a label column, and labels the model's task
+    family accepts (`TaskFamily.check_labels`; class ids for a model of no registered family).
+
+    Args:
+        dataset: The training dataset.
+        model (`PreTrainedModel`): The model to train (its `main_input_name` and `config.num_labels`).
+        label_names (`list[str]`): Names of the label columns the model takes (`Trainer.label_names`).
+    """
+    if dataset is None:
+        raise ValueError("Training needs a train_dataset; pass one to the trainer.")
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError("train_dataset is empty: give the trainer a dataset with at least one example.")
+    if not isinstance(dataset, datasets.Dataset) or dataset.format["type"] == "custom":
+        return
+    columns = dataset.column_names
+    model_input = getattr(model, "main_input_name", None)
+    if model_input and model_input not in columns and "inputs_embeds" not in columns:
+        raise ValueError(
+            f"train_dataset has no {model_input!r} column (columns: {columns}), the input of {type(model).__name__}: "
+            "prepare it with the model's tokenizer or image processor (an image dataset for a text model, or the "
+            "other way round?)."
+        )
+    label_column = next((c for c in (*label_names, "label", "label_ids") if c in columns), None)
+    if label_column is None:
+        raise ValueError(
+            f"train_dataset has no label column ({', '.join(label_names) or 'labels'}; columns: {columns}). Add the "
+            "labels, or rename their column to 'labels'."
+        )
+    family = family_of_architecture(type(model).__name__)
+    (family.check_labels if family else check_class_labels)(dataset, label_column, model)

@@ -1,0 +1,31 @@
+"""The registered task families and the questions the rest of the package asks of them."""
+
+from .base import TaskFamily
+from .image_classification import IMAGE_CLASSIFICATION
+from .sequence_classification import SEQUENCE_CLASSIFICATION
+
+FAMILIES: tuple[TaskFamily, ...] = (SEQUENCE_CLASSIFICATION, IMAGE_CLASSIFICATION)
+
+
+def family_of_architecture(architecture: str | None) -> TaskFamily | None:
+    """The family of a model class name (e.g. `"BertForSequenceClassification"`, or an ensemble class), or `None`."""
+    return next((family for family in FAMILIES if architecture in family.architectures), None)
+
+
+def family_of_model_type(model_type: str | None, raw_input: str) -> TaskFamily | None:
+    """The family whose data holds `raw_input` (`"text"`, `"image"`) and that has a model for `model_type`."""
+    return next((f for f in FAMILIES if f.raw_input == raw_input and f.covers_model_type(model_type)), None)
+
+
+def family_of_peft_task_type(task_type: str | None) -> TaskFamily | None:
+    """The family whose LoRA members PEFT saves with `task_type` (e.g. `"SEQ_CLS"`), or `None`."""
+    return next((family for family in FAMILIES if task_type and family.peft_task_type == task_type), None)
+
+
+def family_for_input(raw_input: str) -> TaskFamily:
+    """The family that trains on data holding `raw_input` (`"text"` or `"image"`)."""
+    family = next((family for family in FAMILIES if family.raw_input == raw_input), None)
+    if family is None:
+        inputs = ", ".join(sorted({family.raw_input for family in FAMILIES}))
+        raise ValueError(f"No task family trains on {raw_input!r} data; hf_starsse supports {inputs}.")
+    return family

@@ -1,0 +1,45 @@
+"""The task registry: what each family declares exists, and the questions the rest of the package asks of it."""
+
+import pytest
+from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+from hf_starsse.tasks import (
+    FAMILIES,
+    family_for_input,
+    family_of_architecture,
+    family_of_model_type,
+    family_of_peft_task_type,
+)
+
+
+def test_family_of_architecture_and_model_type():
+    text, image = family_for_input("text"), family_for_input("image")
+    assert (text.name, image.name) == ("text-classification", "image-classification")
+    assert family_of_architecture("BertForSequenceClassification") is text
+    assert family_of_architecture("MobileNetV2ForImageClassification") is image
+    assert family_of_architecture("EnsembleForImageClassification") is image
+    assert family_of_architecture("AdapterEnsembleForSequenceClassification") is text
+    assert family_of_architecture("BertModel") is None and family_of_architecture(None) is None
+    assert family_of_model_type("bert", "text") is text and family_of_model_type("bert", "image") is None
+    assert family_of_model_type("mobilenet_v2", "image") is image
+    assert family_of_peft_task_type("SEQ_CLS") is text and family_of_peft_task_type(None) is None
+    assert text.auto_model_class() is AutoModelForSequenceClassification
+    assert image.auto_model_class() is AutoModelForImageClassification
+    with pytest.raises(ValueError, match="No task family trains on 'audio' data; hf_starsse supports image, text"):
+        family_for_input("audio")
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.name)
+def test_every_family_is_wired_up(family):
+    """What a family names exists: its Auto class loads its ensembles, its pipeline task routes to its ensemble
+    pipeline."""
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    from hf_starsse import ensemble
+    from hf_starsse.ensemble.pipelines import ENSEMBLE_PIPELINES
+
+    for name in (family.ensemble_class, family.adapter_ensemble_class):
+        model_class = getattr(ensemble, name)
+        assert model_class in family.auto_model_class()._model_mapping.values()
+    assert SUPPORTED_TASKS[family.name]["impl"].__name__.endswith("Dispatch")
+    assert family.ensemble_pipeline in ENSEMBLE_PIPELINES
