@@ -8,7 +8,8 @@ step it resumes from), and so is the kill, just before the process SIGKILLs itse
     step:M:N      member M, after its optimizer step N;
     checkpoint:M  member M, while writing its first Trainer checkpoint here (trainer_state.json half-written);
     snapshot:M    member M, while writing its snapshot (model.safetensors half-written);
-    manifest:M    member M, while recording it in the manifest (a temporary manifest half-written, never renamed).
+    manifest:M    member M, while recording it in the manifest (a temporary manifest half-written, never renamed);
+    recorded:M    member M, once recorded in the manifest, before its Trainer checkpoints are deleted.
 The hooks are monkeypatched here; the library has none.
 """
 
@@ -107,6 +108,15 @@ def install(kill: str, events: Events) -> list[TrainerCallback]:
 
         RunDirectory.record_member = recorded
         hf_starsse.storage.atomic_io.atomic_write_text = torn_manifest
+    elif what == "recorded":
+        remove = RunDirectory.remove_checkpoints
+
+        def killed_before_removal(self, indices):
+            if list(indices) == [member]:
+                events.die("recorded", member)
+            return remove(self, indices)
+
+        RunDirectory.remove_checkpoints = killed_before_removal
     return []
 
 

@@ -95,3 +95,21 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, pretrained
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
     assert not [path for path in run.rglob("*.tmp") if path.name != ".ensemble.json.torn.tmp"]
     assert sorted(os.listdir(run / "members")) == sorted(os.listdir(tmp_path / "reference/members"))
+
+
+def test_kill_between_record_and_checkpoint_cleanup(tmp_path, pretrained_bert):
+    """Killed after member 0 is recorded but before its Trainer checkpoints are deleted: the rerun neither
+    retrains nor rewrites member 0, deletes its leftover checkpoints, and deletes each later member's once recorded."""
+    run, log = tmp_path / "run", tmp_path / "events.jsonl"
+    process = child(run, pretrained_bert, log, "recorded:0")
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL, stderr[-2000:]
+    assert events(log)[-1] == {"event": "kill", "member": 0, "step": 6, "phase": "recorded"}
+    before = finished(run)
+    assert sorted(before) == [0] and RunDirectory(run).checkpoints_dir(0).is_dir()  # recorded, not cleaned up
+    final = tmp_path / "events-final.jsonl"
+    resumed = child(run, pretrained_bert, final)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    assert [event["member"] for event in events(final)] == [1, 2, 3]  # member 0 not retrained
+    assert finished(run)[0] == before[0]  # nor rewritten
+    assert not list((run / "members").glob("member-*/checkpoints"))  # the leftovers and the new ones are gone

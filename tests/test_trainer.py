@@ -338,12 +338,12 @@ def test_local_de_needs_pretrained_model_or_model_init(tmp_path):
         StarSSETrainer(model=torch.nn.Linear(4, 2), args=make_args(tmp_path, ensemble_method="local_de"))
 
 
-def test_evaluation_and_checkpoints_inside_members(tmp_path, pretrained_bert):
+@pytest.mark.parametrize("keep", [False, True])
+def test_evaluation_and_checkpoints_inside_members(tmp_path, pretrained_bert, keep):
+    settings = dict(eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2)
     trainer = StarSSETrainer(
         model=load_text_model(pretrained_bert),
-        args=make_args(
-            tmp_path / "run", num_members=2, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2
-        ),
+        args=make_args(tmp_path / "run", num_members=2, keep_member_checkpoints=keep, **settings),
         train_dataset=text_dataset(),
         eval_dataset=text_dataset(seed=1),
         compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
@@ -351,8 +351,12 @@ def test_evaluation_and_checkpoints_inside_members(tmp_path, pretrained_bert):
     trainer.train()
     evals = [(log["member"], log["step"]) for log in trainer.state.log_history if "eval_accuracy" in log]
     assert evals == [(0, 2), (0, 4), (0, 6), (1, 2), (1, 3)]
-    checkpoints = sorted(p.name for p in (tmp_path / "run/members/member-01/checkpoints").iterdir())
-    assert checkpoints == ["checkpoint-2", "checkpoint-3"]
+    for member, steps in (
+        (0, ["checkpoint-2", "checkpoint-4", "checkpoint-6"]),
+        (1, ["checkpoint-2", "checkpoint-3"]),
+    ):
+        checkpoints = tmp_path / f"run/members/member-{member:02d}/checkpoints"
+        assert sorted(p.name for p in checkpoints.iterdir()) == steps if keep else not checkpoints.exists()
     batch = text_dataset(seed=1).with_format("torch")[:]
     with torch.no_grad():  # the final model is member 1: evaluate() scores it
         logits = trainer.model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

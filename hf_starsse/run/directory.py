@@ -330,6 +330,16 @@ class RunDirectory:
             atomic_write_json(self.manifest_path, manifest)
         return entry
 
+    def remove_checkpoints(self, indices: list[int]) -> list[int]:
+        """
+        Delete the Trainer checkpoints of the members `indices`, once they are recorded (a recorded member is never
+        resumed from a checkpoint). Returns the members that had some.
+        """
+        removed = [index for index in indices if self.checkpoints_dir(index).exists()]
+        for index in removed:
+            shutil.rmtree(self.checkpoints_dir(index))
+        return removed
+
     def import_member(self, index: int, source: str | os.PathLike, seed: int, steps: int) -> dict[str, Any]:
         """
         Copy a finished model directory (e.g. member 0 of another run) in as member `index` of this run and record

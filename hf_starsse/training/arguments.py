@@ -70,6 +70,10 @@ class StarSSETrainingArguments(TrainingArguments):
             synchronisation. Without it every member is trained data-parallel.
         overwrite_output_dir (`bool`, defaults to `False`):
             Discard a run with different settings found in `output_dir` instead of refusing to start.
+        keep_member_checkpoints (`bool`, defaults to `False`):
+            Keep each member's Trainer checkpoints (`members/member-NN/checkpoints/`, optimizer state included) once
+            the member is recorded in the manifest. By default they are deleted then: resuming needs only recorded
+            members, and the checkpoints of a K-member run weigh several times the members themselves.
     """
 
     ensemble_method: str = field(
@@ -117,6 +121,14 @@ class StarSSETrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Discard a run with different settings found in output_dir instead of refusing to start."},
+    )
+
+    keep_member_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep each member's Trainer checkpoints after it is recorded (by default they are deleted then: "
+            "resuming needs only recorded members)."
+        },
     )
 
     def __post_init__(self):

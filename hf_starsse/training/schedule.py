@@ -52,3 +52,19 @@ def get_cycle_schedule(
         raise ValueError(f"num_warmup_steps={num_warmup_steps} must be in [0, num_cycle_steps={num_cycle_steps}).")
     factor = partial(cycle_lr_factor, num_cycle_steps=num_cycle_steps, num_warmup_steps=num_warmup_steps)
     return LambdaLR(optimizer, factor, last_epoch)
+
+
+def set_peak_learning_rate(optimizer: Optimizer, peak: float) -> float | None:
+    """
+    Give the param group with the largest learning rate `peak`, and the others the same ratio to it as before (e.g.
+    layer-wise decay), whatever built the optimizer (`optim`, `optim_args`, `optimizer_cls_and_kwargs`, an overridden
+    `create_optimizer`). Returns the largest learning rate the optimizer had, or `None` when nothing changed.
+    """
+    top = max(group["lr"] for group in optimizer.param_groups)
+    if top == peak or top <= 0:
+        return None
+    for group in optimizer.param_groups:
+        group["lr"] = peak if group["lr"] == top else group["lr"] * peak / top
+        if "initial_lr" in group:
+            group["initial_lr"] = group["lr"]
+    return top

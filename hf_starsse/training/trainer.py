@@ -33,7 +33,7 @@ from .checks import check_callbacks, check_ensemble_setup
 from .outputs import RunOutputsMixin, combine_outputs
 from .plan import plan_member
 from .run_identity import run_header
-from .schedule import get_cycle_schedule
+from .schedule import get_cycle_schedule, set_peak_learning_rate
 
 logger = logging.get_logger(__name__)
 
@@ -213,6 +213,8 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         """Claim the run directory and list the members still to train (on the main process)."""
         self._run.claim(self._run_header(), overwrite=self.args.overwrite_output_dir)
         complete = self._run.complete_members()
+        if not self.args.keep_member_checkpoints and self._run.remove_checkpoints(sorted(complete)):
+            logger.info("Deleted the Trainer checkpoints that recorded members had left (a run stopped in between).")
         todo = [member for member in self.args.members() if member not in complete]
         self._check_parents(todo, complete)
         if len(todo) < len(self.args.members()):
@@ -331,6 +333,8 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             if optimizer_state is not None:
                 torch.save(optimizer_state, member_dir / OPTIMIZER_STATE_NAME)
             self._run.record_member(member, parent, seed, self.state.global_step, processes)
+            if not self.args.keep_member_checkpoints:  # after the durable record: a kill here is cleaned up later
+                self._run.remove_checkpoints([member])
 
         on_main_process(record)
 
@@ -373,26 +377,15 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def _set_peak_learning_rate(self, optimizer: torch.optim.Optimizer) -> None:
-        """
-        Make the member's schedule peak at its planned learning rate whatever built the optimizer (`optim`,
-        `optim_args`, `optimizer_cls_and_kwargs`, an overridden `create_optimizer`): the param group with the largest
-        learning rate gets the plan's peak, the others keep their ratio to it (e.g. layer-wise decay).
-        """
+        """Make the member's schedule peak at its planned learning rate whatever built the optimizer (see
+        `set_peak_learning_rate`); a first member or Local DE member built with another one gets a warning."""
         plan = plan_member(self.args, self._member)
-        top = max(group["lr"] for group in optimizer.param_groups)
-        if top == plan.peak_learning_rate or top <= 0:
-            return
-        if not plan.cycle:
+        built = set_peak_learning_rate(optimizer, plan.peak_learning_rate)
+        if built is not None and not plan.cycle:
             logger.warning(
-                f"The optimizer of member {self._member} was built with learning rate {top}; it trains with "
+                f"The optimizer of member {self._member} was built with learning rate {built}; it trains with "
                 f"learning_rate={plan.peak_learning_rate} like every member of its kind (set learning_rate instead)."
             )
-        for group in optimizer.param_groups:
-            group["lr"] = (
-                plan.peak_learning_rate if group["lr"] == top else group["lr"] * plan.peak_learning_rate / top
-            )
-            if "initial_lr" in group:
-                group["initial_lr"] = group["lr"]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._member is not None:
