@@ -163,7 +163,7 @@ def test_push_dry_run_and_bad_repo_id(text_run, capsys):
     assert re.search(r"members/member-02/model\.safetensors +<- " + re.escape(f"{run}/members/member-02/"), out)
     assert main(["push", "--path", run, "--repo_id", "me/bad id", "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "repo_id='me/bad id' is not a valid Hub repository id" in err and len(err.splitlines()) == 1
+    assert "--repo_id 'me/bad id' is not a valid Hub repository id" in err and len(err.splitlines()) == 1
 
 
 def test_push_command_uploads_through_hf_endpoint(text_run, tmp_path):
@@ -228,3 +228,96 @@ def test_cpu_only_training_does_not_warn_about_pin_memory(tmp_path, pretrained_b
                 *options]  # fmt: skip
         assert main(argv) == 0
     assert [str(w.message) for w in caught if "pin_memory" in str(w.message)] == []
+
+
+def test_ensemble_command_builds_and_calibrates(tmp_path, pretrained_bert, text_data, capsys):
+    run, out = str(tmp_path / "run"), tmp_path / "ensemble"
+    argv = ["train", "--model_name_or_path", pretrained_bert, "--dataset", text_data, "--output_dir", run,
+            "--num_members", "3", "--cycle_steps", "2", *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["ensemble", "--run_dir", run, "--output_dir", str(out), "--members", "0", "1"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_members"] == 2 and config["calibration"] is None
+    assert "Ensemble of 2 members saved" in capsys.readouterr().out
+    argv = ["ensemble", "--run_dir", run, "--output_dir", str(out), "--calibrate", "--dataset", text_data]
+    assert main(argv) == 2 and "pass --dataset (or --data_files) and --eval_split" in capsys.readouterr().err
+    assert main([*argv, "--eval_split", "validation"]) == 2  # out is not empty
+    assert "is not empty; choose another directory or pass --overwrite." in capsys.readouterr().err
+    assert main([*argv, "--eval_split", "validation", "--overwrite"]) == 0
+    assert "Temperature" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_members"] == 3 and config["calibration"]["split"] == "validation"
+
+
+def test_calibrate_takes_data_files(tmp_path, text_run, text_data, capsys):
+    splits = DatasetDict.load_from_disk(text_data)
+    for split in ("train", "validation", "test"):
+        rows = splits[split].select(range(9 if split == "validation" else 16)).to_pandas()
+        rows["label"] = "LABEL_" + rows["label"].astype(str)  # the run's label names
+        rows.to_csv(tmp_path / f"{split}.csv", index=False)
+    ensemble = tmp_path / "ensemble"
+    assert main(["ensemble", "--run_dir", text_run.args.output_dir, "--output_dir", str(ensemble)]) == 0
+    files = ["--data_files", *(f"{split}={tmp_path / split}.csv" for split in ("train", "validation", "test"))]
+    assert main(["calibrate", "--model_dir", str(ensemble), *files, "--split", "test"]) == 2
+    assert "'test' is a test split" in capsys.readouterr().err
+    assert main(["calibrate", "--model_dir", str(ensemble), *files, "--split", "validation"]) == 0
+    calibration = json.loads((ensemble / "config.json").read_text())["calibration"]
+    assert calibration["split"] == "validation" and calibration["num_samples"] == 9  # the validation file's rows
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["soup", "--run_dir", "r", "--output_dir", "o", "--overwrit"], "--overwrit: did you mean --overwrite?"),
+        (["ensemble", "--run_dir", "r", "--output_dir", "o", "--member", "0"], "--member: did you mean --members?"),
+        (["evaluate", "--run_dir", "r", "--split", "test"], "--split: did you mean --splits?"),
+    ],
+)
+def test_mistyped_and_abbreviated_flags_are_refused_with_a_suggestion(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"unknown option(s) {message.split(':')[0]} ({message}); see hf-starsse {argv[0]} --help." in err
+
+
+def test_train_refuses_a_prefix_of_a_flag(tmp_path, pretrained_bert, text_data, capsys):
+    argv = ["train", "--model_name_or_path", pretrained_bert, "--dataset", text_data, "--output_dir",
+            str(tmp_path / "run"), "--num_member", "2", *COMMON]  # fmt: skip
+    assert main(argv) == 2 and not (tmp_path / "run").exists()
+    assert "--num_member: did you mean --num_members?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", [None, "no"])
+def test_eval_split_alone_evaluates_each_epoch(tmp_path, pretrained_bert, text_data, strategy):
+    run = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", pretrained_bert, "--dataset", text_data, "--eval_split", "validation",
+            "--output_dir", str(run), "--num_members", "2", "--cycle_steps", "2", *COMMON]  # fmt: skip
+    assert main(argv + (["--eval_strategy", strategy] if strategy else [])) == 0
+    logs = [json.loads((run / f"members/member-{m:02d}/trainer_state.json").read_text()) for m in (0, 1)]
+    evaluations = [[log for log in state["log_history"] if "eval_loss" in log] for state in logs]
+    running = [
+        [log["eval_ensemble_size"] for log in state["log_history"] if "eval_ensemble_size" in log] for state in logs
+    ]
+    if strategy == "no":  # the user's choice stands
+        assert evaluations == [[], []] and running == [[], []]
+    else:
+        assert [len(found) for found in evaluations] == [1, 1] and running == [[1], [2]]
+
+
+def test_the_load_report_of_a_fresh_head_is_printed_once(tmp_path, pretrained_bert, text_data):
+    import logging as std_logging
+
+    from transformers.utils import logging
+
+    argv = ["train", "--model_name_or_path", pretrained_bert, "--dataset", text_data, "--output_dir",
+            str(tmp_path / "run"), "--num_members", "3", "--cycle_steps", "2", *COMMON]  # fmt: skip
+    reports, handler = [], std_logging.Handler()
+    handler.emit = lambda record: reports.append(record.getMessage()) if "LOAD REPORT" in record.getMessage() else None
+    verbosity, logger = logging.get_verbosity(), logging.get_logger("transformers.modeling_utils")
+    logging.set_verbosity_warning()  # as for a user (the tests run at error level)
+    logger.addHandler(handler)
+    try:
+        assert main(argv) == 0
+    finally:
+        logger.removeHandler(handler)
+        logging.set_verbosity(verbosity)
+    assert len(reports) == 1 and "classifier.weight" in reports[0]  # member 0's load, not every member's

@@ -197,3 +197,20 @@ def test_bad_shift_options_fail_before_training(tmp_path, capsys, option):
     assert main(["demo", "--output_dir", str(tmp_path / "demo"), *option]) == 2
     assert "--corruptions must be among" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+def test_load_task_image_gives_the_splits_shift_ood_and_model():
+    from hf_starsse.demo import load_task
+    from hf_starsse.evaluation.corruptions import CORRUPTIONS
+
+    task = load_task("image", shift_samples=4)
+    assert sorted(task.splits) == ["shift", "test", "train", "validation"]
+    shift = task.splits["shift"]
+    assert len(shift) == 4 * 8 and shift[0]["image"].size == (64, 64) and set(shift["corruption"]) == set(CORRUPTIONS)
+    assert shift["label"] == task.splits["test"]["label"][:4] * 8  # the same test images under each corruption
+    assert shift.features["label"].names == task.splits["train"].features["label"].names
+    assert task.ood is not None and task.ood[0]["image"].size == (64, 64) and "label" not in task.ood.column_names
+    model = AutoModelForImageClassification.from_pretrained(
+        task.model_dir, num_labels=10, ignore_mismatched_sizes=True
+    )
+    assert model.config.num_labels == 10

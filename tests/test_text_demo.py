@@ -171,3 +171,19 @@ def test_text_demo_end_to_end(tmp_path, capsys):
     assert classifier("The new graphics card driver crashes my window manager.")[0]["label"] in NEWSGROUP_FAMILIES
     soup = AutoModelForSequenceClassification.from_pretrained(root / "soup")
     assert np.isfinite(soup.classifier.weight.detach().numpy()).all()
+
+
+def test_load_task_text_gives_the_splits_ood_and_model():
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_starsse.demo import load_task
+
+    task = load_task("text")
+    assert sorted(task.splits) == ["shift", "test", "train", "validation"]
+    assert task.splits["train"].features["label"].names == ["computers", "recreation", "science", "politics"]
+    assert not set(task.splits["shift"]["newsgroup"]) & set(task.splits["test"]["newsgroup"])  # held-out groups
+    assert len(task.ood) > 5000 and "text" in task.ood.column_names
+    model = AutoModelForSequenceClassification.from_pretrained(task.model_dir, num_labels=4)
+    assert model.config.num_labels == 4 and AutoTokenizer.from_pretrained(task.model_dir)("a post")["input_ids"]
+    with pytest.raises(ValueError, match="the demo's tasks are 'text' and 'image'"):
+        load_task("audio")

@@ -443,3 +443,33 @@ def test_branch_parallel_in_one_process_trains_in_turn(tmp_path, pretrained_bert
     assert "branch_parallel=True in a single process: the branches are trained one after another" in caplog.text
     entries = json.loads((tmp_path / "run/ensemble.json").read_text())["members"]
     assert [e["index"] for e in entries] == [0, 1, 2] and all("processes" not in e for e in entries)
+
+
+def test_evaluate_ensemble_and_the_running_ensemble_in_the_logs(tmp_path, pretrained_bert):
+    """`evaluate_ensemble` reports the ensemble, soup and member mean Trainer-style; with an evaluation strategy,
+    the ensemble of the members complete so far is logged after each member."""
+    from hf_starsse import evaluate_ensemble
+
+    eval_dataset = text_dataset(seed=1)
+    trainer = StarSSETrainer(
+        model=load_text_model(pretrained_bert),
+        args=make_args(tmp_path / "run", num_members=3, eval_strategy="epoch"),
+        train_dataset=text_dataset(),
+        eval_dataset=eval_dataset,
+    )
+    trainer.train()
+    running = [log for log in trainer.state.log_history if "eval_ensemble_accuracy" in log]
+    assert [(log["member"], log["eval_ensemble_size"]) for log in running] == [(0, 1), (1, 2), (2, 3)]
+    assert all("eval_soup_accuracy" not in log for log in running)  # the running log skips the soup
+
+    metrics = trainer.evaluate_ensemble()
+    rows = evaluate_ensemble(tmp_path / "run", {"eval": eval_dataset})
+    row = {(r["model"], r["size"]): r for r in rows if r["model"] != "member"}
+    members = [r for r in rows if r["model"] == "member"]
+    assert metrics["eval_ensemble_size"] == 3
+    assert metrics["eval_ensemble_accuracy"] == pytest.approx(row["ensemble", 3]["accuracy"])
+    assert metrics["eval_ensemble_nll"] == pytest.approx(running[-1]["eval_ensemble_nll"])
+    assert metrics["eval_soup_nll"] == pytest.approx(row["uniform_soup", 3]["nll"])
+    assert metrics["eval_member_mean_ece"] == pytest.approx(sum(r["ece"] for r in members) / 3)
+    assert trainer.state.log_history[-1]["eval_ensemble_accuracy"] == metrics["eval_ensemble_accuracy"]
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(members[-1]["nll"], rel=1e-4)  # the last member only

@@ -2,10 +2,12 @@
 
     hf-starsse train --model_name_or_path M --dataset D --output_dir runs/x --num_members 5 ...
     hf-starsse train config.yaml                      # the same options from a YAML or JSON file
+    hf-starsse ensemble --run_dir runs/x --output_dir out/ensemble [--members 0 1 2 --calibrate --dataset D ...]
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
     hf-starsse evaluate --run_dir runs/x --dataset D --splits test [--calibration_split validation]
     hf-starsse evaluate --run_dir runs/x --data_files train=train.csv test=test.csv --splits test
     hf-starsse calibrate --model_dir out/ensemble --dataset D --split validation   # also a soup or single model
+    hf-starsse calibrate --model_dir out/soup --data_files train=train.csv validation=val.csv --split validation
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
     hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
     hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
@@ -18,14 +20,14 @@ members, see `hf_starsse.cli.peft_args`).
 import dataclasses
 import os
 import sys
-from dataclasses import dataclass, field
 
 import huggingface_hub.constants
-from transformers import AutoConfig, HfArgumentParser
+from transformers import AutoConfig
 from transformers.utils import logging
 
 from ..cards.model_card import save_card_info
-from ..demo import DemoArguments, demo_defaults, run_demo
+from ..demo import demo_defaults, run_demo
+from ..ensemble.build import build_ensemble
 from ..errors import HubUnreachableError, StarSSEError, network_error_types
 from ..evaluation.calibration import calibrate_ensemble, check_split_name
 from ..evaluation.run_evaluation import evaluate_ensemble
@@ -36,79 +38,22 @@ from ..training.arguments import StarSSETrainingArguments
 from ..training.data import DataArguments, PreparedTask, prepare_task
 from ..training.sweep import sweep_cycle_hyperparameters
 from ..training.trainer import StarSSETrainer
+from .arguments import (
+    COMMAND_ARGUMENTS,
+    CalibrateArguments,
+    EnsembleArguments,
+    EvaluateArguments,
+    PushArguments,
+    SoupArguments,
+    SweepArguments,
+    cli_spelling,
+    parse,
+)
 from .peft_args import PeftArguments, with_peft
 
 # One line and exit status 2: hf_starsse's own user-facing errors and bad values or files. Anything else (a
 # RuntimeError, a KeyError, ...) is a bug or a failure of the machine and keeps its traceback.
 USER_ERRORS = (StarSSEError, ValueError, OSError)
-
-
-@dataclass
-class SoupArguments:
-    run_dir: str = field(metadata={"help": "The run directory whose complete members go into the soup."})
-    output_dir: str = field(metadata={"help": "Where the soup is saved (a plain checkpoint of the base model)."})
-    method: str = field(default="uniform", metadata={"help": "uniform or greedy.", "choices": ["uniform", "greedy"]})
-    batch_size: int = field(default=32, metadata={"help": "Batch size of the BatchNorm pass and greedy scoring."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
-    calibrate: bool = field(
-        default=False, metadata={"help": "Fit the soup's temperature on --eval_split and fold it into its head."}
-    )
-
-
-@dataclass
-class CalibrateArguments:
-    model_dir: str = field(metadata={"help": "A saved ensemble, soup or single classifier (updated in place)."})
-    split: str = field(default="validation", metadata={"help": "The held-out split to fit on (never a test split)."})
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Save the calibrated model here instead of updating model_dir."}
-    )
-    per_member: bool = field(default=False, metadata={"help": "Ensembles: one temperature per member first."})
-    batch_size: int = field(default=32, metadata={"help": "Batch size of the pass over the split."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
-
-
-@dataclass
-class EvaluateArguments:
-    run_dir: str = field(metadata={"help": "The run directory to evaluate (evaluation.csv/json are written there)."})
-    splits: list[str] = field(default_factory=lambda: ["test"], metadata={"help": "Dataset splits to evaluate."})
-    soups: list[str] = field(default_factory=lambda: ["uniform"], metadata={"help": "Soups to add: uniform, greedy."})
-    batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
-    calibration_split: str | None = field(
-        default=None, metadata={"help": "Held-out split to fit each model's temperature on (adds *_calibrated)."}
-    )
-
-
-@dataclass
-class SweepArguments:
-    lr_ratios: list[float] = field(
-        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0], metadata={"help": "Cycle LR / first LR values."}
-    )
-    length_ratios: list[float] = field(
-        default_factory=lambda: [0.5, 1.0, 2.0, 4.0], metadata={"help": "Cycle length / first length values."}
-    )
-
-
-@dataclass
-class PushArguments:
-    path: str = field(metadata={"help": "A run directory (its ensemble is built to upload), saved ensemble or soup."})
-    repo_id: str = field(metadata={"help": "The Hub repository: 'name' (your namespace) or 'namespace/name'."})
-    soup_repo_id: str | None = field(
-        default=None, metadata={"help": "Also push a soup to this separate repository (default soup: uniform)."}
-    )
-    soup_path: str | None = field(default=None, metadata={"help": "A saved soup to push to soup_repo_id."})
-    members_as_subfolders: bool = field(
-        default=False, metadata={"help": "Also upload every member of the run under members/member-NN/."}
-    )
-    private: bool | None = field(default=None, metadata={"help": "Make new repositories private."})
-    revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created if missing)."})
-    commit_message: str | None = field(default=None, metadata={"help": "Commit message."})
-    token: str | None = field(
-        default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login, which is safer)."}
-    )
-    dry_run: bool = field(default=False, metadata={"help": "Print which files would go where; upload nothing."})
-    dry_run_dir: str | None = field(
-        default=None, metadata={"help": "Write the files that would be uploaded into this new directory (dry run)."}
-    )
 
 
 def _data_for_run(run_dir: str, **options) -> DataArguments | None:
@@ -132,6 +77,24 @@ def train(data: DataArguments, args: StarSSETrainingArguments, peft: PeftArgumen
     if trainer.is_world_process_zero():
         save_card_info(args.output_dir, **data.card_info())
     print(f"Trained {output.metrics.get('train_members', 1)} member(s) into {args.output_dir}.")
+
+
+def ensemble(options: EnsembleArguments, data: DataArguments | None) -> None:
+    if options.calibrate and (data is None or data.eval_split is None):
+        raise ValueError(
+            "A calibrated ensemble needs held-out data: pass --dataset (or --data_files) and --eval_split."
+        )
+    if options.calibrate:
+        check_split_name(data.eval_split)
+    model = build_ensemble(options.run_dir, options.output_dir, members=options.members, overwrite=options.overwrite,
+                           include_base=options.include_base, base_model=options.base_model)  # fmt: skip
+    print(f"Ensemble of {model.config.num_members} members saved to {options.output_dir}.")
+    if options.calibrate:
+        task = _prepare_for_run(data)
+        model = calibrate_ensemble(options.output_dir, task.eval_dataset, split=data.eval_split,
+                                   per_member=options.per_member, data_collator=task.data_collator,
+                                   batch_size=options.batch_size)  # fmt: skip
+        _report_calibration(model, options.output_dir)
 
 
 def soup(options: SoupArguments, data: DataArguments | None) -> None:
@@ -169,8 +132,8 @@ def _report_calibration(model, path: str) -> None:
 
 
 def calibrate(options: CalibrateArguments, given: dict) -> None:
-    if given.get("dataset") is None:
-        raise ValueError("calibrate needs --dataset (and --split, a held-out split).")
+    if given.get("dataset") is None and given.get("data_files") is None:
+        raise ValueError("calibrate needs --dataset or --data_files (and --split, a held-out split).")
     check_split_name(options.split)  # before loading anything
     data = DataArguments(model_name_or_path=options.model_dir, **given)
     config = AutoConfig.from_pretrained(options.model_dir)
@@ -253,66 +216,36 @@ def push(options: PushArguments) -> None:
 
 def demo(argv: list[str]) -> None:
     """The demo's options: `DemoArguments` and every training option, with the demo's recipe as defaults."""
-    parser = HfArgumentParser((DemoArguments, StarSSETrainingArguments), prog="hf-starsse demo")
     task = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--task"), None)
     task = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--task=")), task)
     defaults = dict(demo_defaults(task or "image"))
     if any(arg.split("=")[0] == "--cycle_steps" for arg in argv):
         defaults["cycle_epochs"] = None  # the given cycle length replaces the demo's
-    parser.set_defaults(**defaults)
-    options = parser.parse_args_into_dataclasses(argv)
+    options = parse("demo", argv, defaults)
     logging.set_verbosity_error()  # progress bars and the demo's lines, not the fresh-head load reports
     run_demo(*options)
 
 
-COMMANDS = ("train", "soup", "evaluate", "calibrate", "sweep", "push", "demo")
-
-
-def _parse(classes: tuple, command: str, argv: list[str]) -> tuple:
-    """Options from the command line, or from one YAML/JSON file given instead."""
-    parser = HfArgumentParser(classes, prog=f"hf-starsse {command}")
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    return parser.parse_args_into_dataclasses(argv)
-
-
-def _optional_data_options() -> type:
-    """`DataArguments` without the model (a run's member provides it) nor the cards' names (`train` records them),
-    and with every field optional."""
-    skipped = ("model_name_or_path", "base_model_id", "dataset_name")
-    fields = [f for f in dataclasses.fields(DataArguments) if f.name not in skipped]
-    spec = [(f.name, f.type | None, dataclasses.field(default=None, metadata=f.metadata)) for f in fields]
-    return dataclasses.make_dataclass("DataOptions", spec)
+COMMANDS = tuple(COMMAND_ARGUMENTS)
 
 
 def _run(command: str, argv: list[str]) -> None:
-    if command == "train":
-        train(*_parse((DataArguments, StarSSETrainingArguments, PeftArguments), command, argv))
-        return
-    if command == "sweep":
-        sweep(*_parse((DataArguments, StarSSETrainingArguments, SweepArguments, PeftArguments), command, argv))
-        return
-    if command == "push":
-        push(*_parse((PushArguments,), command, argv))
-        return
     if command == "demo":
         demo(argv)
         return
-    own = {"soup": SoupArguments, "evaluate": EvaluateArguments, "calibrate": CalibrateArguments}[command]
-    options, data_options = _parse((own, _optional_data_options()), command, argv)
+    options = parse(command, argv)
+    if command in ("train", "sweep", "push"):
+        {"train": train, "sweep": sweep, "push": push}[command](*options)
+        return
+    own, data_options = options
     given = {key: value for key, value in dataclasses.asdict(data_options).items() if value is not None}
     if command == "calibrate":
-        calibrate(options, given)
+        calibrate(own, given)
         return
-    data = _data_for_run(options.run_dir, **given)
-    if command == "soup":
-        soup(options, data)
-    elif data is None:
+    data = _data_for_run(own.run_dir, **given)
+    if command == "evaluate" and data is None:
         raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")
-    else:
-        evaluate(options, data)
+    {"ensemble": ensemble, "soup": soup, "evaluate": evaluate}[command](own, data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("HF_STARSSE_DEBUG"):
             raise  # full traceback, as asked
-        print(f"hf-starsse {argv[0]}: error: {err} (HF_STARSSE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        message = cli_spelling(str(err), argv[0])
+        print(f"hf-starsse {argv[0]}: error: {message} (HF_STARSSE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

@@ -17,6 +17,7 @@ from ..evaluation import plots
 from ..evaluation.metrics import expected_calibration_error, reliability_diagram, softmax
 from ..evaluation.run_evaluation import RunPredictions
 from ..evaluation.uncertainty import risk_coverage_curve
+from .tasks import digit_images
 
 CALIBRATION_SPLIT = "validation"
 
@@ -35,26 +36,17 @@ def calibration_set(task, train_samples: int, samples: int):
 
 
 def digits_ood(processor, image_size: int, samples: int):
-    """scikit-learn's 8x8 handwritten digits upscaled to `image_size` and prepared by `processor` (labels `-1`), or
-    `None` when scikit-learn is not installed (`pip install hf_starsse[demo]`)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
+    """scikit-learn's 8x8 handwritten digits upscaled to `image_size` (`digit_images`) and prepared by `processor`
+    (labels `-1`), or `None` when scikit-learn is not installed (`pip install hf_starsse[demo]`)."""
+    digits = digit_images(image_size)
+    if digits is None:
         return None
-    from datasets import Dataset
-    from PIL import Image
-
-    images = load_digits().images[:samples]  # values 0..16, ink bright on a dark ground like Fashion-MNIST
-    pictures = [
-        Image.fromarray((image * (255 / 16)).astype(np.uint8)).resize((image_size, image_size), Image.BILINEAR)
-        for image in images
-    ]
 
     def transform(batch):
         pixels = processor([picture.convert("RGB") for picture in batch["image"]], return_tensors="pt")
         return {"pixel_values": pixels["pixel_values"], "labels": torch.full((len(batch["image"]),), -1)}
 
-    return Dataset.from_dict({"image": pictures}).with_transform(transform)
+    return digits.select(range(min(samples, len(digits)))).with_transform(transform)
 
 
 def _models(predictions: RunPredictions) -> dict[str, tuple]:

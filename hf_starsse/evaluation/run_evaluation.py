@@ -314,3 +314,33 @@ def evaluate_ensemble(
     if output_dir is not None:
         write_evaluation(rows, output_dir)
     return rows
+
+
+def trainer_metrics(source, eval_dataset, *, soup: bool = True, metric_key_prefix: str = "eval", **options) -> dict:
+    """
+    A run's metrics on `eval_dataset` named the way `Trainer.evaluate` names them: `<prefix>_ensemble_<metric>` (the
+    ensemble of every complete member), `<prefix>_soup_<metric>` (their uniform soup, with `soup`) and
+    `<prefix>_member_mean_<metric>` (the members' mean), for accuracy, NLL, ECE and Brier score, and
+    `<prefix>_ensemble_size`. Nothing is written to the run directory.
+
+    Args:
+        source: A run directory (or a list of member directories).
+        eval_dataset: Held-out data with the model's inputs and a label column.
+        soup (`bool`, *optional*, defaults to `True`): Also build and evaluate the uniform soup.
+        metric_key_prefix (`str`, *optional*, defaults to `"eval"`): The prefix of every key.
+        options: `train_dataset`, `data_collator`, `batch_size`, `device`, as in [`evaluate_ensemble`].
+    """
+    rows = evaluation_rows(predict_run(source, {"eval": eval_dataset}, soups=("uniform",) if soup else (), **options))
+    size = max(row["size"] for row in rows if row["model"] == "ensemble")
+    groups = {
+        "ensemble": [row for row in rows if row["model"] == "ensemble" and row["size"] == size],
+        "soup": [row for row in rows if row["model"] == "uniform_soup"],
+        "member_mean": [row for row in rows if row["model"] == "member"],
+    }
+    metrics = {
+        f"{metric_key_prefix}_{name}_{metric}": float(np.mean([row[metric] for row in group]))
+        for name, group in groups.items()
+        if group
+        for metric in ("accuracy", "nll", "ece", "brier")
+    }
+    return metrics | {f"{metric_key_prefix}_ensemble_size": size}

@@ -115,7 +115,7 @@ def check_pickle_weights(model_dir: str | os.PathLike, allow_pickle: bool) -> No
     if not allow_pickle:
         raise FileNotFoundError(
             f"{model_dir} holds only pickle weights ({pickles[0].name}), which are not loaded by default since "
-            "unpickling can run code. Convert them to safetensors, or pass allow_pickle=True (--allow_pickle) if you "
+            "unpickling can run code. Convert them to safetensors, or pass allow_pickle=True if you "
             "trust their source (they are then read with torch.load(weights_only=True))."
         )
 

@@ -1,7 +1,10 @@
 """Models and datasets by Hub id or local path, prepared for training by the task family of their data (used by the
 CLI, the demo, the examples and the benchmarks)."""
 
+import itertools
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from transformers import (
     PretrainedConfig,
     TrainingArguments,
 )
+from transformers.utils import logging
 
 from ..cards.model_card import is_hub_id
 from ..run.members import check_pickle_weights
@@ -51,7 +55,11 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (Hub datasets)."})
     train_split: str = field(default="train", metadata={"help": "Split to train on (and to re-estimate BatchNorm)."})
     eval_split: str | None = field(
-        default=None, metadata={"help": "Held-out split for evaluation during training and greedy soups."}
+        default=None,
+        metadata={
+            "help": "Held-out split: evaluated during training (each epoch, unless --eval_strategy says otherwise), "
+            "and used by greedy soups and calibration."
+        },
     )
     text_column: str | None = field(
         default=None, metadata={"help": "Text column (default: 'text' or 'sentence'); ignored for image data."}
@@ -246,6 +254,18 @@ class PreparedTask:
         return args
 
 
+@contextmanager
+def quiet_logs(quiet: bool = True) -> Iterator[None]:
+    """transformers' warnings off (errors only) inside the block when `quiet`, restored after it."""
+    verbosity = logging.get_verbosity()
+    if quiet:
+        logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def has_accelerator() -> bool:
     """Whether torch sees a GPU or another accelerator."""
     accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
@@ -289,15 +309,18 @@ def prepare_task(
     data = replace(data, image_column=image_column)
     prepare, processor, collator = family.prepare_data(data, train, to_ids)
 
+    loads = itertools.count()
+
     def model_init():
-        model = family.auto_model_class().from_pretrained(
-            data.model_name_or_path,
-            num_labels=len(names),
-            id2label=dict(enumerate(names)),
-            label2id=label2id,
-            ignore_mismatched_sizes=True,
-            use_safetensors=None if data.allow_pickle else True,
-        )
+        with quiet_logs(next(loads) > 0):  # every member loads the same: its LOAD REPORT (new head) is said once
+            model = family.auto_model_class().from_pretrained(
+                data.model_name_or_path,
+                num_labels=len(names),
+                id2label=dict(enumerate(names)),
+                label2id=label2id,
+                ignore_mismatched_sizes=True,
+                use_safetensors=None if data.allow_pickle else True,
+            )
         fix_batchnorm_momentum(model)  # e.g. MobileNetV2's TF decay 0.997 would track the last batch only
         return model
 

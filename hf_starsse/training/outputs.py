@@ -15,9 +15,11 @@ from transformers.utils import logging
 from ..adapters.peft import is_peft_model
 from ..ensemble import build_ensemble
 from ..evaluation.calibration import calibrate_ensemble, check_calibration_split
+from ..evaluation.run_evaluation import trainer_metrics
 from ..hub.publish import push_ensemble_to_hub
 from ..run.coordination import main_process_only, on_main_process
 from ..run.directory import RunDirectory
+from ..run.members import load_members
 from ..soups.average import greedy_soup, uniform_soup
 from ..storage.weights import weights_sha256
 from .adapters import check_member_kind, save_member_config
@@ -59,6 +61,54 @@ class RunOutputsMixin:
             return model if calibrate_on is None else calibrate_ensemble(output_dir, calibrate_on, **options)
 
         return main_process_only(save)
+
+    def evaluate(self, eval_dataset=None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+        """
+        `Trainer.evaluate`, unchanged: it evaluates `trainer.model`, which after `train()` is the last member trained,
+        not the ensemble (`eval_accuracy` is one member's). [`evaluate_ensemble`] evaluates the ensemble, its soup and
+        the members.
+        """
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def evaluate_ensemble(self, eval_dataset=None, metric_key_prefix: str = "eval", soup: bool = True) -> dict:
+        """
+        Evaluate what the run trained, on `eval_dataset` (default: the trainer's): the ensemble of its complete
+        members, their uniform soup and the members' mean, as Trainer-style metrics (`eval_ensemble_accuracy`,
+        `eval_soup_accuracy`, `eval_member_mean_accuracy`, ... for accuracy, NLL, ECE and Brier score, and
+        `eval_ensemble_size`; see [`trainer_metrics`]), logged like those of `evaluate()`. `evaluate()` itself stays
+        the Trainer's: it evaluates `trainer.model`, the last member trained.
+
+        Args:
+            eval_dataset (`datasets.Dataset`, *optional*): Held-out data (default: `eval_dataset` of the trainer).
+            metric_key_prefix (`str`, *optional*, defaults to `"eval"`): The prefix of the metric names.
+            soup (`bool`, *optional*, defaults to `True`): Also build and evaluate the uniform soup (BatchNorm
+                re-estimated on `train_dataset`).
+
+        Returns:
+            `dict[str, float]`: The metrics, on every process.
+        """
+        run = self._run_dir()
+        metrics = on_main_process(partial(self._ensemble_metrics, run, eval_dataset, metric_key_prefix, soup))
+        self.log(metrics)
+        return metrics
+
+    def _ensemble_metrics(self, source, eval_dataset, metric_key_prefix: str, soup: bool) -> dict:
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None or isinstance(dataset, dict):
+            raise ValueError("evaluate_ensemble needs one eval_dataset: pass it, or give the trainer one.")
+        options = dict(data_collator=self.data_collator, batch_size=self.args.per_device_eval_batch_size)
+        options.update(train_dataset=self.train_dataset, device=self.args.device)
+        return trainer_metrics(source, dataset, soup=soup, metric_key_prefix=metric_key_prefix, **options)
+
+    def _log_running_ensemble(self, member_dir: Path) -> None:
+        """With an evaluation strategy (and an `eval_dataset`), log the ensemble of the members complete so far
+        once a member is recorded (main process), into its `trainer_state.json` too: `log_history` and
+        TensorBoard show the ensemble improving with its size."""
+        if self.args.eval_strategy == "no" or self.eval_dataset is None or not self._is_ensemble():
+            return
+        complete = load_members(self._run_dir())  # the members so far (a run directory would warn of the others)
+        self.log(self._ensemble_metrics(complete, None, "eval", soup=False))
+        self.state.save_to_json(str(member_dir / TRAINER_STATE_NAME))
 
     def save_soup(
         self, output_dir: str, method: str = "uniform", num_batches: int | None = None, overwrite: bool = False
@@ -132,7 +182,7 @@ class RunOutputsMixin:
     def _run_dir(self) -> str:
         if not isinstance(self.args, StarSSETrainingArguments):
             raise ValueError("Ensembles and soups need StarSSETrainingArguments (a run directory with members).")
-        return self.args.output_dir
+        return str(self._run.path) if self._run is not None else self.args.output_dir  # while a member trains
 
     # ----- Hub ------------------------------------------------------------------------------------------------------
 

@@ -335,6 +335,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             self._run.record_member(member, parent, seed, self.state.global_step, processes)
             if not self.args.keep_member_checkpoints:  # after the durable record: a kill here is cleaned up later
                 self._run.remove_checkpoints([member])
+            self._log_running_ensemble(member_dir)
 
         on_main_process(record)
 
