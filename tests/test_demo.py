@@ -168,6 +168,7 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
     assert prediction[0]["label"] in FASHION_MNIST_CLASSES and prediction[0]["mutual_information"] >= 0
     report = (root / "report/results.md").read_text()
     assert "## Calibration, selective prediction and OOD detection" in report and "| ensemble of 2 |" in report
+    assert "**Against member 0**" in report and "| uniform_soup |" in report
     assert model.config.calibration["split"] == "validation" and model.config.calibration["num_samples"] == 32
     soup_config = json.loads((root / "soup/config.json").read_text())
     assert soup_config["calibration"]["temperature"] > 0 and "## Calibration" in (root / "soup/README.md").read_text()
@@ -214,3 +215,21 @@ def test_load_task_image_gives_the_splits_shift_ood_and_model():
         task.model_dir, num_labels=10, ignore_mismatched_sizes=True
     )
     assert model.config.num_labels == 10
+
+
+def test_the_report_compares_the_ensemble_and_soup_with_member_0():
+    from hf_starsse.demo.run import versus_member0
+
+    def row(model, accuracy, nll, shift_accuracy, shift_nll):
+        return dict(model=model, accuracy=accuracy, nll=nll, shift_accuracy=shift_accuracy, shift_nll=shift_nll)
+
+    summary = [row("member 0", 0.80, 0.50, 0.60, 1.00), row("member 1", 0.70, 0.70, 0.50, 1.20),
+               row("members (mean)", 0.75, 0.60, 0.55, 1.10), row("ensemble (2)", 0.82, 0.45, 0.58, 1.05),
+               row("uniform_soup", 0.78, 0.48, 0.61, 0.90)]  # fmt: skip
+    lines = versus_member0(summary)
+    assert "| ensemble (2) | +0.0200 | -0.0500 | -0.0200 | +0.0500" in lines
+    assert "| uniform_soup | -0.0200 | -0.0200 | +0.0100 | -0.1000" in lines
+    assert lines[-1] == (
+        "ensemble (2) beats member 0 in distribution; ensemble (2) does not beat member 0 under shift; uniform_soup "
+        "does not beat member 0 in distribution; uniform_soup beats member 0 under shift."
+    )

@@ -163,6 +163,7 @@ def test_text_demo_end_to_end(tmp_path, capsys):
     assert 0 <= ensemble_test["ood_sms_spam_auroc_max_prob"] <= 1  # the far-OOD SMS messages are scored
     notes = (root / "report/results.md").read_text()
     assert "comp.sys.mac.hardware" in notes and "24 training texts" in notes
+    assert "**Against member 0**" in notes and "| ensemble (2) |" in notes and "member 0 under shift." in notes
     assert "`sms_spam`: messages of the SMS Spam Collection" in notes and "| ood_sms_spam_auroc_entropy |" in notes
 
     model = AutoModelForSequenceClassification.from_pretrained(root / "ensemble")

@@ -243,6 +243,25 @@ def summarize(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def versus_member0(summary: list[dict]) -> list[str]:
+    """How the ensemble and the soup compare with member 0, the single fine-tune a user would otherwise ship: their
+    differences in accuracy and NLL, in distribution and under the shift, and a sentence saying which win."""
+    first = next(row for row in summary if row["model"] == "member 0")
+    compared = [row for row in summary if row["model"].startswith(("ensemble", "uniform_soup"))]
+    metrics = ("accuracy", "nll", "shift_accuracy", "shift_nll")
+    lines = ["", "**Against member 0** (the single fine-tune; accuracy higher and NLL lower is better):", "",
+             "| model | Δ accuracy | Δ NLL | Δ shift accuracy | Δ shift NLL |", "|---|---|---|---|---|"]  # fmt: skip
+    verdicts = []
+    for row in compared:
+        deltas = {m: row[m] - first[m] for m in metrics if row[m] is not None and first[m] is not None}
+        lines.append(f"| {row['model']} | " + " | ".join(f"{deltas[m]:+.4f}" if m in deltas else "" for m in metrics))
+        for where, (accuracy, nll) in (("in distribution", metrics[:2]), ("under shift", metrics[2:])):
+            if accuracy in deltas:
+                wins = deltas[accuracy] > 0 and deltas[nll] < 0
+                verdicts.append(f"{row['model']} {'beats' if wins else 'does not beat'} member 0 {where}")
+    return lines + ["", "; ".join(verdicts) + "."]
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
     """A Markdown table of `rows` (floats with 4 decimals, `None` as an empty cell)."""
 
@@ -270,7 +289,7 @@ def write_report(rows: list[dict], report_dir: Path, notes: list[str], sections:
     atomic_write_text(report_dir / "results.csv", _csv(summary))
     columns = ["model", *SUMMARY_METRICS, *(f"shift_{m}" for m in SUMMARY_METRICS), "steps"]
     atomic_write_text(report_dir / "results.md", "\n".join(["# Demo results", "", *notes, "", *markdown_table(
-        summary, columns), *sections]) + "\n")  # fmt: skip
+        summary, columns), *versus_member0(summary), *sections]) + "\n")  # fmt: skip
     for metric in ("accuracy", "nll"):
         plots.plot_metric_vs_size(rows, report_dir / f"{metric}_vs_size.png", metric=metric)
     robustness = summarize_robustness(rows)
@@ -351,6 +370,7 @@ def run_demo(demo: DemoArguments, args: StarSSETrainingArguments) -> dict[str, P
         write_uncertainty_report(predictions, rows, paths["report"], ood_description=OOD_SETS[demo.task][1]),
     )
     print("\n".join(markdown_table(summary, ["model", "accuracy", "nll", "ece", "shift_accuracy", "shift_nll"])))
+    print("\n".join(versus_member0(summary)[-1:]))
     for name, path in paths.items():
         print(f"{name:>8}: {path}")
     print(f"Done in {time.perf_counter() - start:.0f} s.")
