@@ -5,6 +5,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from hf_starsse.evaluation import plots  # noqa: F401  (selects the Agg backend: files only)
+
 import protocol
 from results_table import write_results
 

@@ -227,8 +227,8 @@ def test_the_report_compares_the_ensemble_and_soup_with_member_0():
                row("members (mean)", 0.75, 0.60, 0.55, 1.10), row("ensemble (2)", 0.82, 0.45, 0.58, 1.05),
                row("uniform_soup", 0.78, 0.48, 0.61, 0.90)]  # fmt: skip
     lines = versus_member0(summary)
-    assert "| ensemble (2) | +0.0200 | -0.0500 | -0.0200 | +0.0500" in lines
-    assert "| uniform_soup | -0.0200 | -0.0200 | +0.0100 | -0.1000" in lines
+    assert "| ensemble (2) | +0.0200 | -0.0500 | -0.0200 | +0.0500 |" in lines
+    assert "| uniform_soup | -0.0200 | -0.0200 | +0.0100 | -0.1000 |" in lines
     assert lines[-1] == (
         "ensemble (2) beats member 0 in distribution; ensemble (2) does not beat member 0 under shift; uniform_soup "
         "does not beat member 0 in distribution; uniform_soup beats member 0 under shift."

@@ -90,6 +90,16 @@ def test_packages_import_down_the_layers():
     assert "tasks" not in edges  # the registry is the bottom layer
 
 
+@pytest.mark.parametrize("name", PACKAGES)
+def test_packages_import_only_what_their_docstring_allows(name):
+    """Each package's "May import:" line (backticked names, or "every package but ...") covers what it imports."""
+    module = importlib.import_module(f"hf_starsse.{name}")
+    line = module.__doc__.split("May import:")[1].split("\n\n")[0]
+    named = set(re.findall(r"`(\w+)`", line))
+    allowed = set(PACKAGES) - named - {name} if "every package" in line else named
+    assert package_imports().get(name, set()) - allowed - {"errors"} == set()
+
+
 def test_no_module_is_over_400_lines():
     sizes = {
         path.relative_to(PACKAGE).as_posix(): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")

@@ -7,7 +7,6 @@ from hf_starsse.tasks import (
     FAMILIES,
     family_for_input,
     family_of_architecture,
-    family_of_model_type,
     family_of_peft_task_type,
 )
 
@@ -20,8 +19,8 @@ def test_family_of_architecture_and_model_type():
     assert family_of_architecture("EnsembleForImageClassification") is image
     assert family_of_architecture("AdapterEnsembleForSequenceClassification") is text
     assert family_of_architecture("BertModel") is None and family_of_architecture(None) is None
-    assert family_of_model_type("bert", "text") is text and family_of_model_type("bert", "image") is None
-    assert family_of_model_type("mobilenet_v2", "image") is image
+    assert text.covers_model_type("bert") and not image.covers_model_type("bert")
+    assert image.covers_model_type("mobilenet_v2")
     assert family_of_peft_task_type("SEQ_CLS") is text and family_of_peft_task_type(None) is None
     assert text.auto_model_class() is AutoModelForSequenceClassification
     assert image.auto_model_class() is AutoModelForImageClassification

@@ -7,5 +7,5 @@ The PEFT pieces of each concern live with that concern and call this interface: 
 `ensemble/modeling_adapter_ensemble.py`, adapter publishing in `hub/adapters.py`, the `--lora_*` options in
 `cli/peft_args.py`.
 
-May import: `storage`, `errors`.
+May import: `tasks`, `storage`, `errors`.
 """

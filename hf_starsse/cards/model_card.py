@@ -318,6 +318,7 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
         results=_all_rows(rows, config.num_members),
         auto_class=family.auto_class,
         pipeline_task=family.name,
+        combination=family.combination,
         repo_id=repo_id or ENSEMBLE_PLACEHOLDER,
     )
 

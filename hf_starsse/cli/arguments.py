@@ -3,6 +3,7 @@ abbreviated flags, a suggestion for a mistyped one, and errors that name options
 
 import dataclasses
 import difflib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,9 +144,9 @@ def parse(command: str, argv: list[str], defaults: dict | None = None) -> tuple:
         defaults (`dict`, *optional*): Defaults that replace the dataclasses' own (e.g. the demo's recipe).
     """
     parser = HfArgumentParser(COMMAND_ARGUMENTS[command], prog=f"hf-starsse {command}", allow_abbrev=False)
-    defaults = dict(defaults or {})
-    if "eval_split" in given_options(argv) and "eval_strategy" not in given_options(argv) and command == "train":
-        defaults["eval_strategy"] = "epoch"  # a named eval split is evaluated, unless the user chose a strategy
+    defaults, given = dict(defaults or {}), given_options(argv)
+    if command == "train" and "eval_split" in given and "eval_strategy" not in given:
+        defaults["eval_strategy"] = "steps" if "eval_steps" in given else "epoch"  # a named split is evaluated
     if is_config_file(argv):
         return parser.parse_dict({**defaults, **read_config_file(argv[0])})
     parser.set_defaults(**defaults)
@@ -161,15 +162,23 @@ def is_config_file(argv: list[str]) -> bool:
 
 
 def read_config_file(path: str) -> dict:
-    """The options in a YAML or JSON file (JSON is YAML)."""
-    return yaml.safe_load(Path(path).read_text()) or {}
+    """The options in a YAML or JSON file."""
+    text = Path(path).read_text()
+    return (json.loads(text) if path.endswith(".json") else yaml.safe_load(text)) or {}
 
 
-def given_options(argv: list[str]) -> set[str]:
-    """The names of the options the user gave, on the command line or in a config file."""
+def given_options(argv: list[str]) -> dict:
+    """The options the user gave, by name (`--eval-split` as `eval_split`), with their value (`None` for a flag
+    without one), on the command line or in a config file."""
     if is_config_file(argv):
-        return set(read_config_file(argv[0]))
-    return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+        return read_config_file(argv[0])
+    given = {}
+    for position, arg in enumerate(argv):
+        if arg.startswith("--"):
+            name, _, value = arg[2:].partition("=")
+            following = argv[position + 1] if position + 1 < len(argv) else "--"
+            given[name.replace("-", "_")] = value or (None if following.startswith("--") else following)
+    return given
 
 
 def command_flags(command: str) -> list[str]:
@@ -192,14 +201,16 @@ def unknown_options_message(command: str, unknown: list[str]) -> str:
 def cli_spelling(message: str, command: str) -> str:
     """`message` with the Python spelling of the command's options as flags (`overwrite=True` -> `--overwrite`,
     `members_to_train=[2]` -> `--members_to_train 2`), for errors raised by the library under the CLI."""
-    names = {f.name for cls in COMMAND_ARGUMENTS.get(command, ()) for f in dataclasses.fields(cls)}
+    defaults = {f.name: f.default for cls in COMMAND_ARGUMENTS.get(command, ()) for f in dataclasses.fields(cls)}
 
     def flag(match: re.Match) -> str:
         name, value = match.group(1), match.group(2).strip("'\"[]").replace(",", "")
-        if name not in names:
+        if name not in defaults:
             return match.group(0)
         if value in ("True", "", "..."):
             return f"--{name}"
+        if value == "False" and defaults[name] is True:
+            return f"--no_{name}"
         return f"--{name} {match.group(2) if ' ' in value and not match.group(2).startswith('[') else value}"
 
     return re.sub(r"\b(\w+)=('[^']*'|\[[^\]]*\]|[^\s,;)]*[^\s,;).]|)", flag, message)

@@ -1,4 +1,5 @@
-"""The `hf-starsse` command line: train, soup, evaluate, sweep and push, built on `HfArgumentParser`.
+"""The `hf-starsse` command line: train, ensemble, soup, evaluate, calibrate, sweep, push and demo, built on
+`HfArgumentParser`.
 
     hf-starsse train --model_name_or_path M --dataset D --output_dir runs/x --num_members 5 ...
     hf-starsse train config.yaml                      # the same options from a YAML or JSON file
@@ -47,6 +48,7 @@ from .arguments import (
     SoupArguments,
     SweepArguments,
     cli_spelling,
+    given_options,
     parse,
 )
 from .peft_args import PeftArguments, with_peft
@@ -79,7 +81,7 @@ def train(data: DataArguments, args: StarSSETrainingArguments, peft: PeftArgumen
     print(f"Trained {output.metrics.get('train_members', 1)} member(s) into {args.output_dir}.")
 
 
-def ensemble(options: EnsembleArguments, data: DataArguments | None) -> None:
+def ensemble(options: EnsembleArguments, data: DataArguments | None, allow_pickle: bool = False) -> None:
     if options.calibrate and (data is None or data.eval_split is None):
         raise ValueError(
             "A calibrated ensemble needs held-out data: pass --dataset (or --data_files) and --eval_split."
@@ -87,7 +89,8 @@ def ensemble(options: EnsembleArguments, data: DataArguments | None) -> None:
     if options.calibrate:
         check_split_name(data.eval_split)
     model = build_ensemble(options.run_dir, options.output_dir, members=options.members, overwrite=options.overwrite,
-                           include_base=options.include_base, base_model=options.base_model)  # fmt: skip
+                           allow_pickle=allow_pickle, include_base=options.include_base,
+                           base_model=options.base_model)  # fmt: skip
     print(f"Ensemble of {model.config.num_members} members saved to {options.output_dir}.")
     if options.calibrate:
         task = _prepare_for_run(data)
@@ -97,7 +100,7 @@ def ensemble(options: EnsembleArguments, data: DataArguments | None) -> None:
         _report_calibration(model, options.output_dir)
 
 
-def soup(options: SoupArguments, data: DataArguments | None) -> None:
+def soup(options: SoupArguments, data: DataArguments | None, allow_pickle: bool = False) -> None:
     if (options.method == "greedy" or options.calibrate) and (data is None or data.eval_split is None):
         raise ValueError("A greedy or calibrated soup needs held-out data: pass --dataset and --eval_split.")
     if options.calibrate:
@@ -109,6 +112,7 @@ def soup(options: SoupArguments, data: DataArguments | None) -> None:
         data_collator=task.data_collator if task else None,
         batch_size=options.batch_size,
         overwrite=options.overwrite,
+        allow_pickle=allow_pickle,
     )
     if options.method == "greedy":
         _, chosen = greedy_soup(options.run_dir, task.eval_dataset, **common)
@@ -171,6 +175,7 @@ def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
         train_dataset=task.train_dataset,
         data_collator=task.data_collator,
         batch_size=options.batch_size,
+        allow_pickle=data.allow_pickle,
     )
     for row in rows:
         if row["model"] != "member":
@@ -216,10 +221,9 @@ def push(options: PushArguments) -> None:
 
 def demo(argv: list[str]) -> None:
     """The demo's options: `DemoArguments` and every training option, with the demo's recipe as defaults."""
-    task = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--task"), None)
-    task = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--task=")), task)
-    defaults = dict(demo_defaults(task or "image"))
-    if any(arg.split("=")[0] == "--cycle_steps" for arg in argv):
+    given = given_options(argv)
+    defaults = dict(demo_defaults(given.get("task") or "image"))
+    if "cycle_steps" in given:
         defaults["cycle_epochs"] = None  # the given cycle length replaces the demo's
     options = parse("demo", argv, defaults)
     logging.set_verbosity_error()  # progress bars and the demo's lines, not the fresh-head load reports
@@ -245,7 +249,10 @@ def _run(command: str, argv: list[str]) -> None:
     data = _data_for_run(own.run_dir, **given)
     if command == "evaluate" and data is None:
         raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")
-    {"ensemble": ensemble, "soup": soup, "evaluate": evaluate}[command](own, data)
+    if command == "evaluate":
+        evaluate(own, data)
+    else:
+        {"ensemble": ensemble, "soup": soup}[command](own, data, bool(given.get("allow_pickle")))
 
 
 def main(argv: list[str] | None = None) -> int:

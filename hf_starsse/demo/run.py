@@ -254,7 +254,8 @@ def versus_member0(summary: list[dict]) -> list[str]:
     verdicts = []
     for row in compared:
         deltas = {m: row[m] - first[m] for m in metrics if row[m] is not None and first[m] is not None}
-        lines.append(f"| {row['model']} | " + " | ".join(f"{deltas[m]:+.4f}" if m in deltas else "" for m in metrics))
+        cells = [f"{deltas[m]:+.4f}" if m in deltas else "" for m in metrics]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
         for where, (accuracy, nll) in (("in distribution", metrics[:2]), ("under shift", metrics[2:])):
             if accuracy in deltas:
                 wins = deltas[accuracy] > 0 and deltas[nll] < 0

@@ -50,6 +50,8 @@ def load_task(name: str = "text", image_size: int = 64, shift_samples: int = 250
 
     Example:
     ```python
+    from transformers import AutoModelForSequenceClassification
+
     from hf_starsse.demo import load_task
 
     task = load_task("text")

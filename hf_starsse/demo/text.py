@@ -7,13 +7,15 @@ import datasets
 from ..training.data import DataArguments, PreparedTask
 from .text_assets import NEWSGROUP_FAMILIES, load_sms_spam, newsgroups, pretrained_minilm
 
-# The text demo's recipe, over the image demo's (sized to finish in under 5 minutes on 2 CPU cores).
+# The text demo's recipe, over the image demo's (sized to finish in under 5 minutes on 2 CPU cores). Its cycles are
+# the best cell of a sweep at the demo's size, scored on validation posts (benchmarks/results/text_demo_sweep.md):
+# cycles as long as half of member 0's training, at member 0's peak learning rate.
 TEXT_TRAINING_DEFAULTS = dict(
     output_dir="runs/demo-text",
     num_train_epochs=3,
     learning_rate=1.5e-4,  # MiniLM's pooler starts poor: it needs more than BERT's usual 2e-5..5e-5
-    cycle_epochs=0.5,
-    cycle_learning_rate=3e-4,
+    cycle_epochs=1.5,
+    cycle_learning_rate=1.5e-4,
     optim="adamw_torch",
     optim_args=None,
     per_device_train_batch_size=16,

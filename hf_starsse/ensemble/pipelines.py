@@ -44,9 +44,13 @@ class EnsembleTextClassificationPipeline(UncertaintyMixin, TextClassificationPip
     """`TextClassificationPipeline` for ensembles: `return_uncertainty=True` adds the uncertainty of each input to
     each of its label entries (`predictive_entropy`, `expected_entropy`, `mutual_information`, `disagreement`)."""
 
+    stock = TextClassificationPipeline
+
 
 class EnsembleImageClassificationPipeline(UncertaintyMixin, ImageClassificationPipeline):
     """`ImageClassificationPipeline` for ensembles, with `return_uncertainty` (see the text pipeline)."""
+
+    stock = ImageClassificationPipeline
 
 
 def _dispatcher(stock: type, ensemble: type) -> type:
@@ -71,7 +75,7 @@ def register_pipelines() -> None:
     models keep the stock pipelines)."""
     for family in FAMILIES:
         ensemble = ENSEMBLE_PIPELINES[family.ensemble_pipeline]
-        stock = ensemble.__bases__[-1]  # the stock pipeline it extends
+        stock = ensemble.stock  # the pipeline class it extends, which every other model keeps
         current = SUPPORTED_TASKS[family.name]["impl"]
         if not (isinstance(current, type) and current.__name__ == f"{stock.__name__}Dispatch"):
             SUPPORTED_TASKS[family.name]["impl"] = _dispatcher(stock, ensemble)

@@ -29,7 +29,8 @@ from transformers import (
 from ..ensemble.modeling_ensemble import EnsemblePreTrainedModel
 from ..soups.predict import make_dataloader, predict_logits
 from ..storage.saving import replace_model_dir, save_model_dir
-from ..tasks import FAMILIES, family_of_architecture
+from ..tasks import family_of_architecture
+from ..tasks.sequence_classification import SEQUENCE_CLASSIFICATION
 from .metrics import expected_calibration_error, negative_log_likelihood, softmax
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -208,10 +209,7 @@ def load_model(model_dir: str | os.PathLike) -> PreTrainedModel:
     """A saved ensemble, soup or single model from `model_dir`, with the Auto class of its task family."""
     config = AutoConfig.from_pretrained(model_dir)
     architecture = (getattr(config, "architectures", None) or [None])[0]
-    family = family_of_architecture(architecture)
-    if family is None:
-        supported = ", ".join(family.name for family in FAMILIES)
-        raise ValueError(f"{model_dir} holds a {architecture!r} model; calibration supports {supported}.")
+    family = family_of_architecture(architecture) or SEQUENCE_CLASSIFICATION  # e.g. a config without architectures
     return family.auto_model_class().from_pretrained(model_dir)
 
 

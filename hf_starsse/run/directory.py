@@ -1,6 +1,6 @@
 """The run directory: the manifest `ensemble.json` (the run's identity and its complete members), member
-directories, member locks and resume points. Atomic writes live in `atomic_io`, weight files and hashes in `weights`,
-the processes' meeting point in `coordination`; their names are re-exported here.
+directories, member locks and resume points. Atomic writes live in `storage/atomic_io.py`, weight files and hashes
+in `storage/weights.py`, the processes' meeting point in `coordination.py`.
 
 ```
 output_dir/
@@ -24,35 +24,9 @@ from transformers.trainer_utils import sort_checkpoints
 from transformers.utils import logging
 
 from ..errors import MemberLockedError
-from ..storage.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, fsync_files
-from ..storage.weights import (
-    check_weight_files,
-    load_state,
-    load_weights,
-    pickle_weight_files,
-    untied_missing,
-    weight_files,
-    weights_sha256,
-)
+from ..storage.atomic_io import atomic_write_json, fsync_files
+from ..storage.weights import weight_files, weights_sha256
 from .coordination import Rendezvous
-
-__all__ = [
-    "MANIFEST_NAME",
-    "RunDirectory",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "check_weight_files",
-    "fsync_dir",
-    "fsync_files",
-    "load_state",
-    "load_weights",
-    "pickle_weight_files",
-    "run_manifest",
-    "untied_missing",
-    "weight_files",
-    "weights_sha256",
-]
 
 logger = logging.get_logger(__name__)
 
@@ -337,7 +311,10 @@ class RunDirectory:
         """
         removed = [index for index in indices if self.checkpoints_dir(index).exists()]
         for index in removed:
-            shutil.rmtree(self.checkpoints_dir(index))
+            try:
+                shutil.rmtree(self.checkpoints_dir(index))
+            except FileNotFoundError:  # another job of the run removed it first
+                pass
         return removed
 
     def import_member(self, index: int, source: str | os.PathLike, seed: int, steps: int) -> dict[str, Any]:

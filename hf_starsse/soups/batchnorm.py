@@ -78,7 +78,7 @@ class BatchNormRecalibrationCallback(TrainerCallback):
         num_batches (`int`, *optional*): Limit the pass to this many batches (default: one epoch).
 
     PEFT members are left as they are: their BatchNorm statistics belong to the frozen base, which the trainer holds
-    fixed (see `adapter_training.hold_base_batchnorm`) and no adapter stores.
+    fixed (see `training/adapters.py`: `hold_base_batchnorm`) and no adapter stores.
     """
 
     def __init__(self, num_batches: int | None = None):

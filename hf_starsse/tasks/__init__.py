@@ -15,7 +15,6 @@ from .registry import (
     FAMILIES,
     family_for_input,
     family_of_architecture,
-    family_of_model_type,
     family_of_peft_task_type,
 )
 
@@ -24,6 +23,5 @@ __all__ = [
     "TaskFamily",
     "family_for_input",
     "family_of_architecture",
-    "family_of_model_type",
     "family_of_peft_task_type",
 ]

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import transformers
 
@@ -19,7 +20,7 @@ class TaskFamily:
             name: the ensemble modules are self-contained, they also travel as remote code).
         ensemble_pipeline (`str`): The `hf_starsse.ensemble.pipelines` class that adds uncertainty to its pipeline.
         raw_input (`str`): What its data holds before the processor: `"text"` or `"image"`.
-        combination (`str`): How member outputs combine into the ensemble's prediction (cards and docs).
+        combination (`str`): How member outputs combine into the ensemble's prediction (its model card says so).
         metrics (`tuple[str]`): The metrics that evaluate it, in `evaluate_ensemble`'s rows and on cards.
         peft_task_type (`str`, *optional*): The PEFT `task_type` of its LoRA members, if PEFT has one.
         keeps_raw_columns (`bool`): Its processor runs as a dataset transform, so the Trainer must keep the raw
@@ -48,7 +49,7 @@ class TaskFamily:
     check_labels: Callable
     wrong_model: str
 
-    @property
+    @cached_property
     def architectures(self) -> frozenset[str]:
         """The class names it covers: transformers' models of its Auto class and hf_starsse's ensembles."""
         names = {

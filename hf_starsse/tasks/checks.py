@@ -7,7 +7,7 @@ from .classification import check_class_labels
 from .registry import family_of_architecture
 
 
-def check_train_dataset(dataset, model, label_names: list[str]) -> None:
+def check_train_dataset(dataset, model, label_names: list[str], data_collator=None) -> None:
     """
     Check training data before a run starts: present and not empty and, for a `datasets.Dataset` without a transform
     (whose columns are what the model gets), holding the model's input, a label column, and labels the model's task
@@ -17,6 +17,8 @@ def check_train_dataset(dataset, model, label_names: list[str]) -> None:
         dataset: The training dataset.
         model (`PreTrainedModel`): The model to train (its `main_input_name` and `config.num_labels`).
         label_names (`list[str]`): Names of the label columns the model takes (`Trainer.label_names`).
+        data_collator (`Callable`, *optional*): The trainer's collator: string labels are refused unless it is one of
+            the user's own (transformers' collators cannot make tensors of them).
     """
     if dataset is None:
         raise ValueError("Training needs a train_dataset; pass one to the trainer.")
@@ -38,5 +40,16 @@ def check_train_dataset(dataset, model, label_names: list[str]) -> None:
             f"train_dataset has no label column ({', '.join(label_names) or 'labels'}; columns: {columns}). Add the "
             "labels, or rename their column to 'labels'."
         )
+    if dataset.features[label_column].dtype in ("string", "large_string") and stock_collator(data_collator):
+        raise ValueError(
+            f"train_dataset column {label_column!r} holds strings ({dataset[0][label_column]!r}, ...), not class ids: "
+            f"encode them first, e.g. dataset = dataset.class_encode_column({label_column!r}), and load the model "
+            f"with id2label=dict(enumerate(dataset.features[{label_column!r}].names)) and the matching label2id."
+        )
     family = family_of_architecture(type(model).__name__)
     (family.check_labels if family else check_class_labels)(dataset, label_column, model)
+
+
+def stock_collator(data_collator) -> bool:
+    """Whether `data_collator` is transformers' own (or none, the Trainer's default), as opposed to the user's."""
+    return data_collator is None or getattr(data_collator, "__module__", "").startswith("transformers.")

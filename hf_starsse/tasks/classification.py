@@ -1,6 +1,9 @@
 """What single-label classification families share: how member outputs combine, their metrics and label check."""
 
-CLASS_PROBABILITIES = "the (weighted) mean of the members' softmax probabilities over the classes"
+CLASS_PROBABILITIES = (
+    "the mean of the members' softmax probabilities; the model returns it as logits `log(mean_k softmax(z_k))`, plus "
+    "each member's logits in `member_logits`"
+)
 CLASSIFICATION_METRICS = ("accuracy", "nll", "ece", "brier")
 
 
@@ -9,13 +12,6 @@ def check_class_labels(dataset, column: str, model) -> None:
     `TaskFamily.check_labels` of classifiers: the labels of `column` must be class ids of the model (-100, the
     ignore index, is allowed), unless it does regression (one output) or multi-label classification (float targets).
     """
-    feature = dataset.features.get(column)
-    if getattr(feature, "dtype", None) in ("string", "large_string"):
-        raise ValueError(
-            f"train_dataset column {column!r} holds strings ({dataset[0][column]!r}, ...), not class ids: encode them "
-            f"first, e.g. dataset = dataset.class_encode_column({column!r}), and load the model with "
-            f"id2label=dict(enumerate(dataset.features[{column!r}].names)) and the matching label2id."
-        )
     num_labels = getattr(getattr(model, "config", None), "num_labels", 1)
     if num_labels < 2 or model.config.problem_type not in (None, "single_label_classification"):
         return  # regression or multi-label: no class ids to check

@@ -12,11 +12,6 @@ def family_of_architecture(architecture: str | None) -> TaskFamily | None:
     return next((family for family in FAMILIES if architecture in family.architectures), None)
 
 
-def family_of_model_type(model_type: str | None, raw_input: str) -> TaskFamily | None:
-    """The family whose data holds `raw_input` (`"text"`, `"image"`) and that has a model for `model_type`."""
-    return next((f for f in FAMILIES if f.raw_input == raw_input and f.covers_model_type(model_type)), None)
-
-
 def family_of_peft_task_type(task_type: str | None) -> TaskFamily | None:
     """The family whose LoRA members PEFT saves with `task_type` (e.g. `"SEQ_CLS"`), or `None`."""
     return next((family for family in FAMILIES if task_type and family.peft_task_type == task_type), None)

@@ -280,12 +280,14 @@ def prepare_task(
 
     Args:
         data (`DataArguments`): Model, dataset and column options.
-        splits (`tuple[str]`, *optional*): Splits that must exist (default: the training and evaluation splits).
+        splits (`tuple[str]`, *optional*): Splits that must exist (default: the training split); the evaluation
+            split, when `data` names one, must too.
         label_names (`list[str]`, *optional*): The label of each class id of an already trained model (its
             `id2label`); dataset labels are mapped to these ids by name. Default: the training split's labels.
     """
     dataset_dict = load_dataset_dict(data.dataset, data.dataset_config, data.data_files)
-    for split in splits or tuple(s for s in (data.train_split, data.eval_split) if s):
+    required = (*(splits or (data.train_split,)), data.eval_split)  # the evaluation split whenever one is named
+    for split in dict.fromkeys(split for split in required if split):
         if split not in dataset_dict:
             hint = f"add {split}=FILE to --data_files or " if data.data_files else ""
             raise ValueError(

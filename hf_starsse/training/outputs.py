@@ -1,6 +1,7 @@
 """What a `StarSSETrainer` makes of its run directory: the ensemble, soups, an adopted first member, the Hub
 upload (`RunOutputsMixin`, mixed into `StarSSETrainer`), and the output of `train()` over several members."""
 
+import dataclasses
 import json
 import os
 from functools import partial
@@ -21,6 +22,7 @@ from ..run.coordination import main_process_only, on_main_process
 from ..run.directory import RunDirectory
 from ..run.members import load_members
 from ..soups.average import greedy_soup, uniform_soup
+from ..storage.atomic_io import atomic_write_text
 from ..storage.weights import weights_sha256
 from .adapters import check_member_kind, save_member_config
 from .arguments import StarSSETrainingArguments
@@ -93,12 +95,20 @@ class RunOutputsMixin:
         return metrics
 
     def _ensemble_metrics(self, source, eval_dataset, metric_key_prefix: str, soup: bool) -> dict:
+        """The metrics of `trainer_metrics`; a dict of datasets (as `Trainer` takes) gives `<prefix>_<name>_...`."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-        if dataset is None or isinstance(dataset, dict):
-            raise ValueError("evaluate_ensemble needs one eval_dataset: pass it, or give the trainer one.")
+        if dataset is None:
+            raise ValueError("evaluate_ensemble needs an eval_dataset: pass one, or give the trainer one.")
         options = dict(data_collator=self.data_collator, batch_size=self.args.per_device_eval_batch_size)
-        options.update(train_dataset=self.train_dataset, device=self.args.device)
-        return trainer_metrics(source, dataset, soup=soup, metric_key_prefix=metric_key_prefix, **options)
+        options.update(train_dataset=self.train_dataset, device=self.args.device, soup=soup)
+        if isinstance(dataset, dict):
+            return {
+                key: value
+                for name, split in dataset.items()
+                for key, value in trainer_metrics(source, split, metric_key_prefix=f"{metric_key_prefix}_{name}",
+                                                  **options).items()
+            }  # fmt: skip
+        return trainer_metrics(source, dataset, metric_key_prefix=metric_key_prefix, **options)
 
     def _log_running_ensemble(self, member_dir: Path) -> None:
         """With an evaluation strategy (and an `eval_dataset`), log the ensemble of the members complete so far
@@ -108,7 +118,8 @@ class RunOutputsMixin:
             return
         complete = load_members(self._run_dir())  # the members so far (a run directory would warn of the others)
         self.log(self._ensemble_metrics(complete, None, "eval", soup=False))
-        self.state.save_to_json(str(member_dir / TRAINER_STATE_NAME))
+        state = json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n"  # as save_to_json
+        atomic_write_text(member_dir / TRAINER_STATE_NAME, state)  # the member is recorded: never a torn file
 
     def save_soup(
         self, output_dir: str, method: str = "uniform", num_batches: int | None = None, overwrite: bool = False

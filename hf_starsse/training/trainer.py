@@ -159,7 +159,8 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             )
         if self._is_ensemble():
             check_callbacks(self.callback_handler.callbacks, self.args.ensemble_method)  # added since __init__?
-        check_train_dataset(self.train_dataset, self.accelerator.unwrap_model(self.model), self.label_names)
+        model = self.accelerator.unwrap_model(self.model)
+        check_train_dataset(self.train_dataset, model, self.label_names, self.data_collator)
         ensemble_args = self.args
         self._run = run = RunDirectory(ensemble_args.output_dir)
         self._remember_start_states(ensemble_args)
