@@ -1,9 +1,8 @@
 """`check_train_dataset`: what every run checks of its training data before it starts, the labels by the model's
-task family."""
+task family (those of other models, e.g. per-token labels or answer spans, are the Trainer's to take)."""
 
 import datasets
 
-from .classification import check_class_labels
 from .registry import family_of_architecture
 
 
@@ -11,7 +10,7 @@ def check_train_dataset(dataset, model, label_names: list[str], data_collator=No
     """
     Check training data before a run starts: present and not empty and, for a `datasets.Dataset` without a transform
     (whose columns are what the model gets), holding the model's input, a label column, and labels the model's task
-    family accepts (`TaskFamily.check_labels`; class ids for a model of no registered family).
+    family accepts (`TaskFamily.check_labels`, for a model of a registered family: a PEFT model by its base model).
 
     Args:
         dataset: The training dataset.
@@ -40,14 +39,17 @@ def check_train_dataset(dataset, model, label_names: list[str], data_collator=No
             f"train_dataset has no label column ({', '.join(label_names) or 'labels'}; columns: {columns}). Add the "
             "labels, or rename their column to 'labels'."
         )
-    if dataset.features[label_column].dtype in ("string", "large_string") and stock_collator(data_collator):
+    feature = dataset.features[label_column]
+    if getattr(feature, "dtype", None) in ("string", "large_string") and stock_collator(data_collator):
         raise ValueError(
             f"train_dataset column {label_column!r} holds strings ({dataset[0][label_column]!r}, ...), not class ids: "
             f"encode them first, e.g. dataset = dataset.class_encode_column({label_column!r}), and load the model "
             f"with id2label=dict(enumerate(dataset.features[{label_column!r}].names)) and the matching label2id."
         )
-    family = family_of_architecture(type(model).__name__)
-    (family.check_labels if family else check_class_labels)(dataset, label_column, model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's base
+    family = family_of_architecture(type(base).__name__)
+    if family is not None:
+        family.check_labels(dataset, label_column, model)
 
 
 def stock_collator(data_collator) -> bool:

@@ -1,0 +1,118 @@
+"""Training works for whatever `Trainer` trains: K=3 StarSSE members of every task family the registry knows of or
+not, with tiny models built from config and the family's usual data and collator (issue "every task the Trainer
+trains", item 1)."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import (
+    BertForMultipleChoice,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    DataCollatorForTokenClassification,
+    Wav2Vec2Config,
+    Wav2Vec2ForSequenceClassification,
+)
+
+from hf_starsse import StarSSETrainer
+
+from conftest import NUM_LABELS, image_dataset, load_image_model, make_args, text_dataset, tokenizer
+
+N, LENGTH = 24, 8
+
+
+def token_ids(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randint(5, 99, shape, generator=generator)
+
+
+def sequence_classification(pretrained_bert: str, generator: torch.Generator, problem: str):
+    if problem == "single_label_classification":
+        return BertForSequenceClassification.from_pretrained(pretrained_bert, num_labels=NUM_LABELS), text_dataset(N)
+    ids = token_ids(generator, N, LENGTH)
+    if problem == "regression":
+        labels = ids.float().mean(1, keepdim=True) / 50
+    else:
+        labels = (ids[:, :NUM_LABELS] % 2).float()  # several labels at once
+    model = BertForSequenceClassification.from_pretrained(
+        pretrained_bert, num_labels=1 if problem == "regression" else NUM_LABELS, problem_type=problem
+    )
+    rows = {"input_ids": ids.tolist(), "attention_mask": [[1] * LENGTH] * N, "labels": labels.squeeze(-1).tolist()}
+    return model, Dataset.from_dict(rows)
+
+
+def token_classification(pretrained_bert: str, generator: torch.Generator):
+    """Word-level labels of different lengths, padded by `DataCollatorForTokenClassification` with -100."""
+    lengths = torch.randint(4, LENGTH + 1, (N,), generator=generator).tolist()
+    ids = [token_ids(generator, n).tolist() for n in lengths]
+    labels = [[token % NUM_LABELS for token in row] for row in ids]
+    labels = [[-100] + row[1:] for row in labels]  # e.g. a special token, ignored
+    data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids], "labels": labels})
+    model = BertForTokenClassification.from_pretrained(pretrained_bert, num_labels=NUM_LABELS)
+    return model, data, DataCollatorForTokenClassification(tokenizer())
+
+
+def multiple_choice(pretrained_bert: str, generator: torch.Generator):
+    ids = token_ids(generator, N, 4, LENGTH)
+    rows = {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
+            "labels": (ids[:, :, 0] % 4).argmax(1).tolist()}  # fmt: skip
+    return BertForMultipleChoice.from_pretrained(pretrained_bert), Dataset.from_dict(rows)
+
+
+def question_answering(pretrained_bert: str, generator: torch.Generator):
+    ids = token_ids(generator, N, LENGTH)
+    start = torch.randint(1, LENGTH - 2, (N,), generator=generator)
+    rows = {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
+            "start_positions": start.tolist(), "end_positions": (start + 1).tolist()}  # fmt: skip
+    return BertForQuestionAnswering.from_pretrained(pretrained_bert), Dataset.from_dict(rows)
+
+
+def audio_classification(generator: torch.Generator):
+    """A tiny wav2vec2 from config on synthetic waveforms (a tone whose pitch gives the class)."""
+    config = Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+        num_labels=NUM_LABELS, vocab_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Wav2Vec2ForSequenceClassification(config)
+    labels = torch.randint(0, NUM_LABELS, (N,), generator=generator)
+    time = torch.arange(400) / 400
+    waves = torch.sin(2 * torch.pi * (labels.view(-1, 1) + 1) * 20 * time) + 0.1 * torch.randn(
+        N, 400, generator=generator
+    )
+    return model, Dataset.from_dict({"input_values": waves.tolist(), "labels": labels.tolist()})
+
+
+FAMILIES = ["single_label", "multi_label", "regression", "token", "multiple_choice", "question_answering", "audio",
+            "image"]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_starsse_trains_every_family(tmp_path, pretrained_bert, pretrained_mobilenet, family):
+    generator, collator = torch.Generator().manual_seed(0), None
+    if family in ("single_label", "multi_label", "regression"):
+        problem = {"single_label": "single_label_classification", "multi_label": "multi_label_classification"}
+        model, data = sequence_classification(pretrained_bert, generator, problem.get(family, "regression"))
+    elif family == "token":
+        model, data, collator = token_classification(pretrained_bert, generator)
+    elif family == "multiple_choice":
+        model, data = multiple_choice(pretrained_bert, generator)
+    elif family == "question_answering":
+        model, data = question_answering(pretrained_bert, generator)
+    elif family == "audio":
+        model, data = audio_classification(generator)
+    else:
+        model, data = load_image_model(pretrained_mobilenet), image_dataset(N)
+    run = tmp_path / "run"
+    trainer = StarSSETrainer(
+        model=model, args=make_args(run, cycle_steps=2), train_dataset=data, data_collator=collator
+    )
+    output = trainer.train()
+    manifest = json.loads((run / "ensemble.json").read_text())
+    assert [(m["index"], m["parent"], m["steps"]) for m in manifest["members"]] == [(0, None, 3), (1, 0, 2), (2, 0, 2)]
+    assert output.metrics["train_members"] == 3 and all(
+        log.get("member") is not None for log in trainer.state.log_history
+    )
