@@ -9,9 +9,11 @@ from .ensemble import (  # noqa: E402
     AdapterEnsembleConfig,
     AdapterEnsembleForImageClassification,
     AdapterEnsembleForSequenceClassification,
+    AdapterEnsembleForTokenClassification,
     EnsembleConfig,
     EnsembleForImageClassification,
     EnsembleForSequenceClassification,
+    EnsembleForTokenClassification,
     build_ensemble,
 )
 from .evaluation import metrics  # noqa: E402
@@ -35,9 +37,11 @@ __all__ = [
     "AdapterEnsembleConfig",
     "AdapterEnsembleForImageClassification",
     "AdapterEnsembleForSequenceClassification",
+    "AdapterEnsembleForTokenClassification",
     "EnsembleConfig",
     "EnsembleForImageClassification",
     "EnsembleForSequenceClassification",
+    "EnsembleForTokenClassification",
     "RunDirectory",
     "StarSSETrainer",
     "StarSSETrainingArguments",

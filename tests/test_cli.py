@@ -243,6 +243,8 @@ def test_ensemble_command_builds_and_calibrates(tmp_path, pretrained_bert, text_
     assert main(argv) == 2 and "pass --dataset (or --data_files) and --eval_split" in capsys.readouterr().err
     assert main([*argv, "--eval_split", "validation"]) == 2  # out is not empty
     assert "is not empty; choose another directory or pass --overwrite." in capsys.readouterr().err
+    assert main(["soup", "--run_dir", run, "--output_dir", str(out)]) == 2  # the same words from soup
+    assert "is not empty; choose another directory or pass --overwrite." in capsys.readouterr().err
     assert main([*argv, "--eval_split", "validation", "--overwrite"]) == 0
     assert "Temperature" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())

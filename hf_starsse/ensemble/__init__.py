@@ -20,14 +20,21 @@ from .modeling_adapter_ensemble import (
     AdapterEnsembleConfig,
     AdapterEnsembleForImageClassification,
     AdapterEnsembleForSequenceClassification,
+    AdapterEnsembleForTokenClassification,
 )
 from .modeling_ensemble import (
     ENSEMBLE_CLASSES,
     EnsembleClassifierOutput,
     EnsembleForImageClassification,
     EnsembleForSequenceClassification,
+    EnsembleForTokenClassification,
 )
-from .pipelines import EnsembleImageClassificationPipeline, EnsembleTextClassificationPipeline, register_pipelines
+from .pipelines import (
+    EnsembleImageClassificationPipeline,
+    EnsembleTextClassificationPipeline,
+    EnsembleTokenClassificationPipeline,
+    register_pipelines,
+)
 
 AutoConfig.register(EnsembleConfig.model_type, EnsembleConfig, exist_ok=True)
 AutoConfig.register(AdapterEnsembleConfig.model_type, AdapterEnsembleConfig, exist_ok=True)
@@ -43,11 +50,14 @@ __all__ = [
     "AdapterEnsembleConfig",
     "AdapterEnsembleForImageClassification",
     "AdapterEnsembleForSequenceClassification",
+    "AdapterEnsembleForTokenClassification",
     "EnsembleClassifierOutput",
     "EnsembleConfig",
     "EnsembleForImageClassification",
     "EnsembleForSequenceClassification",
+    "EnsembleForTokenClassification",
     "EnsembleImageClassificationPipeline",
     "EnsembleTextClassificationPipeline",
+    "EnsembleTokenClassificationPipeline",
     "build_ensemble",
 ]

@@ -17,7 +17,11 @@ from transformers import AutoConfig, PreTrainedModel
 
 from ..adapters.peft import base_sha256, copy_base, load_adapter_model, require_peft, resolve_base
 from .configuration_ensemble import EnsembleConfig
-from .modeling_ensemble import EnsembleForImageClassification, EnsembleForSequenceClassification
+from .modeling_ensemble import (
+    EnsembleForImageClassification,
+    EnsembleForSequenceClassification,
+    EnsembleForTokenClassification,
+)
 
 ADAPTERS_DIR = "adapters"
 BASE_DIR = "base"
@@ -157,12 +161,17 @@ class AdapterEnsembleForSequenceClassification(AdapterEnsembleMixin, EnsembleFor
     """An ensemble of PEFT adapters over one sequence-classification base model; takes the base's inputs."""
 
 
+class AdapterEnsembleForTokenClassification(AdapterEnsembleMixin, EnsembleForTokenClassification):
+    """An ensemble of PEFT adapters over one token-classification base model; takes the base's inputs."""
+
+
 class AdapterEnsembleForImageClassification(AdapterEnsembleMixin, EnsembleForImageClassification):
     """An ensemble of PEFT adapters over one image-classification base model; takes the base's inputs."""
 
 
 ADAPTER_ENSEMBLE_CLASSES = {
     EnsembleForSequenceClassification: AdapterEnsembleForSequenceClassification,
+    EnsembleForTokenClassification: AdapterEnsembleForTokenClassification,
     EnsembleForImageClassification: AdapterEnsembleForImageClassification,
 }
 
@@ -170,4 +179,5 @@ __all__ = [
     "AdapterEnsembleConfig",
     "AdapterEnsembleForImageClassification",
     "AdapterEnsembleForSequenceClassification",
+    "AdapterEnsembleForTokenClassification",
 ]

@@ -17,6 +17,7 @@ from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     PreTrainedModel,
 )
 from transformers.utils import ModelOutput
@@ -30,7 +31,8 @@ class EnsembleClassifierOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor`, *optional*): Negative log-likelihood of the ensemble, when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): `log` of the ensemble's (calibrated)
-            probabilities.
+            probabilities; `(batch_size, sequence_length, num_labels)` for token classification, and so on: every
+            shape below has the sequence axis too then (uncertainty per token).
         member_logits (`torch.FloatTensor` of shape `(num_members, batch_size, num_labels)`): Each member's logits.
         predictive_entropy (`torch.FloatTensor` of shape `(batch_size,)`): Total uncertainty: entropy (nats) of the
             members' mean probabilities (before the pooled temperature; member temperatures applied).
@@ -55,11 +57,17 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(-1)
 
 
+def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`(K,)` values shaped to broadcast against `like`, whose first axis is the members'."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 def uncertainty_outputs(log_probs: torch.Tensor, log_weights: torch.Tensor, pooled: torch.Tensor) -> dict:
-    """The decomposition of `EnsembleClassifierOutput` from member log-probabilities `(K, B, C)`, log-weights `(K,)`
-    and the pooled log-probabilities `(B, C)` before the pooled temperature."""
+    """The decomposition of `EnsembleClassifierOutput` from member log-probabilities `(K, B, ..., C)`, log-weights
+    `(K,)` and the pooled log-probabilities `(B, ..., C)` before the pooled temperature."""
     total = _entropy(pooled)
-    aleatoric = (log_weights.exp().view(-1, 1) * _entropy(log_probs)).sum(0)
+    entropies = _entropy(log_probs)
+    aleatoric = (_per_member(log_weights.exp(), entropies) * entropies).sum(0)
     predictions = log_probs.argmax(-1)
     count = len(predictions)
     differ = (predictions.unsqueeze(0) != predictions.unsqueeze(1)).float().sum((0, 1))  # ordered pairs
@@ -104,10 +112,12 @@ class EnsemblePreTrainedModel(PreTrainedModel):
     def combine_member_logits(
         self, member_logits: torch.Tensor, labels: torch.Tensor | None = None
     ) -> EnsembleClassifierOutput:
-        """Turn stacked member logits `(K, batch, num_labels)` into the ensemble's output."""
+        """Turn stacked member logits `(K, batch, ..., num_labels)` into the ensemble's output; the loss is the NLL of
+        the labels (`-100`: ignored, e.g. special tokens)."""
         scaled = member_logits.float()
         if self.config.member_temperatures is not None:
-            scaled = scaled / torch.tensor(self.config.member_temperatures, device=scaled.device).view(-1, 1, 1)
+            temperatures = torch.tensor(self.config.member_temperatures, device=scaled.device)
+            scaled = scaled / _per_member(temperatures, scaled)
         log_probs = torch.log_softmax(scaled, dim=-1)
         count = self.config.num_members
         if self.config.member_weights is None:
@@ -115,9 +125,12 @@ class EnsemblePreTrainedModel(PreTrainedModel):
         else:
             weights = torch.tensor(self.config.member_weights, dtype=torch.float64)
             log_weights = torch.log(weights / weights.sum()).to(device=log_probs.device, dtype=log_probs.dtype)
-        pooled = torch.logsumexp(log_probs + log_weights.view(-1, 1, 1), dim=0)
+        pooled = torch.logsumexp(log_probs + _per_member(log_weights, log_probs), dim=0)
         logits = pooled if self.config.temperature == 1 else torch.log_softmax(pooled / self.config.temperature, -1)
-        loss = nn.functional.nll_loss(logits, labels.to(logits.device)) if labels is not None else None
+        loss = None
+        if labels is not None:
+            flat = logits.reshape(-1, logits.shape[-1])
+            loss = nn.functional.nll_loss(flat, labels.to(logits.device).reshape(-1), ignore_index=-100)
         return EnsembleClassifierOutput(
             loss=loss,
             logits=logits,
@@ -163,6 +176,13 @@ class EnsembleForSequenceClassification(EnsemblePreTrainedModel):
         return self._forward_members(inputs, labels)
 
 
+class EnsembleForTokenClassification(EnsembleForSequenceClassification):
+    """An ensemble of token classifiers sharing one architecture: the members' probabilities pooled for each token,
+    with the uncertainty of each token; takes the members' inputs."""
+
+    member_auto_class = AutoModelForTokenClassification
+
+
 class EnsembleForImageClassification(EnsemblePreTrainedModel):
     """An ensemble of image classifiers sharing one architecture; takes the members' inputs."""
 
@@ -175,11 +195,15 @@ class EnsembleForImageClassification(EnsemblePreTrainedModel):
         return self._forward_members(dict(pixel_values=pixel_values, **kwargs), labels)
 
 
-ENSEMBLE_CLASSES = {cls.__name__: cls for cls in (EnsembleForSequenceClassification, EnsembleForImageClassification)}
+ENSEMBLE_CLASSES = {
+    cls.__name__: cls
+    for cls in (EnsembleForSequenceClassification, EnsembleForTokenClassification, EnsembleForImageClassification)
+}
 
 __all__ = [
     "EnsembleClassifierOutput",
     "EnsembleForImageClassification",
     "EnsembleForSequenceClassification",
+    "EnsembleForTokenClassification",
     "EnsemblePreTrainedModel",
 ]

@@ -12,7 +12,8 @@ Registered on import for the pipeline task of every task family (`hf_starsse.tas
 the stock pipeline class (unchanged) for every model that is not an ensemble, and its ensemble subclass otherwise.
 """
 
-from transformers import ImageClassificationPipeline, TextClassificationPipeline
+import numpy as np
+from transformers import ImageClassificationPipeline, TextClassificationPipeline, TokenClassificationPipeline
 from transformers.pipelines import SUPPORTED_TASKS
 
 from ..tasks import FAMILIES
@@ -65,8 +66,50 @@ def _dispatcher(stock: type, ensemble: type) -> type:
     return type(f"{stock.__name__}Dispatch", (stock,), {"__new__": __new__, "__doc__": _dispatcher.__doc__})
 
 
+class EnsembleTokenClassificationPipeline(UncertaintyMixin, TokenClassificationPipeline):
+    """`TokenClassificationPipeline` for ensembles, with every `aggregation_strategy`: `return_uncertainty=True` adds
+    to each entity (a token, a word or a group of them) the mean uncertainty of its tokens (their character spans
+    within the entity's; a fast tokenizer gives them)."""
+
+    stock = TokenClassificationPipeline
+
+    def _forward(self, model_inputs):
+        captured = {}
+
+        def keep(module, args, output):
+            captured.update({key: output[key][0].float().cpu() for key in UNCERTAINTY_KEYS})
+
+        handle = self.model.register_forward_hook(keep)
+        try:
+            outputs = super()._forward(model_inputs)
+        finally:
+            handle.remove()
+        return {**outputs, **captured}
+
+    def postprocess(self, all_outputs, return_uncertainty: bool = False, **kwargs):
+        entities = TokenClassificationPipeline.postprocess(self, all_outputs, **kwargs)
+        if not return_uncertainty:
+            return entities
+        if all_outputs[0]["offset_mapping"] is None:
+            raise ValueError("return_uncertainty=True maps tokens to entities by their offsets: use a fast tokenizer.")
+        spans = np.concatenate([outputs["offset_mapping"][0].numpy() for outputs in all_outputs])
+        special = np.concatenate([outputs["special_tokens_mask"][0].numpy() for outputs in all_outputs]).astype(bool)
+        values = {key: np.concatenate([outputs[key].numpy() for outputs in all_outputs]) for key in UNCERTAINTY_KEYS}
+        for entity in entities:
+            inside = ~special & (spans[:, 0] >= entity["start"]) & (spans[:, 1] <= entity["end"])
+            entity.update(
+                {key: float(value[inside].mean()) if inside.any() else None for key, value in values.items()}
+            )
+        return entities
+
+
 ENSEMBLE_PIPELINES = {
-    cls.__name__: cls for cls in (EnsembleTextClassificationPipeline, EnsembleImageClassificationPipeline)
+    cls.__name__: cls
+    for cls in (
+        EnsembleTextClassificationPipeline,
+        EnsembleTokenClassificationPipeline,
+        EnsembleImageClassificationPipeline,
+    )
 }
 
 
@@ -84,6 +127,7 @@ def register_pipelines() -> None:
 __all__ = [
     "EnsembleImageClassificationPipeline",
     "EnsembleTextClassificationPipeline",
+    "EnsembleTokenClassificationPipeline",
     "UNCERTAINTY_KEYS",
     "register_pipelines",
 ]

@@ -19,7 +19,7 @@ class TaskFamily:
         ensemble_class (`str`), adapter_ensemble_class (`str`): Its ensemble classes in `hf_starsse.ensemble` (by
             name: the ensemble modules are self-contained, they also travel as remote code).
         ensemble_pipeline (`str`): The `hf_starsse.ensemble.pipelines` class that adds uncertainty to its pipeline.
-        raw_input (`str`): What its data holds before the processor: `"text"` or `"image"`.
+        raw_input (`str`): What its data holds before the processor: `"text"`, `"words"` or `"image"`.
         combination (`str`): How member outputs combine into the ensemble's prediction (its model card says so).
         metrics (`tuple[str]`): The metrics that evaluate it, in `evaluate_ensemble`'s rows and on cards.
         peft_task_type (`str`, *optional*): The PEFT `task_type` of its LoRA members, if PEFT has one.

@@ -3,8 +3,9 @@
 from .base import TaskFamily
 from .image_classification import IMAGE_CLASSIFICATION
 from .sequence_classification import SEQUENCE_CLASSIFICATION
+from .token_classification import TOKEN_CLASSIFICATION
 
-FAMILIES: tuple[TaskFamily, ...] = (SEQUENCE_CLASSIFICATION, IMAGE_CLASSIFICATION)
+FAMILIES: tuple[TaskFamily, ...] = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, IMAGE_CLASSIFICATION)
 
 
 def family_of_architecture(architecture: str | None) -> TaskFamily | None:
