@@ -115,3 +115,18 @@ def test_lora_members_make_an_adapter_ensemble(pretrained_bert, tmp_path):
         output = ensemble(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert output.logits.shape == (*batch["input_ids"].shape, NUM_LABELS)
     assert type(AutoModelForTokenClassification.from_pretrained(tmp_path / "ensemble")) is type(ensemble)
+
+
+def test_words_are_tokenized_with_labels_on_first_sub_words(pretrained_bert):
+    from types import SimpleNamespace
+
+    from hf_starsse.tasks.token_classification import prepare_tokens
+
+    words = Dataset.from_dict({"tokens": [["w5", "w6", "w7"], ["w8"]], "tags": [["O", "B", "I"], ["B"]]})
+    data = SimpleNamespace(text_column=None, label_column="tags", model_name_or_path=pretrained_bert, max_length=16)
+    prepare, _, collator = prepare_tokens(data, words, lambda tags: [{"O": 0, "B": 1, "I": 2}[tag] for tag in tags])
+    prepared = prepare(words)
+    assert prepared["labels"] == [[-100, 0, 1, 2, -100], [-100, 1, -100]]  # [CLS] ... [SEP]
+    assert collator(list(prepared))["labels"].tolist()[1] == [-100, 1, -100, -100, -100]
+    with pytest.raises(ValueError, match="No word column 'tokens'"):
+        prepare_tokens(data, words.rename_column("tokens", "words"), None)
