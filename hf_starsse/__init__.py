@@ -7,11 +7,15 @@ __version__ = "0.1.0"
 from .cards.model_card import save_card_info  # noqa: E402
 from .ensemble import (  # noqa: E402
     AdapterEnsembleConfig,
+    AdapterEnsembleForAudioClassification,
     AdapterEnsembleForImageClassification,
+    AdapterEnsembleForMultipleChoice,
     AdapterEnsembleForSequenceClassification,
     AdapterEnsembleForTokenClassification,
     EnsembleConfig,
+    EnsembleForAudioClassification,
     EnsembleForImageClassification,
+    EnsembleForMultipleChoice,
     EnsembleForSequenceClassification,
     EnsembleForTokenClassification,
     build_ensemble,
@@ -35,11 +39,15 @@ sys.modules[f"{__name__}.metrics"] = metrics
 
 __all__ = [
     "AdapterEnsembleConfig",
+    "AdapterEnsembleForAudioClassification",
     "AdapterEnsembleForImageClassification",
+    "AdapterEnsembleForMultipleChoice",
     "AdapterEnsembleForSequenceClassification",
     "AdapterEnsembleForTokenClassification",
     "EnsembleConfig",
+    "EnsembleForAudioClassification",
     "EnsembleForImageClassification",
+    "EnsembleForMultipleChoice",
     "EnsembleForSequenceClassification",
     "EnsembleForTokenClassification",
     "RunDirectory",

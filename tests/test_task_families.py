@@ -15,6 +15,7 @@ from transformers import (
     DataCollatorForTokenClassification,
     Wav2Vec2Config,
     Wav2Vec2ForSequenceClassification,
+    pipeline,
 )
 
 from hf_starsse import StarSSETrainer
@@ -116,3 +117,38 @@ def test_starsse_trains_every_family(tmp_path, pretrained_bert, pretrained_mobil
     assert output.metrics["train_members"] == 3 and all(
         log.get("member") is not None for log in trainer.state.log_history
     )
+
+
+@pytest.mark.parametrize("family", ["multiple_choice", "audio"])
+def test_ensembles_of_more_families_pool_the_members_probabilities(tmp_path, pretrained_bert, family):
+    from transformers import AutoModelForAudioClassification, AutoModelForMultipleChoice, Wav2Vec2FeatureExtractor
+
+    from hf_starsse import EnsembleForAudioClassification, EnsembleForMultipleChoice, build_ensemble, load_members
+
+    generator = torch.Generator().manual_seed(0)
+    if family == "audio":
+        (model, data), processor = (
+            audio_classification(generator),
+            Wav2Vec2FeatureExtractor(return_attention_mask=False),
+        )
+        auto, expected = AutoModelForAudioClassification, EnsembleForAudioClassification
+    else:
+        (model, data), processor = multiple_choice(pretrained_bert, generator), tokenizer()
+        auto, expected = AutoModelForMultipleChoice, EnsembleForMultipleChoice
+    run = tmp_path / "run"
+    StarSSETrainer(
+        model=model, args=make_args(run, cycle_steps=2), train_dataset=data, processing_class=processor
+    ).train()
+    ensemble = build_ensemble(run, tmp_path / "ensemble")
+    assert type(ensemble) is expected and type(auto.from_pretrained(tmp_path / "ensemble")) is expected
+    batch = {key: torch.tensor(value) for key, value in data[:4].items() if key != "labels"}
+    with torch.no_grad():
+        members = [type(model).from_pretrained(member).eval() for member in load_members(run)]
+        probs = torch.stack([member(**batch).logits.softmax(-1) for member in members]).mean(0)
+        output = ensemble(**batch, labels=torch.tensor(data[:4]["labels"]))
+    torch.testing.assert_close(output.logits, probs.log(), rtol=1e-5, atol=1e-6)
+    assert output.loss is not None and output.mutual_information.shape == (4,)
+    if family == "audio":
+        classifier = pipeline("audio-classification", model=str(tmp_path / "ensemble"))
+        results = classifier(torch.tensor(data[0]["input_values"]).numpy(), return_uncertainty=True)
+        assert len(results) == NUM_LABELS and all(result["mutual_information"] >= 0 for result in results)

@@ -18,18 +18,23 @@ from .configuration_ensemble import EnsembleConfig
 from .modeling_adapter_ensemble import (
     ADAPTER_ENSEMBLE_CLASSES,
     AdapterEnsembleConfig,
+    AdapterEnsembleForAudioClassification,
     AdapterEnsembleForImageClassification,
+    AdapterEnsembleForMultipleChoice,
     AdapterEnsembleForSequenceClassification,
     AdapterEnsembleForTokenClassification,
 )
 from .modeling_ensemble import (
     ENSEMBLE_CLASSES,
     EnsembleClassifierOutput,
+    EnsembleForAudioClassification,
     EnsembleForImageClassification,
+    EnsembleForMultipleChoice,
     EnsembleForSequenceClassification,
     EnsembleForTokenClassification,
 )
 from .pipelines import (
+    EnsembleAudioClassificationPipeline,
     EnsembleImageClassificationPipeline,
     EnsembleTextClassificationPipeline,
     EnsembleTokenClassificationPipeline,
@@ -48,12 +53,17 @@ register_pipelines()
 
 __all__ = [
     "AdapterEnsembleConfig",
+    "AdapterEnsembleForAudioClassification",
     "AdapterEnsembleForImageClassification",
+    "AdapterEnsembleForMultipleChoice",
     "AdapterEnsembleForSequenceClassification",
     "AdapterEnsembleForTokenClassification",
+    "EnsembleAudioClassificationPipeline",
     "EnsembleClassifierOutput",
     "EnsembleConfig",
+    "EnsembleForAudioClassification",
     "EnsembleForImageClassification",
+    "EnsembleForMultipleChoice",
     "EnsembleForSequenceClassification",
     "EnsembleForTokenClassification",
     "EnsembleImageClassificationPipeline",

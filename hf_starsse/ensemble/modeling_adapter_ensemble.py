@@ -18,7 +18,9 @@ from transformers import AutoConfig, PreTrainedModel
 from ..adapters.peft import base_sha256, copy_base, load_adapter_model, require_peft, resolve_base
 from .configuration_ensemble import EnsembleConfig
 from .modeling_ensemble import (
+    EnsembleForAudioClassification,
     EnsembleForImageClassification,
+    EnsembleForMultipleChoice,
     EnsembleForSequenceClassification,
     EnsembleForTokenClassification,
 )
@@ -165,6 +167,14 @@ class AdapterEnsembleForTokenClassification(AdapterEnsembleMixin, EnsembleForTok
     """An ensemble of PEFT adapters over one token-classification base model; takes the base's inputs."""
 
 
+class AdapterEnsembleForMultipleChoice(AdapterEnsembleMixin, EnsembleForMultipleChoice):
+    """An ensemble of PEFT adapters over one multiple-choice base model; takes the base's inputs."""
+
+
+class AdapterEnsembleForAudioClassification(AdapterEnsembleMixin, EnsembleForAudioClassification):
+    """An ensemble of PEFT adapters over one audio-classification base model; takes the base's inputs."""
+
+
 class AdapterEnsembleForImageClassification(AdapterEnsembleMixin, EnsembleForImageClassification):
     """An ensemble of PEFT adapters over one image-classification base model; takes the base's inputs."""
 
@@ -172,11 +182,15 @@ class AdapterEnsembleForImageClassification(AdapterEnsembleMixin, EnsembleForIma
 ADAPTER_ENSEMBLE_CLASSES = {
     EnsembleForSequenceClassification: AdapterEnsembleForSequenceClassification,
     EnsembleForTokenClassification: AdapterEnsembleForTokenClassification,
+    EnsembleForMultipleChoice: AdapterEnsembleForMultipleChoice,
+    EnsembleForAudioClassification: AdapterEnsembleForAudioClassification,
     EnsembleForImageClassification: AdapterEnsembleForImageClassification,
 }
 
 __all__ = [
     "AdapterEnsembleConfig",
+    "AdapterEnsembleForAudioClassification",
+    "AdapterEnsembleForMultipleChoice",
     "AdapterEnsembleForImageClassification",
     "AdapterEnsembleForSequenceClassification",
     "AdapterEnsembleForTokenClassification",

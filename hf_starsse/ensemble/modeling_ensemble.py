@@ -15,7 +15,9 @@ import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForAudioClassification,
     AutoModelForImageClassification,
+    AutoModelForMultipleChoice,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     PreTrainedModel,
@@ -183,6 +185,26 @@ class EnsembleForTokenClassification(EnsembleForSequenceClassification):
     member_auto_class = AutoModelForTokenClassification
 
 
+class EnsembleForMultipleChoice(EnsembleForSequenceClassification):
+    """An ensemble of multiple-choice models sharing one architecture: the members' probabilities over the choices
+    pooled; takes the members' inputs, `(batch, choices, length)`."""
+
+    member_auto_class = AutoModelForMultipleChoice
+
+
+class EnsembleForAudioClassification(EnsemblePreTrainedModel):
+    """An ensemble of audio classifiers sharing one architecture; takes the members' inputs (`input_values`, or e.g.
+    `input_features`)."""
+
+    main_input_name = "input_values"
+    member_auto_class = AutoModelForAudioClassification
+
+    def forward(
+        self, input_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+    ) -> EnsembleClassifierOutput:
+        return self._forward_members(dict(input_values=input_values, **kwargs), labels)
+
+
 class EnsembleForImageClassification(EnsemblePreTrainedModel):
     """An ensemble of image classifiers sharing one architecture; takes the members' inputs."""
 
@@ -197,12 +219,20 @@ class EnsembleForImageClassification(EnsemblePreTrainedModel):
 
 ENSEMBLE_CLASSES = {
     cls.__name__: cls
-    for cls in (EnsembleForSequenceClassification, EnsembleForTokenClassification, EnsembleForImageClassification)
+    for cls in (
+        EnsembleForSequenceClassification,
+        EnsembleForTokenClassification,
+        EnsembleForMultipleChoice,
+        EnsembleForAudioClassification,
+        EnsembleForImageClassification,
+    )
 }
 
 __all__ = [
     "EnsembleClassifierOutput",
+    "EnsembleForAudioClassification",
     "EnsembleForImageClassification",
+    "EnsembleForMultipleChoice",
     "EnsembleForSequenceClassification",
     "EnsembleForTokenClassification",
     "EnsemblePreTrainedModel",

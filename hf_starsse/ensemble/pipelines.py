@@ -13,7 +13,12 @@ the stock pipeline class (unchanged) for every model that is not an ensemble, an
 """
 
 import numpy as np
-from transformers import ImageClassificationPipeline, TextClassificationPipeline, TokenClassificationPipeline
+from transformers import (
+    AudioClassificationPipeline,
+    ImageClassificationPipeline,
+    TextClassificationPipeline,
+    TokenClassificationPipeline,
+)
 from transformers.pipelines import SUPPORTED_TASKS
 
 from ..tasks import FAMILIES
@@ -66,6 +71,12 @@ def _dispatcher(stock: type, ensemble: type) -> type:
     return type(f"{stock.__name__}Dispatch", (stock,), {"__new__": __new__, "__doc__": _dispatcher.__doc__})
 
 
+class EnsembleAudioClassificationPipeline(UncertaintyMixin, AudioClassificationPipeline):
+    """`AudioClassificationPipeline` for ensembles, with `return_uncertainty` (see the text pipeline)."""
+
+    stock = AudioClassificationPipeline
+
+
 class EnsembleTokenClassificationPipeline(UncertaintyMixin, TokenClassificationPipeline):
     """`TokenClassificationPipeline` for ensembles, with every `aggregation_strategy`: `return_uncertainty=True` adds
     to each entity (a token, a word or a group of them) the mean uncertainty of its tokens (their character spans
@@ -109,6 +120,7 @@ ENSEMBLE_PIPELINES = {
         EnsembleTextClassificationPipeline,
         EnsembleTokenClassificationPipeline,
         EnsembleImageClassificationPipeline,
+        EnsembleAudioClassificationPipeline,
     )
 }
 
@@ -116,7 +128,7 @@ ENSEMBLE_PIPELINES = {
 def register_pipelines() -> None:
     """Route `pipeline(<task>, model=<ensemble>)` to the ensemble pipeline of the task's family (idempotent; other
     models keep the stock pipelines)."""
-    for family in FAMILIES:
+    for family in (family for family in FAMILIES if family.ensemble_pipeline is not None):
         ensemble = ENSEMBLE_PIPELINES[family.ensemble_pipeline]
         stock = ensemble.stock  # the pipeline class it extends, which every other model keeps
         current = SUPPORTED_TASKS[family.name]["impl"]
@@ -125,6 +137,7 @@ def register_pipelines() -> None:
 
 
 __all__ = [
+    "EnsembleAudioClassificationPipeline",
     "EnsembleImageClassificationPipeline",
     "EnsembleTextClassificationPipeline",
     "EnsembleTokenClassificationPipeline",

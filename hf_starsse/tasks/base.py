@@ -18,16 +18,19 @@ class TaskFamily:
         model_mapping (`Mapping`): transformers' `model_type -> class name(s)` mapping of that Auto class.
         ensemble_class (`str`), adapter_ensemble_class (`str`): Its ensemble classes in `hf_starsse.ensemble` (by
             name: the ensemble modules are self-contained, they also travel as remote code).
-        ensemble_pipeline (`str`): The `hf_starsse.ensemble.pipelines` class that adds uncertainty to its pipeline.
-        raw_input (`str`): What its data holds before the processor: `"text"`, `"words"` or `"image"`.
+        ensemble_pipeline (`str`, *optional*): The `hf_starsse.ensemble.pipelines` class that adds uncertainty to its
+            pipeline (`None`: transformers has no pipeline for it, e.g. multiple choice).
+        raw_input (`str`): What its data holds before the processor: `"text"`, `"words"`, `"choices"`, `"audio"`
+            or `"image"`.
         combination (`str`): How member outputs combine into the ensemble's prediction (its model card says so).
         metrics (`tuple[str]`): The metrics that evaluate it, in `evaluate_ensemble`'s rows and on cards.
         peft_task_type (`str`, *optional*): The PEFT `task_type` of its LoRA members, if PEFT has one.
         keeps_raw_columns (`bool`): Its processor runs as a dataset transform, so the Trainer must keep the raw
             columns (`remove_unused_columns=False`).
-        prepare_data (`Callable`): `prepare_data(data, train, to_ids) -> (prepare, processor, data_collator)` for
-            the column options `data` (`hf_starsse.training.data.DataArguments`) and a function from dataset labels to
-            class ids; `prepare(split)` turns a raw split into model inputs with `labels`.
+        prepare_data (`Callable`, *optional*): `prepare_data(data, train, to_ids) -> (prepare, processor,
+            data_collator)` for the column options `data` (`hf_starsse.training.data.DataArguments`) and a function
+            from dataset labels to class ids; `prepare(split)` turns a raw split into model inputs with `labels`
+            (`None`: its data is prepared in Python; the CLI's column options do not describe it yet).
         check_labels (`Callable`): `check_labels(dataset, column, model)` raises a `ValueError` naming labels the
             model cannot learn from (e.g. class ids out of range).
         wrong_model (`str`): The error for a model without this family's head, formatted with `source`, `column`
@@ -39,13 +42,13 @@ class TaskFamily:
     model_mapping: Mapping[str, str | tuple[str, ...]]
     ensemble_class: str
     adapter_ensemble_class: str
-    ensemble_pipeline: str
+    ensemble_pipeline: str | None
     raw_input: str
     combination: str
     metrics: tuple[str, ...]
     peft_task_type: str | None
     keeps_raw_columns: bool
-    prepare_data: Callable
+    prepare_data: Callable | None
     check_labels: Callable
     wrong_model: str
 

@@ -1,11 +1,19 @@
 """The registered task families and the questions the rest of the package asks of them."""
 
+from .audio_classification import AUDIO_CLASSIFICATION
 from .base import TaskFamily
 from .image_classification import IMAGE_CLASSIFICATION
+from .multiple_choice import MULTIPLE_CHOICE
 from .sequence_classification import SEQUENCE_CLASSIFICATION
 from .token_classification import TOKEN_CLASSIFICATION
 
-FAMILIES: tuple[TaskFamily, ...] = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, IMAGE_CLASSIFICATION)
+FAMILIES: tuple[TaskFamily, ...] = (
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    MULTIPLE_CHOICE,
+    AUDIO_CLASSIFICATION,
+    IMAGE_CLASSIFICATION,
+)
 
 
 def family_of_architecture(architecture: str | None) -> TaskFamily | None:
@@ -19,9 +27,10 @@ def family_of_peft_task_type(task_type: str | None) -> TaskFamily | None:
 
 
 def family_for_input(raw_input: str) -> TaskFamily:
-    """The family that trains on data holding `raw_input` (`"text"` or `"image"`)."""
-    family = next((family for family in FAMILIES if family.raw_input == raw_input), None)
+    """The family whose data the CLI prepares from data holding `raw_input` (`"text"`, `"image"`, ...)."""
+    prepared = [family for family in FAMILIES if family.prepare_data is not None]
+    family = next((family for family in prepared if family.raw_input == raw_input), None)
     if family is None:
-        inputs = ", ".join(sorted({family.raw_input for family in FAMILIES}))
-        raise ValueError(f"No task family trains on {raw_input!r} data; hf_starsse supports {inputs}.")
+        inputs = ", ".join(sorted({family.raw_input for family in prepared}))
+        raise ValueError(f"No task family is prepared from {raw_input!r} data; hf_starsse prepares {inputs}.")
     return family
