@@ -171,8 +171,6 @@ def test_tied_weights_survive_the_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "config_edit,message",
     [
-        (lambda c: c.update(problem_type="multi_label_classification"), "single-label classifiers"),
-        (lambda c: c.update(id2label={"0": "score"}, label2id={"score": 0}), "single output"),
         (
             lambda c: c.update(architectures=["BertForMaskedLM"]),
             "of no task family ensembles support",

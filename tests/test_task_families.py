@@ -152,3 +152,47 @@ def test_ensembles_of_more_families_pool_the_members_probabilities(tmp_path, pre
         classifier = pipeline("audio-classification", model=str(tmp_path / "ensemble"))
         results = classifier(torch.tensor(data[0]["input_values"]).numpy(), return_uncertainty=True)
         assert len(results) == NUM_LABELS and all(result["mutual_information"] >= 0 for result in results)
+
+
+@pytest.mark.parametrize("problem", ["regression", "multi_label_classification"])
+def test_regression_and_multi_label_ensembles(tmp_path, pretrained_bert, problem):
+    """Regression: the members' mean and their variance (epistemic uncertainty per sample); multi-label: the mean of
+    the members' per-label sigmoid probabilities, with per-label uncertainty; both through `pipeline()`."""
+    from hf_starsse import build_ensemble, load_members
+
+    model, data = sequence_classification(pretrained_bert, torch.Generator().manual_seed(0), problem)
+    run = tmp_path / "run"
+    StarSSETrainer(
+        model=model, args=make_args(run, cycle_steps=2), train_dataset=data, processing_class=tokenizer()
+    ).train()
+    ensemble = build_ensemble(run, tmp_path / "ensemble")
+    batch = {key: torch.tensor(value) for key, value in data[:4].items() if key != "labels"}
+    with torch.no_grad():
+        members = torch.stack(
+            [BertForSequenceClassification.from_pretrained(m)(**batch).logits for m in load_members(run)]
+        )
+        output = ensemble(**batch, labels=torch.tensor(data[:4]["labels"]))
+    assert output.loss is not None
+    classifier = pipeline("text-classification", model=str(tmp_path / "ensemble"))
+    if problem == "regression":
+        torch.testing.assert_close(output.logits, members.mean(0))
+        torch.testing.assert_close(output.variance, members.var(0, unbiased=False))
+        result = classifier("w5 w6 w7", function_to_apply="none", return_uncertainty=True)[0]
+        assert result["variance"] >= 0 and "mutual_information" not in result
+    else:
+        torch.testing.assert_close(output.logits.sigmoid(), members.sigmoid().mean(0), rtol=1e-5, atol=1e-6)
+        assert output.mutual_information.shape == (4, NUM_LABELS) and (output.mutual_information >= 0).all()
+        results = classifier("w5 w6 w7", top_k=None, return_uncertainty=True)
+        assert len(results) == NUM_LABELS and all(
+            0 <= r["score"] <= 1 and r["mutual_information"] >= 0 for r in results
+        )
+
+
+def test_calibration_refuses_regression_ensembles(tmp_path, pretrained_bert):
+    from hf_starsse import build_ensemble, calibrate_ensemble
+
+    model, data = sequence_classification(pretrained_bert, torch.Generator().manual_seed(0), "regression")
+    run = tmp_path / "run"
+    StarSSETrainer(model=model, args=make_args(run, num_members=2, cycle_steps=1), train_dataset=data).train()
+    with pytest.raises(ValueError, match="this model does regression"):
+        calibrate_ensemble(build_ensemble(run), data, split="validation")

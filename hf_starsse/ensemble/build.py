@@ -23,13 +23,6 @@ from .modeling_ensemble import ENSEMBLE_CLASSES
 
 def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
     architecture = (member_config.get("architectures") or [None])[0]
-    if member_config.get("problem_type") in ("multi_label_classification", "regression"):
-        raise ValueError(
-            f"Members solve {member_config['problem_type']!r}; ensembles average softmax probabilities, which needs "
-            "single-label classifiers."
-        )
-    if member_config.get("num_labels", len(member_config.get("id2label") or {})) == 1:
-        raise ValueError("Members have a single output (regression); ensembles average softmax probabilities.")
     family = family_of_architecture(architecture)
     if family is not None:
         return ENSEMBLE_CLASSES[family.ensemble_class]

@@ -44,6 +44,13 @@ class EnsembleClassifierOutput(ModelOutput):
             `predictive_entropy - expected_entropy`, non-negative.
         disagreement (`torch.FloatTensor` of shape `(batch_size,)`): Fraction of member pairs whose predicted classes
             differ (0 for one member).
+        variance (`torch.FloatTensor` of shape `(batch_size, num_labels)`): Regression members: the (weighted)
+            variance of their outputs around the ensemble's mean, the epistemic uncertainty of each prediction.
+
+    Members that do regression (`problem_type="regression"`, or one output) give the (weighted) mean of their outputs
+    as `logits` and their `variance`, with an MSE loss; multi-label members give the logits of the mean of their
+    per-label sigmoid probabilities, with a binary cross-entropy loss and the uncertainty fields per label
+    `(batch_size, num_labels)`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -53,6 +60,7 @@ class EnsembleClassifierOutput(ModelOutput):
     expected_entropy: torch.FloatTensor | None = None
     mutual_information: torch.FloatTensor | None = None
     disagreement: torch.FloatTensor | None = None
+    variance: torch.FloatTensor | None = None
 
 
 def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
@@ -111,22 +119,41 @@ class EnsemblePreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """The members initialise their own weights; the ensemble adds none."""
 
-    def combine_member_logits(
-        self, member_logits: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> EnsembleClassifierOutput:
-        """Turn stacked member logits `(K, batch, ..., num_labels)` into the ensemble's output; the loss is the NLL of
-        the labels (`-100`: ignored, e.g. special tokens)."""
+    def _log_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """The members' log-weights `(K,)` (uniform unless `member_weights`), on `like`'s device and dtype."""
+        count = self.config.num_members
+        if self.config.member_weights is None:
+            return torch.full((count,), -math.log(count), device=like.device, dtype=like.dtype)
+        weights = torch.tensor(self.config.member_weights, dtype=torch.float64)
+        return torch.log(weights / weights.sum()).to(device=like.device, dtype=like.dtype)
+
+    def _scaled(self, member_logits: torch.Tensor) -> torch.Tensor:
+        """Member logits in float32, divided by the members' own temperatures when calibrated per member."""
         scaled = member_logits.float()
         if self.config.member_temperatures is not None:
             temperatures = torch.tensor(self.config.member_temperatures, device=scaled.device)
             scaled = scaled / _per_member(temperatures, scaled)
-        log_probs = torch.log_softmax(scaled, dim=-1)
-        count = self.config.num_members
-        if self.config.member_weights is None:
-            log_weights = torch.full((count,), -math.log(count), device=log_probs.device)
-        else:
-            weights = torch.tensor(self.config.member_weights, dtype=torch.float64)
-            log_weights = torch.log(weights / weights.sum()).to(device=log_probs.device, dtype=log_probs.dtype)
+        return scaled
+
+    @property
+    def problem_type(self) -> str:
+        """The members' `problem_type`: as configured, else `"regression"` for one output, else single-label."""
+        member = self.config.member_config
+        if member.get("problem_type"):
+            return member["problem_type"]
+        return "regression" if len(member.get("id2label") or {"0": 0, "1": 1}) == 1 else "single_label_classification"
+
+    def combine_member_logits(
+        self, member_logits: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> EnsembleClassifierOutput:
+        """Turn stacked member logits `(K, batch, ..., num_labels)` into the ensemble's output; the loss is the NLL of
+        the labels (`-100`: ignored, e.g. special tokens). Regression and multi-label members: see the output."""
+        if self.problem_type == "regression":
+            return self._combine_regression(member_logits, labels)
+        if self.problem_type == "multi_label_classification":
+            return self._combine_multi_label(member_logits, labels)
+        log_probs = torch.log_softmax(self._scaled(member_logits), dim=-1)
+        log_weights = self._log_weights(log_probs)
         pooled = torch.logsumexp(log_probs + _per_member(log_weights, log_probs), dim=0)
         logits = pooled if self.config.temperature == 1 else torch.log_softmax(pooled / self.config.temperature, -1)
         loss = None
@@ -139,6 +166,38 @@ class EnsemblePreTrainedModel(PreTrainedModel):
             member_logits=member_logits,
             **uncertainty_outputs(log_probs, log_weights, pooled),
         )
+
+    def _combine_regression(
+        self, member_logits: torch.Tensor, labels: torch.Tensor | None
+    ) -> EnsembleClassifierOutput:
+        values = member_logits.float()
+        weights = _per_member(self._log_weights(values).exp(), values)
+        mean = (weights * values).sum(0)
+        variance = (weights * (values - mean) ** 2).sum(0)
+        loss = None if labels is None else nn.functional.mse_loss(mean.squeeze(-1), labels.to(mean).squeeze(-1))
+        return EnsembleClassifierOutput(loss=loss, logits=mean, member_logits=member_logits, variance=variance)
+
+    def _combine_multi_label(
+        self, member_logits: torch.Tensor, labels: torch.Tensor | None
+    ) -> EnsembleClassifierOutput:
+        probs = torch.sigmoid(self._scaled(member_logits))
+        weights = _per_member(self._log_weights(probs).exp(), probs)
+        pooled = (weights * probs).sum(0).clamp(1e-7, 1 - 1e-7)
+        logits = torch.logit(pooled) / self.config.temperature
+        loss = None if labels is None else nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits))
+
+        def entropy(p: torch.Tensor) -> torch.Tensor:  # of each label's Bernoulli, in nats
+            p = p.clamp(1e-7, 1 - 1e-7)
+            return -(p * p.log() + (1 - p) * (1 - p).log())
+
+        total, aleatoric = entropy(pooled), (weights * entropy(probs)).sum(0)
+        votes, count = probs > 0.5, len(probs)
+        differ = (votes.unsqueeze(0) != votes.unsqueeze(1)).float().sum((0, 1))
+        return EnsembleClassifierOutput(
+            loss=loss, logits=logits, member_logits=member_logits, predictive_entropy=total,
+            expected_entropy=aleatoric, mutual_information=(total - aleatoric).clamp_min(0),
+            disagreement=differ / (count * (count - 1)) if count > 1 else torch.zeros_like(total),
+        )  # fmt: skip
 
     def member_logits(self, inputs: dict) -> torch.Tensor:
         """Each member's logits for the members' `inputs`, stacked: `(K, batch, num_labels)`."""

@@ -28,7 +28,9 @@ UNCERTAINTY_KEYS = ("predictive_entropy", "expected_entropy", "mutual_informatio
 
 
 class UncertaintyMixin:
-    """Adds `return_uncertainty` (call-time, default `False`) to a classification pipeline of an ensemble."""
+    """Adds `return_uncertainty` (call-time, default `False`) to a classification pipeline of an ensemble: each
+    result entry gets its input's uncertainty, its label's for multi-label members, and the members' `variance` for
+    regression."""
 
     def _sanitize_parameters(self, return_uncertainty: bool | None = None, **kwargs):
         preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
@@ -40,9 +42,12 @@ class UncertaintyMixin:
         result = super().postprocess(model_outputs, **kwargs)
         if not return_uncertainty:
             return result
-        extra = {key: float(model_outputs[key].reshape(-1)[0]) for key in UNCERTAINTY_KEYS}
+        present = [key for key in (*UNCERTAINTY_KEYS, "variance") if model_outputs.get(key) is not None]
+        label2id = self.model.config.label2id
         for entry in [result] if isinstance(result, dict) else result:
-            entry.update(extra)
+            for key in present:  # one value per input, or per label (multi-label, regression)
+                values = model_outputs[key].reshape(-1)
+                entry[key] = float(values[label2id.get(entry["label"], 0)] if len(values) > 1 else values[0])
         return result
 
 

@@ -297,6 +297,12 @@ def calibrate_ensemble(
     if device is not None or source is not None:
         model.to(device or "cpu")
     name = check_calibration_split(dataset, split)
+    problem = getattr(model, "problem_type", None) or model.config.problem_type  # an ensemble: its members'
+    if problem in ("regression", "multi_label_classification"):
+        raise ValueError(
+            f"calibrate_ensemble fits a softmax temperature, for single-label classifiers; this model does {problem} "
+            "(its calibration is not supported yet)."
+        )
     if out_dir is not None and source is None:
         raise ValueError("out_dir needs model_or_dir to be a saved model directory (its processor files are copied).")
     values, labels = _collect(model, dataset, data_collator, batch_size)
