@@ -196,3 +196,43 @@ def test_calibration_refuses_regression_ensembles(tmp_path, pretrained_bert):
     StarSSETrainer(model=model, args=make_args(run, num_members=2, cycle_steps=1), train_dataset=data).train()
     with pytest.raises(ValueError, match="this model does regression"):
         calibrate_ensemble(build_ensemble(run), data, split="validation")
+
+
+def test_question_answering_ensembles_pool_starts_and_ends(tmp_path, pretrained_bert):
+    from transformers import AutoModelForQuestionAnswering
+
+    from hf_starsse import EnsembleForQuestionAnswering, build_ensemble, load_members
+
+    model, data = question_answering(pretrained_bert, torch.Generator().manual_seed(0))
+    run = tmp_path / "run"
+    StarSSETrainer(
+        model=model, args=make_args(run, cycle_steps=2), train_dataset=data, processing_class=tokenizer()
+    ).train()
+    ensemble = build_ensemble(run, tmp_path / "ensemble")
+    assert type(ensemble) is EnsembleForQuestionAnswering
+    assert type(AutoModelForQuestionAnswering.from_pretrained(tmp_path / "ensemble")) is EnsembleForQuestionAnswering
+    batch = {key: torch.tensor(data[:4][key]) for key in ("input_ids", "attention_mask")}
+    positions = {key: torch.tensor(data[:4][key]) for key in ("start_positions", "end_positions")}
+    with torch.no_grad():
+        members = [BertForQuestionAnswering.from_pretrained(m).eval()(**batch) for m in load_members(run)]
+        output = ensemble(**batch, **positions)
+    for side in ("start", "end"):
+        probs = torch.stack([getattr(m, f"{side}_logits").softmax(-1) for m in members]).mean(0)
+        torch.testing.assert_close(getattr(output, f"{side}_logits"), probs.log(), rtol=1e-5, atol=1e-6)
+        assert getattr(output, f"{side}_mutual_information").shape == (4,)
+    expected = (
+        sum(
+            -getattr(output, f"{side}_logits").gather(1, positions[f"{side}_positions"].view(-1, 1)).mean()
+            for side in ("start", "end")
+        )
+        / 2
+    )
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_answer_positions_outside_the_rows_are_refused(tmp_path, pretrained_bert):
+    model, data = question_answering(pretrained_bert, torch.Generator().manual_seed(0))
+    data = data.map(lambda row: {"end_positions": row["end_positions"] + LENGTH})
+    trainer = StarSSETrainer(model=model, args=make_args(tmp_path / "run"), train_dataset=data)
+    with pytest.raises(ValueError, match=r"column 'end_positions' holds positions \[.*outside the 8 tokens of a row"):
+        trainer.train()

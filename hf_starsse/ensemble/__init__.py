@@ -21,6 +21,7 @@ from .modeling_adapter_ensemble import (
     AdapterEnsembleForAudioClassification,
     AdapterEnsembleForImageClassification,
     AdapterEnsembleForMultipleChoice,
+    AdapterEnsembleForQuestionAnswering,
     AdapterEnsembleForSequenceClassification,
     AdapterEnsembleForTokenClassification,
 )
@@ -30,6 +31,7 @@ from .modeling_ensemble import (
     EnsembleForAudioClassification,
     EnsembleForImageClassification,
     EnsembleForMultipleChoice,
+    EnsembleForQuestionAnswering,
     EnsembleForSequenceClassification,
     EnsembleForTokenClassification,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "AdapterEnsembleForAudioClassification",
     "AdapterEnsembleForImageClassification",
     "AdapterEnsembleForMultipleChoice",
+    "AdapterEnsembleForQuestionAnswering",
     "AdapterEnsembleForSequenceClassification",
     "AdapterEnsembleForTokenClassification",
     "EnsembleAudioClassificationPipeline",
@@ -64,6 +67,7 @@ __all__ = [
     "EnsembleForAudioClassification",
     "EnsembleForImageClassification",
     "EnsembleForMultipleChoice",
+    "EnsembleForQuestionAnswering",
     "EnsembleForSequenceClassification",
     "EnsembleForTokenClassification",
     "EnsembleImageClassificationPipeline",

@@ -12,7 +12,6 @@ import copy
 import os
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig, PreTrainedModel
 
 from ..adapters.peft import base_sha256, copy_base, load_adapter_model, require_peft, resolve_base
@@ -21,6 +20,7 @@ from .modeling_ensemble import (
     EnsembleForAudioClassification,
     EnsembleForImageClassification,
     EnsembleForMultipleChoice,
+    EnsembleForQuestionAnswering,
     EnsembleForSequenceClassification,
     EnsembleForTokenClassification,
 )
@@ -79,15 +79,15 @@ class AdapterEnsembleMixin:
         """Nothing to initialise or tie: the base model and the adapters come loaded (`post_init` would otherwise
         re-initialise the adapter weights, which the base model's loading did not mark as loaded)."""
 
-    def member_logits(self, inputs: dict) -> torch.Tensor:
+    def member_outputs(self, inputs: dict) -> list:
         """The adapters one after the other on the batch. PEFT's mixed-adapter batch (the batch repeated K times,
         routed with `adapter_names`) was measured too and was slower in most cases, up to 2x (it also excludes DoRA):
         see benchmarks/peft_members.py."""
-        logits = []
+        outputs = []
         for name in self.config.adapter_names:
             self.peft_model.set_adapter(name, inference_mode=True)
-            logits.append(self.peft_model(**inputs, return_dict=True).logits)
-        return torch.stack([z.to(logits[0].device) for z in logits])
+            outputs.append(self.peft_model(**inputs, return_dict=True))
+        return outputs
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, config=None, **kwargs):
@@ -171,6 +171,10 @@ class AdapterEnsembleForMultipleChoice(AdapterEnsembleMixin, EnsembleForMultiple
     """An ensemble of PEFT adapters over one multiple-choice base model; takes the base's inputs."""
 
 
+class AdapterEnsembleForQuestionAnswering(AdapterEnsembleMixin, EnsembleForQuestionAnswering):
+    """An ensemble of PEFT adapters over one extractive question-answering base model; takes the base's inputs."""
+
+
 class AdapterEnsembleForAudioClassification(AdapterEnsembleMixin, EnsembleForAudioClassification):
     """An ensemble of PEFT adapters over one audio-classification base model; takes the base's inputs."""
 
@@ -183,6 +187,7 @@ ADAPTER_ENSEMBLE_CLASSES = {
     EnsembleForSequenceClassification: AdapterEnsembleForSequenceClassification,
     EnsembleForTokenClassification: AdapterEnsembleForTokenClassification,
     EnsembleForMultipleChoice: AdapterEnsembleForMultipleChoice,
+    EnsembleForQuestionAnswering: AdapterEnsembleForQuestionAnswering,
     EnsembleForAudioClassification: AdapterEnsembleForAudioClassification,
     EnsembleForImageClassification: AdapterEnsembleForImageClassification,
 }
@@ -191,6 +196,7 @@ __all__ = [
     "AdapterEnsembleConfig",
     "AdapterEnsembleForAudioClassification",
     "AdapterEnsembleForMultipleChoice",
+    "AdapterEnsembleForQuestionAnswering",
     "AdapterEnsembleForImageClassification",
     "AdapterEnsembleForSequenceClassification",
     "AdapterEnsembleForTokenClassification",

@@ -18,6 +18,7 @@ from transformers import (
     AutoModelForAudioClassification,
     AutoModelForImageClassification,
     AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     PreTrainedModel,
@@ -61,6 +62,12 @@ class EnsembleClassifierOutput(ModelOutput):
     mutual_information: torch.FloatTensor | None = None
     disagreement: torch.FloatTensor | None = None
     variance: torch.FloatTensor | None = None
+
+
+def stack_outputs(outputs: list, name: str) -> torch.Tensor:
+    """The members' outputs `name` (e.g. `logits`) stacked on a new first axis, on the first member's device."""
+    values = [output[name] for output in outputs]
+    return torch.stack([value.to(values[0].device) for value in values])
 
 
 def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
@@ -199,10 +206,13 @@ class EnsemblePreTrainedModel(PreTrainedModel):
             disagreement=differ / (count * (count - 1)) if count > 1 else torch.zeros_like(total),
         )  # fmt: skip
 
+    def member_outputs(self, inputs: dict) -> list:
+        """Each member's output for the members' `inputs`."""
+        return [member(**inputs, return_dict=True) for member in self.members]
+
     def member_logits(self, inputs: dict) -> torch.Tensor:
         """Each member's logits for the members' `inputs`, stacked: `(K, batch, num_labels)`."""
-        logits = [member(**inputs, return_dict=True).logits for member in self.members]
-        return torch.stack([z.to(logits[0].device) for z in logits])
+        return stack_outputs(self.member_outputs(inputs), "logits")
 
     def _forward_members(self, inputs: dict, labels: torch.Tensor | None):
         return_dict = inputs.pop("return_dict", None)
@@ -264,6 +274,57 @@ class EnsembleForAudioClassification(EnsemblePreTrainedModel):
         return self._forward_members(dict(input_values=input_values, **kwargs), labels)
 
 
+@dataclass
+class EnsembleQuestionAnsweringOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor`, *optional*): The mean of the ensemble's NLL of the start and end positions.
+        start_logits, end_logits (`torch.FloatTensor` of shape `(batch_size, sequence_length)`): `log` of the
+            members' mean probabilities of each token starting / ending the answer.
+        member_start_logits, member_end_logits (`torch.FloatTensor` of shape `(num_members, batch_size,
+            sequence_length)`): Each member's.
+        start_mutual_information, end_mutual_information (`torch.FloatTensor` of shape `(batch_size,)`): Epistemic
+            uncertainty of where the answer starts / ends (see `EnsembleClassifierOutput`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    start_logits: torch.FloatTensor | None = None
+    end_logits: torch.FloatTensor | None = None
+    member_start_logits: torch.FloatTensor | None = None
+    member_end_logits: torch.FloatTensor | None = None
+    start_mutual_information: torch.FloatTensor | None = None
+    end_mutual_information: torch.FloatTensor | None = None
+
+
+class EnsembleForQuestionAnswering(EnsembleForSequenceClassification):
+    """An ensemble of extractive question-answering models sharing one architecture: the members' probabilities of
+    the answer's start and of its end pooled separately; takes the members' inputs."""
+
+    member_auto_class = AutoModelForQuestionAnswering
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EnsembleQuestionAnsweringOutput:
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+        outputs = self.member_outputs({key: value for key, value in inputs.items() if value is not None})
+        start = self.combine_member_logits(stack_outputs(outputs, "start_logits"), start_positions)
+        end = self.combine_member_logits(stack_outputs(outputs, "end_logits"), end_positions)
+        output = EnsembleQuestionAnsweringOutput(
+            loss=None if start.loss is None or end.loss is None else (start.loss + end.loss) / 2,
+            start_logits=start.logits, end_logits=end.logits, member_start_logits=start.member_logits,
+            member_end_logits=end.member_logits, start_mutual_information=start.mutual_information,
+            end_mutual_information=end.mutual_information,
+        )  # fmt: skip
+        return output if return_dict is not False else output.to_tuple()
+
+
 class EnsembleForImageClassification(EnsemblePreTrainedModel):
     """An ensemble of image classifiers sharing one architecture; takes the members' inputs."""
 
@@ -282,6 +343,7 @@ ENSEMBLE_CLASSES = {
         EnsembleForSequenceClassification,
         EnsembleForTokenClassification,
         EnsembleForMultipleChoice,
+        EnsembleForQuestionAnswering,
         EnsembleForAudioClassification,
         EnsembleForImageClassification,
     )
@@ -292,6 +354,7 @@ __all__ = [
     "EnsembleForAudioClassification",
     "EnsembleForImageClassification",
     "EnsembleForMultipleChoice",
+    "EnsembleForQuestionAnswering",
     "EnsembleForSequenceClassification",
     "EnsembleForTokenClassification",
     "EnsemblePreTrainedModel",

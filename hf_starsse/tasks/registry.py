@@ -4,6 +4,7 @@ from .audio_classification import AUDIO_CLASSIFICATION
 from .base import TaskFamily
 from .image_classification import IMAGE_CLASSIFICATION
 from .multiple_choice import MULTIPLE_CHOICE
+from .question_answering import QUESTION_ANSWERING
 from .sequence_classification import SEQUENCE_CLASSIFICATION
 from .token_classification import TOKEN_CLASSIFICATION
 
@@ -11,6 +12,7 @@ FAMILIES: tuple[TaskFamily, ...] = (
     SEQUENCE_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
     MULTIPLE_CHOICE,
+    QUESTION_ANSWERING,
     AUDIO_CLASSIFICATION,
     IMAGE_CLASSIFICATION,
 )
