@@ -81,13 +81,18 @@ def train(data: DataArguments, args: StarSSETrainingArguments, peft: PeftArgumen
     print(f"Trained {output.metrics.get('train_members', 1)} member(s) into {args.output_dir}.")
 
 
-def ensemble(options: EnsembleArguments, data: DataArguments | None, allow_pickle: bool = False) -> None:
-    if options.calibrate and (data is None or data.eval_split is None):
-        raise ValueError(
-            "A calibrated ensemble needs held-out data: pass --dataset (or --data_files) and --eval_split."
-        )
-    if options.calibrate:
+def _require_held_out(data: DataArguments | None, what: str, calibrate: bool) -> None:
+    """`what` picks or calibrates on the split named by --eval_split: it must exist, and calibration never uses a
+    test split."""
+    if data is None or data.eval_split is None:
+        raise ValueError(f"{what} needs held-out data: pass --dataset (or --data_files) and --eval_split.")
+    if calibrate:
         check_split_name(data.eval_split)
+
+
+def ensemble(options: EnsembleArguments, data: DataArguments | None, allow_pickle: bool = False) -> None:
+    if options.calibrate:
+        _require_held_out(data, "A calibrated ensemble", calibrate=True)
     model = build_ensemble(options.run_dir, options.output_dir, members=options.members, overwrite=options.overwrite,
                            allow_pickle=allow_pickle, include_base=options.include_base,
                            base_model=options.base_model)  # fmt: skip
@@ -101,10 +106,8 @@ def ensemble(options: EnsembleArguments, data: DataArguments | None, allow_pickl
 
 
 def soup(options: SoupArguments, data: DataArguments | None, allow_pickle: bool = False) -> None:
-    if (options.method == "greedy" or options.calibrate) and (data is None or data.eval_split is None):
-        raise ValueError("A greedy or calibrated soup needs held-out data: pass --dataset and --eval_split.")
-    if options.calibrate:
-        check_split_name(data.eval_split)
+    if options.method == "greedy" or options.calibrate:
+        _require_held_out(data, "A greedy or calibrated soup", options.calibrate)
     task = _prepare_for_run(data) if data is not None else None
     common = dict(
         out_dir=options.output_dir,

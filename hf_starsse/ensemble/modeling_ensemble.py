@@ -79,13 +79,9 @@ def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def uncertainty_outputs(log_probs: torch.Tensor, log_weights: torch.Tensor, pooled: torch.Tensor) -> dict:
-    """The decomposition of `EnsembleClassifierOutput` from member log-probabilities `(K, B, ..., C)`, log-weights
-    `(K,)` and the pooled log-probabilities `(B, ..., C)` before the pooled temperature."""
-    total = _entropy(pooled)
-    entropies = _entropy(log_probs)
-    aleatoric = (_per_member(log_weights.exp(), entropies) * entropies).sum(0)
-    predictions = log_probs.argmax(-1)
+def _decomposition(total: torch.Tensor, aleatoric: torch.Tensor, predictions: torch.Tensor) -> dict:
+    """The uncertainty fields of `EnsembleClassifierOutput` from the total and the members' mean entropy and the
+    members' predictions `(K, ...)` (class ids, or per-label votes)."""
     count = len(predictions)
     differ = (predictions.unsqueeze(0) != predictions.unsqueeze(1)).float().sum((0, 1))  # ordered pairs
     return {
@@ -94,6 +90,14 @@ def uncertainty_outputs(log_probs: torch.Tensor, log_weights: torch.Tensor, pool
         "mutual_information": (total - aleatoric).clamp_min(0),
         "disagreement": differ / (count * (count - 1)) if count > 1 else torch.zeros_like(total),
     }
+
+
+def uncertainty_outputs(log_probs: torch.Tensor, log_weights: torch.Tensor, pooled: torch.Tensor) -> dict:
+    """The decomposition of `EnsembleClassifierOutput` from member log-probabilities `(K, B, ..., C)`, log-weights
+    `(K,)` and the pooled log-probabilities `(B, ..., C)` before the pooled temperature."""
+    entropies = _entropy(log_probs)
+    aleatoric = (_per_member(log_weights.exp(), entropies) * entropies).sum(0)
+    return _decomposition(_entropy(pooled), aleatoric, log_probs.argmax(-1))
 
 
 class EnsemblePreTrainedModel(PreTrainedModel):
@@ -197,14 +201,8 @@ class EnsemblePreTrainedModel(PreTrainedModel):
             p = p.clamp(1e-7, 1 - 1e-7)
             return -(p * p.log() + (1 - p) * (1 - p).log())
 
-        total, aleatoric = entropy(pooled), (weights * entropy(probs)).sum(0)
-        votes, count = probs > 0.5, len(probs)
-        differ = (votes.unsqueeze(0) != votes.unsqueeze(1)).float().sum((0, 1))
-        return EnsembleClassifierOutput(
-            loss=loss, logits=logits, member_logits=member_logits, predictive_entropy=total,
-            expected_entropy=aleatoric, mutual_information=(total - aleatoric).clamp_min(0),
-            disagreement=differ / (count * (count - 1)) if count > 1 else torch.zeros_like(total),
-        )  # fmt: skip
+        uncertainty = _decomposition(entropy(pooled), (weights * entropy(probs)).sum(0), probs > 0.5)
+        return EnsembleClassifierOutput(loss=loss, logits=logits, member_logits=member_logits, **uncertainty)
 
     def member_outputs(self, inputs: dict) -> list:
         """Each member's output for the members' `inputs`."""

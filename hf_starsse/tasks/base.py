@@ -67,3 +67,10 @@ class TaskFamily:
     def auto_model_class(self) -> type:
         """The transformers Auto class itself (e.g. `AutoModelForSequenceClassification`)."""
         return getattr(transformers, self.auto_class)
+
+
+def indices_outside_rows(dataset, column: str, model) -> tuple[list, int]:
+    """The values of `column` that index no position of a row's model input (its choices, or its tokens: the axis
+    after the row), sorted, and the number of positions a row has."""
+    size = len(dataset[0][model.main_input_name])
+    return sorted(value for value in dataset.unique(column) if not 0 <= value < size), size

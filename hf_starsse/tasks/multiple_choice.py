@@ -3,13 +3,12 @@ choices are pooled; each label is the index of the right choice."""
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES
 
-from .base import TaskFamily
+from .base import TaskFamily, indices_outside_rows
 
 
 def check_choice_labels(dataset, column: str, model) -> None:
     """`TaskFamily.check_labels` of multiple choice: every label indexes one of its row's choices."""
-    num_choices = len(dataset[0][model.main_input_name])
-    outside = sorted(value for value in dataset.unique(column) if not 0 <= value < num_choices)
+    outside, num_choices = indices_outside_rows(dataset, column, model)
     if outside:
         raise ValueError(
             f"train_dataset column {column!r} holds labels {outside[:5]} that are not choices: each row has "

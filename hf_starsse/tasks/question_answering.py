@@ -3,16 +3,15 @@ members' probabilities of the answer's start and of its end are pooled separatel
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
 
-from .base import TaskFamily
+from .base import TaskFamily, indices_outside_rows
 
 
 def check_answer_positions(dataset, column: str, model) -> None:
     """`TaskFamily.check_labels` of extractive QA: answer start and end positions inside each row's tokens."""
-    length = len(dataset[0][model.main_input_name])
     for name in dict.fromkeys((column, "start_positions", "end_positions")):
         if name not in dataset.column_names:
             continue
-        outside = sorted(value for value in dataset.unique(name) if not 0 <= value < length)
+        outside, length = indices_outside_rows(dataset, name, model)
         if outside:
             raise ValueError(
                 f"train_dataset column {name!r} holds positions {outside[:5]} outside the {length} tokens of a row: "
