@@ -49,7 +49,7 @@ from hf_starsse.demo.run import evaluation_sets
 from hf_starsse.demo.text_assets import newsgroups, pretrained_minilm
 from hf_starsse.evaluation.diagnostics import barrier_height, interpolation_curve
 from hf_starsse.evaluation.metrics import classification_metrics
-from hf_starsse.evaluation.run_evaluation import predict_probs
+from hf_starsse.evaluation.predictions import predict_probs
 from hf_starsse.run.members import load_members
 from hf_starsse.soups.batchnorm import BatchNormRecalibrationCallback
 from hf_starsse.soups.predict import make_dataloader

@@ -18,7 +18,7 @@ from transformers import (
 from hf_starsse import build_ensemble, calibrate_ensemble, uniform_soup
 from hf_starsse.evaluation.calibration import fit_temperature
 from hf_starsse.evaluation.metrics import softmax
-from hf_starsse.evaluation.run_evaluation import predict_probs
+from hf_starsse.evaluation.predictions import predict_probs
 
 from conftest import VOCAB, image_dataset, text_dataset
 
@@ -113,7 +113,7 @@ def test_calibration_bad_inputs(text_run):
     with pytest.raises(ValueError, match="is empty"):
         calibrate_ensemble(ensemble, held_out().select([]))
     bad = held_out().map(lambda row, i: {"labels": 7 if i == 3 else row["labels"]}, with_indices=True)
-    with pytest.raises(ValueError, match=r"labels \[7\] outside the model's label map \(3 classes"):
+    with pytest.raises(ValueError, match=r"labels \[7\] outside the model's 3 classes"):
         calibrate_ensemble(ensemble, bad)
     with pytest.raises(ValueError, match="not a dict"):
         calibrate_ensemble(ensemble, {"validation": held_out()})

@@ -9,7 +9,8 @@ import torch
 from hf_starsse import build_ensemble
 from hf_starsse.evaluation.calibration import fit_temperature
 from hf_starsse.evaluation.metrics import classification_metrics, expected_calibration_error, softmax
-from hf_starsse.evaluation.run_evaluation import evaluate_ensemble, evaluation_rows, predict_probs, predict_run
+from hf_starsse.evaluation.predictions import predict_probs, predict_run
+from hf_starsse.evaluation.run_evaluation import evaluate_ensemble, evaluation_rows
 from hf_starsse.evaluation.uncertainty import aurc, ood_metrics
 
 from conftest import image_dataset, text_dataset

@@ -188,16 +188,6 @@ def test_regression_and_multi_label_ensembles(tmp_path, pretrained_bert, problem
         )
 
 
-def test_calibration_refuses_regression_ensembles(tmp_path, pretrained_bert):
-    from hf_starsse import build_ensemble, calibrate_ensemble
-
-    model, data = sequence_classification(pretrained_bert, torch.Generator().manual_seed(0), "regression")
-    run = tmp_path / "run"
-    StarSSETrainer(model=model, args=make_args(run, num_members=2, cycle_steps=1), train_dataset=data).train()
-    with pytest.raises(ValueError, match="this model does regression"):
-        calibrate_ensemble(build_ensemble(run), data, split="validation")
-
-
 def test_question_answering_ensembles_pool_starts_and_ends(tmp_path, pretrained_bert):
     from transformers import AutoModelForQuestionAnswering
 

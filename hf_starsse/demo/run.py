@@ -23,7 +23,8 @@ from ..cards.model_card import save_card_info
 from ..evaluation import plots
 from ..evaluation.calibration import calibrate_ensemble
 from ..evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupted_splits, summarize_robustness
-from ..evaluation.run_evaluation import evaluation_rows, predict_run, write_evaluation
+from ..evaluation.predictions import predict_run
+from ..evaluation.run_evaluation import evaluation_rows, write_evaluation
 from ..soups.batchnorm import BatchNormRecalibrationCallback
 from ..storage.atomic_io import atomic_write_text
 from ..training.arguments import StarSSETrainingArguments

@@ -15,7 +15,7 @@ import torch
 
 from ..evaluation import plots
 from ..evaluation.metrics import expected_calibration_error, reliability_diagram, softmax
-from ..evaluation.run_evaluation import RunPredictions
+from ..evaluation.predictions import RunPredictions
 from ..evaluation.uncertainty import risk_coverage_curve
 from .tasks import digit_images
 

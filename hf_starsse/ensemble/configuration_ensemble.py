@@ -34,8 +34,12 @@ class EnsembleConfig(PretrainedConfig):
             (pool-then-calibrate, set by `calibrate_ensemble`).
         member_temperatures (`list[float]`, *optional*):
             Temperature of each member's logits before pooling (`calibrate_ensemble(..., per_member=True)`).
+        variance_scale (`float`, defaults to 1.0):
+            Regression members: the factor of the variance of their outputs the ensemble returns (fitted on held-out
+            data by `calibrate_ensemble`, so that its nominal intervals cover what they claim).
         calibration (`dict`, *optional*):
-            How the temperatures were fitted: split, number of samples, NLL and ECE before and after.
+            How the temperatures (or the variance scale) were fitted: split, number of samples, metrics before and
+            after.
     """
 
     model_type = "starsse_ensemble"
@@ -48,6 +52,7 @@ class EnsembleConfig(PretrainedConfig):
     members_info: list[dict] | None = None
     temperature: float = 1.0
     member_temperatures: list[float] | None = None
+    variance_scale: float = 1.0
     calibration: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -68,14 +73,15 @@ class EnsembleConfig(PretrainedConfig):
             raise ValueError(
                 f"member_weights={weights} must hold {self.num_members} non-negative numbers with a positive sum."
             )
-        temperatures = [self.temperature, *(self.member_temperatures or ())]
+        temperatures = [self.temperature, self.variance_scale, *(self.member_temperatures or ())]
         if not all(math.isfinite(t) and t > 0 for t in temperatures) or len(self.member_temperatures or ()) not in (
             0,
             self.num_members,
         ):
             raise ValueError(
-                f"temperature={self.temperature} and member_temperatures={self.member_temperatures} must be positive "
-                f"numbers ({self.num_members} member temperatures, or none)."
+                f"temperature={self.temperature}, variance_scale={self.variance_scale} and member_temperatures="
+                f"{self.member_temperatures} must be positive numbers ({self.num_members} member temperatures, or "
+                "none)."
             )
 
 

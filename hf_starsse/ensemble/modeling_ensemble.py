@@ -46,7 +46,8 @@ class EnsembleClassifierOutput(ModelOutput):
         disagreement (`torch.FloatTensor` of shape `(batch_size,)`): Fraction of member pairs whose predicted classes
             differ (0 for one member).
         variance (`torch.FloatTensor` of shape `(batch_size, num_labels)`): Regression members: the (weighted)
-            variance of their outputs around the ensemble's mean, the epistemic uncertainty of each prediction.
+            variance of their outputs around the ensemble's mean, the epistemic uncertainty of each prediction (times
+            `config.variance_scale` once calibrated).
 
     Members that do regression (`problem_type="regression"`, or one output) give the (weighted) mean of their outputs
     as `logits` and their `variance`, with an MSE loss; multi-label members give the logits of the mean of their
@@ -184,7 +185,7 @@ class EnsemblePreTrainedModel(PreTrainedModel):
         values = member_logits.float()
         weights = _per_member(self._log_weights(values).exp(), values)
         mean = (weights * values).sum(0)
-        variance = (weights * (values - mean) ** 2).sum(0)
+        variance = (weights * (values - mean) ** 2).sum(0) * self.config.variance_scale
         loss = None if labels is None else nn.functional.mse_loss(mean.squeeze(-1), labels.to(mean).squeeze(-1))
         return EnsembleClassifierOutput(loss=loss, logits=mean, member_logits=member_logits, variance=variance)
 

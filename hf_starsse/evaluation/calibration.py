@@ -31,11 +31,13 @@ from ..soups.predict import make_dataloader, predict_logits
 from ..storage.saving import replace_model_dir, save_model_dir
 from ..tasks import family_of_architecture
 from ..tasks.sequence_classification import SEQUENCE_CLASSIFICATION
+from .heads import fit_variance_scale, head_of, regression_metrics
 from .metrics import expected_calibration_error, negative_log_likelihood, softmax
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The search interval of `fit_temperature`."""
 CARD_SECTION = "## Calibration"
+_HEAD_NAMES = ("classifier", "score", "fc", "head", "classification_head", "qa_outputs")
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -119,13 +121,15 @@ def _collect(model: PreTrainedModel, dataset, collator, batch_size: int, num_bat
     return logits.double().numpy(), labels.numpy()
 
 
-def _check_labels(labels: np.ndarray, config) -> None:
-    outside = sorted({int(label) for label in labels if not 0 <= label < config.num_labels})
+def _check_labels(labels: np.ndarray, logits: np.ndarray, config) -> None:
+    """Refuse labels that are not classes of the rows `logits` (the model's labels, or its choices)."""
+    count = logits.shape[-1]
+    outside = sorted({int(label) for label in labels if not 0 <= label < count})
     if outside:
+        names = f": {list(config.id2label.values())[:10]}" if len(config.id2label) == count else ""
         raise ValueError(
-            f"The calibration split has labels {outside[:5]} outside the model's label map "
-            f"({config.num_labels} classes: {list(config.id2label.values())[:10]}): map the labels to the model's "
-            "class ids (the CLI does it by name)."
+            f"The calibration split has labels {outside[:5]} outside the model's {count} classes{names}: map the "
+            "labels to the model's class ids (the CLI does it by name)."
         )
 
 
@@ -136,10 +140,15 @@ def _pooled(member_logits: np.ndarray, log_weights: np.ndarray, temperatures: np
     return top + np.log(np.exp(stacked - top).sum(0))
 
 
+def _member_weights(config) -> np.ndarray:
+    """An ensemble's member weights `(K,)`, normalised (uniform unless `member_weights`)."""
+    weights = np.ones(config.num_members) if config.member_weights is None else np.array(config.member_weights)
+    return weights / weights.sum()
+
+
 def _calibrate_ensemble_model(model: EnsemblePreTrainedModel, member_logits, labels, per_member: bool) -> dict:
     config = model.config
-    weights = np.ones(config.num_members) if config.member_weights is None else np.array(config.member_weights)
-    log_weights = np.log(weights / weights.sum())
+    log_weights = np.log(_member_weights(config))
     ones = np.ones(config.num_members)
     member_temperatures = (
         np.array([fit_temperature(logits, labels) for logits in member_logits]) if per_member else ones
@@ -156,13 +165,39 @@ def _calibrate_ensemble_model(model: EnsemblePreTrainedModel, member_logits, lab
     }
 
 
+def _check_regression(model: PreTrainedModel, per_member: bool) -> None:
+    if not isinstance(model, EnsemblePreTrainedModel) or model.config.num_members < 2 or per_member:
+        raise ValueError(
+            "A regression model is calibrated by scaling the variance of its members' outputs: calibrate an ensemble "
+            "of 2 or more members, without per_member (a single model or a soup has no variance to scale)."
+        )
+
+
+def _calibrate_regression(model: EnsemblePreTrainedModel, member_values: np.ndarray, labels: np.ndarray) -> dict:
+    """Fit `config.variance_scale` of a regression ensemble: the Gaussian likelihood of `labels` under the members'
+    weighted mean and scaled variance is maximal."""
+    weights = _member_weights(model.config).reshape(-1, 1)
+    values = member_values.reshape(len(member_values), -1)
+    mean = (weights * values).sum(0)
+    variance = (weights * (values - mean) ** 2).sum(0)
+    scale = fit_variance_scale(mean, variance, labels)
+    model.config.variance_scale = scale
+    return {
+        "variance_scale": scale,
+        "before": regression_metrics(mean, labels, variance),
+        "after": regression_metrics(mean, labels, scale * variance),
+    }
+
+
 def final_linear(model: nn.Module) -> nn.Linear:
     """
-    The final classification layer of a transformers classifier: its `classifier` / `score` / `fc` / `head` module
-    if that is an `nn.Linear` with `num_labels` outputs, else the last such `nn.Linear` inside it.
+    The final layer of a transformers classifier: its `classifier` / `score` / `fc` / `head` / `qa_outputs` module
+    if that is an `nn.Linear` with `num_labels` outputs (one per choice for multiple choice), else the last such
+    `nn.Linear` inside it.
     """
-    num_labels = model.config.num_labels
-    for name in ("classifier", "score", "fc", "head", "classification_head"):
+    family = family_of_architecture((model.config.architectures or [type(model).__name__])[0])
+    num_labels = 1 if family is not None and family.name == "multiple-choice" else model.config.num_labels
+    for name in _HEAD_NAMES:
         head = getattr(model, name, None)
         if isinstance(head, nn.Module):
             linears = [m for m in head.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
@@ -170,7 +205,7 @@ def final_linear(model: nn.Module) -> nn.Linear:
                 return linears[-1]
     raise ValueError(
         f"{type(model).__name__} has no final nn.Linear classification layer with {num_labels} outputs (looked in "
-        "classifier, score, fc, head, classification_head): its temperature cannot be folded into the weights. "
+        f"{', '.join(_HEAD_NAMES)}): its temperature cannot be folded into the weights. "
         "Calibrate an ensemble of it instead (build_ensemble, then calibrate_ensemble)."
     )
 
@@ -183,7 +218,7 @@ def _fold_temperature(model: PreTrainedModel, dataset, collator, logits: np.ndar
     for parameter in layer.parameters():
         parameter.div_(temperature)
     probe = _collect(model, dataset, collator, 8, num_batches=1)[0]
-    expected = logits[: len(probe)] / temperature
+    expected = logits[: len(probe), ..., : probe.shape[-1]] / temperature  # QA rows: the probe's padded width
     if not np.allclose(probe, expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(expected).max())):
         for parameter, value in zip(layer.parameters(), original):
             parameter.copy_(value)
@@ -214,22 +249,26 @@ def load_model(model_dir: str | os.PathLike) -> PreTrainedModel:
 
 
 def card_section(calibration: dict) -> str:
-    """The model card's calibration section: the temperature and NLL / ECE before and after on the split."""
-    before, after = calibration["before"], calibration["after"]
-    return "\n".join(
-        [
-            CARD_SECTION,
-            "",
-            f"Temperature {calibration['temperature']:.4f} fitted after pooling on the `{calibration['split']}` split "
-            f"({calibration['num_samples']} samples) by minimising the NLL; predicted classes are unchanged.",
-            "",
-            "| on the calibration split | NLL | ECE |",
-            "|---|---:|---:|",
-            f"| before | {before['nll']:.4f} | {before['ece']:.4f} |",
-            f"| after | {after['nll']:.4f} | {after['ece']:.4f} |",
-            "",
-        ]
-    )
+    """The model card's calibration section: the temperature (or the variance scale of a regression ensemble) and
+    the metrics before and after on the split."""
+    before, after, where = calibration["before"], calibration["after"], calibration["split"]
+    samples = f"on the `{where}` split ({calibration['num_samples']} samples)"
+    if "variance_scale" in calibration:
+        text = (
+            f"Variance scale {calibration['variance_scale']:.4f} of the members' variance fitted {samples} by "
+            "maximising the Gaussian likelihood; predictions are unchanged."
+        )
+        keys, names = ("gaussian_nll", "coverage_90"), "Gaussian NLL | 90% interval coverage"
+    else:
+        text = (
+            f"Temperature {calibration['temperature']:.4f} fitted after pooling {samples} by minimising the NLL; "
+            "predicted classes are unchanged."
+        )
+        keys, names = ("nll", "ece"), "NLL | ECE"
+    rows = [f"| {label} | {values[keys[0]]:.4f} | {values[keys[1]]:.4f} |" for label, values in
+            (("before", before), ("after", after))]  # fmt: skip
+    table = [f"| on the calibration split | {names} |", "|---|---:|---:|", *rows]
+    return "\n".join([CARD_SECTION, "", text, "", *table, ""])
 
 
 def _with_card_section(card: str, calibration: dict) -> str:
@@ -297,17 +336,17 @@ def calibrate_ensemble(
     if device is not None or source is not None:
         model.to(device or "cpu")
     name = check_calibration_split(dataset, split)
-    problem = getattr(model, "problem_type", None) or model.config.problem_type  # an ensemble: its members'
-    if problem in ("regression", "multi_label_classification"):
-        raise ValueError(
-            f"calibrate_ensemble fits a softmax temperature, for single-label classifiers; this model does {problem} "
-            "(its calibration is not supported yet)."
-        )
     if out_dir is not None and source is None:
         raise ValueError("out_dir needs model_or_dir to be a saved model directory (its processor files are copied).")
+    head = head_of(model)
+    if head == "regression":
+        _check_regression(model, per_member)
     values, labels = _collect(model, dataset, data_collator, batch_size)
-    _check_labels(labels, model.config)
-    if isinstance(model, EnsemblePreTrainedModel):
+    if head in ("classification", "token"):
+        _check_labels(labels, values, model.config)
+    if head == "regression":
+        record = _calibrate_regression(model, values, labels)
+    elif isinstance(model, EnsemblePreTrainedModel):
         record = _calibrate_ensemble_model(model, values, labels, per_member)
     elif per_member:
         raise ValueError("per_member=True is for ensembles; a soup or single model has one temperature.")

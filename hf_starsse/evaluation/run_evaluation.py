@@ -8,120 +8,68 @@ import csv
 import io
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers.utils import logging
 
-from ..run.directory import run_manifest
-from ..run.members import load_members
-from ..soups.average import greedy_soup, member_model, uniform_soup
-from ..soups.predict import LABEL_COLUMNS, make_dataloader, predict_logits
 from ..storage.atomic_io import atomic_write_json, atomic_write_text
 from .calibration import calibration_metrics, check_calibration_split, fit_temperature
+from .heads import HEAD_METRICS, fit_variance_scale, regression_metrics, task_metrics
 from .metrics import classification_metrics, disagreement, ensemble_gain, mean_pairwise_kl
+from .predictions import RunPredictions, predict_run
 from .uncertainty import ood_metrics, selective_metrics
 
-logger = logging.get_logger(__name__)
-
 RESULTS_NAME = "evaluation"
-
-
-@torch.no_grad()
-def predict_probs(model, dataset, data_collator=None, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """
-    Softmax probabilities `(N, C)` of `model` on `dataset` and its labels `(N,)`.
-
-    Args:
-        model (`PreTrainedModel`): A classifier (or an ensemble model: its logits are log-probabilities).
-        dataset: Rows with the model's inputs and a label column (`labels` or `label`).
-        data_collator (`Callable`, *optional*): Batches rows (default: `default_data_collator`).
-        batch_size (`int`, *optional*, defaults to 32): Evaluation batch size.
-    """
-    logits, labels = predict_logits(model, make_dataloader(model, dataset, data_collator, batch_size))
-    return logits.softmax(-1).double().numpy(), labels.numpy()
-
-
-def _run_info(source, count: int) -> tuple[str, list[int], list]:
-    """The method, the members' indices and optimizer steps, from the manifest when `source` is a run directory."""
-    manifest = run_manifest(source)
-    if manifest is not None:
-        if len(manifest["members"]) < manifest["num_members"]:
-            logger.warning(
-                f"{source} has {len(manifest['members'])} of {manifest['num_members']} members complete; evaluating "
-                "those."
-            )
-        entries = manifest["members"][:count]
-        return (
-            manifest["ensemble_method"],
-            [entry["index"] for entry in entries],
-            [entry["steps"] for entry in entries],
-        )
-    return "members", list(range(count)), [None] * count
-
-
-@dataclass
-class RunPredictions:
-    """
-    Every model's probabilities on every split, from [`predict_run`]: the input of [`evaluation_rows`], of
-    reliability diagrams and risk-coverage curves.
-
-    Args:
-        method (`str`): The run's method (`"members"` for member directories).
-        indices (`list[int]`): Each member's index; `steps` (`list`): its optimizer steps (or `None`).
-        labels (`dict`): `(N,)` labels by split (`-1` for out-of-distribution splits).
-        members (`dict`): `(K, N, C)` member probabilities by split.
-        soups (`dict`): By soup name (`"uniform_soup"`, `"greedy_soup"`), its size and `(N, C)` probabilities by split.
-        ood_splits (`tuple[str]`): Splits that are out-of-distribution (no metrics of their own).
-    """
-
-    method: str
-    indices: list[int]
-    steps: list
-    labels: dict[str, np.ndarray]
-    members: dict[str, np.ndarray]
-    soups: dict[str, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
-    ood_splits: tuple[str, ...] = ()
-
-    def models(self) -> list[tuple[str, int | None, int]]:
-        """`(model, member, size)` of every evaluated model: members, ensembles of size 1..K, soups."""
-        count = len(self.indices)
-        return (
-            [("member", index, 1) for index in self.indices]
-            + [("ensemble", None, size) for size in range(1, count + 1)]
-            + [(name, None, size) for name, (size, _) in self.soups.items()]
-        )
-
-    def probs(self, model: str, member: int | None, size: int, split: str) -> np.ndarray:
-        """`(N, C)` probabilities of one model (as named by [`models`]) on `split`."""
-        if model == "member":
-            return self.members[split][self.indices.index(member)]
-        if model == "ensemble":
-            return self.members[split][:size].mean(0)
-        return self.soups[model][1][split]
 
 
 def _cost(steps: list, size: int) -> int | None:
     return None if None in steps[:size] else sum(steps[:size])
 
 
+def _log(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs, 1e-12, None))
+
+
+def _regression_rows(predictions: RunPredictions, model: str, member, size: int, calibration_split) -> list:
+    """The rows of one regression model: RMSE, MAE and, for ensembles, the Gaussian NLL and 90% interval coverage
+    under the members' variance (and under the variance scaled on `calibration_split`)."""
+    scale = None
+    if calibration_split is not None and predictions.variance(model, size, calibration_split) is not None:
+        values = predictions.probs(model, member, size, calibration_split)
+        variance = predictions.variance(model, size, calibration_split)
+        scale = fit_variance_scale(values, variance, predictions.labels[calibration_split])
+    rows = []
+    for split, labels in predictions.labels.items():
+        values, variance = predictions.probs(model, member, size, split), predictions.variance(model, size, split)
+        row = {"method": predictions.method, "model": model, "member": member, "size": size, "split": split}
+        row |= regression_metrics(values, labels, variance)
+        if scale is not None:
+            calibrated = regression_metrics(values, labels, scale * variance)
+            row |= {"variance_scale": scale}
+            row |= {f"{key}_calibrated": calibrated[key] for key in ("gaussian_nll", "coverage_90")}
+        rows.append(row | {"steps": _cost(predictions.steps, size if model != "member" else 1)})
+    return rows
+
+
 def _model_rows(predictions: RunPredictions, model: str, member, size: int, calibration_split: str | None) -> list:
     """The rows of one model: one per in-distribution split."""
+    if predictions.head == "regression":
+        return _regression_rows(predictions, model, member, size, calibration_split)
     temperature = None
     if calibration_split is not None:
         probs = predictions.probs(model, member, size, calibration_split)
-        temperature = fit_temperature(np.log(np.clip(probs, 1e-12, None)), predictions.labels[calibration_split])
+        temperature = fit_temperature(_log(probs), predictions.labels[calibration_split])
     rows = []
     for split, labels in predictions.labels.items():
         if split in predictions.ood_splits:
             continue
         probs = predictions.probs(model, member, size, split)
         row = {"method": predictions.method, "model": model, "member": member, "size": size, "split": split}
+        row |= task_metrics(predictions.head, probs, labels, predictions.examples[split], predictions.id2label)
         row |= classification_metrics(probs, labels) | selective_metrics(probs, labels)
         if temperature is not None:
-            calibrated = calibration_metrics(np.log(np.clip(probs, 1e-12, None)), labels, temperature)
+            calibrated = calibration_metrics(_log(probs), labels, temperature)
             row |= {
                 "temperature": temperature,
                 "nll_calibrated": calibrated["nll"],
@@ -184,69 +132,6 @@ def write_evaluation(rows: list[dict], output_dir: str | os.PathLike) -> None:
     atomic_write_json(output_dir / f"{RESULTS_NAME}.json", strict)  # NaN (no pairs at size 1) as null
 
 
-def _with_labels(dataset):
-    """An out-of-distribution dataset with a placeholder label column (-1) when it has none."""
-    columns = getattr(dataset, "column_names", None)
-    if columns is None or any(name in columns for name in LABEL_COLUMNS) or dataset.format["type"] == "custom":
-        return dataset
-    return dataset.add_column("labels", [-1] * len(dataset))
-
-
-def predict_run(
-    source,
-    datasets: dict,
-    *,
-    soups: tuple[str, ...] = ("uniform",),
-    ood_datasets: dict | None = None,
-    train_dataset=None,
-    data_collator=None,
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-    allow_pickle: bool = False,
-) -> RunPredictions:
-    """
-    The probabilities of every member and soup on every split (arguments as in [`evaluate_ensemble`]): one pass per
-    member and soup; ensembles are averaged from the members' probabilities.
-    """
-    unknown = set(soups) - {"uniform", "greedy"}
-    if unknown:
-        raise ValueError(f"Unknown soups {sorted(unknown)}; choose from 'uniform' and 'greedy'.")
-    if "greedy" in soups and "validation" not in datasets:
-        raise ValueError("A greedy soup picks members on held-out data: add a 'validation' split to datasets.")
-    overlap = set(datasets) & set(ood_datasets or {})
-    if overlap:
-        raise ValueError(f"Splits {sorted(overlap)} are both in datasets and ood_datasets; rename one.")
-    every = {**datasets, **{name: _with_labels(data) for name, data in (ood_datasets or {}).items()}}
-    member_dirs = load_members(source, allow_pickle)
-    method, indices, steps = _run_info(source, len(member_dirs))
-    predictions = RunPredictions(
-        method, indices, steps, {}, {split: [] for split in every}, {}, tuple(ood_datasets or ())
-    )
-    for member in member_dirs:
-        model = member_model(member, device)
-        for split, dataset in every.items():
-            probs, predictions.labels[split] = predict_probs(model, dataset, data_collator, batch_size)
-            predictions.members[split].append(probs)
-    predictions.members = {split: np.stack(probs) for split, probs in predictions.members.items()}
-    options = dict(
-        train_dataset=train_dataset,
-        data_collator=data_collator,
-        batch_size=batch_size,
-        device=device,
-        allow_pickle=allow_pickle,
-    )
-    soup_models = {}
-    if "uniform" in soups:
-        soup_models["uniform_soup"] = (uniform_soup(member_dirs, **options), len(member_dirs))
-    if "greedy" in soups:
-        soup, chosen = greedy_soup(member_dirs, datasets["validation"], **options)
-        soup_models["greedy_soup"] = (soup, len(chosen))
-    for name, (model, size) in soup_models.items():
-        by_split = {split: predict_probs(model, data, data_collator, batch_size)[0] for split, data in every.items()}
-        predictions.soups[name] = (size, by_split)
-    return predictions
-
-
 def evaluate_ensemble(
     source,
     datasets: dict,
@@ -292,6 +177,13 @@ def evaluate_ensemble(
         and gains for ensembles, the calibration and OOD columns above, and the training cost `steps` (optimizer
         steps of the members involved). [`predict_run`] + [`evaluation_rows`] give the same rows and keep the
         probabilities (for reliability diagrams and risk-coverage curves).
+
+        Heads other than one class per example (see `evaluation.heads`): the classification metrics are those of
+        their rows (labelled tokens, answer starts and ends, each label of multi-label members), plus entity-level
+        `entity_precision`, `entity_recall`, `entity_f1` for token classifiers with BIO tags (seqeval), answer-span
+        `exact_match` and `f1` for extractive QA, `exact_match` of all labels for multi-label members. Regression
+        rows hold `rmse`, `mae` and, for ensembles of 2 or more, `gaussian_nll` and `coverage_90` under the members'
+        variance (`variance_scale`, `gaussian_nll_calibrated`, `coverage_90_calibrated` with `calibration_split`).
     """
     if calibration_split is not None:
         if calibration_split not in datasets:
@@ -320,8 +212,11 @@ def trainer_metrics(source, eval_dataset, *, soup: bool = True, metric_key_prefi
     """
     A run's metrics on `eval_dataset` named the way `Trainer.evaluate` names them: `<prefix>_ensemble_<metric>` (the
     ensemble of every complete member), `<prefix>_soup_<metric>` (their uniform soup, with `soup`) and
-    `<prefix>_member_mean_<metric>` (the members' mean), for accuracy, NLL, ECE and Brier score, and
-    `<prefix>_ensemble_size`. Nothing is written to the run directory.
+    `<prefix>_member_mean_<metric>` (the members' mean), for the headline metrics of the members' head
+    (`evaluation.heads.HEAD_METRICS`: accuracy, NLL, ECE and Brier score for classifiers; entity F1 and token
+    accuracy, NLL and ECE for token classifiers; exact match and F1 of answers; RMSE, MAE and, for the ensemble, the
+    Gaussian NLL and 90% interval coverage for regression), and `<prefix>_ensemble_size`. Nothing is written to the
+    run directory.
 
     Args:
         source: A run directory (or a list of member directories).
@@ -330,7 +225,8 @@ def trainer_metrics(source, eval_dataset, *, soup: bool = True, metric_key_prefi
         metric_key_prefix (`str`, *optional*, defaults to `"eval"`): The prefix of every key.
         options: `train_dataset`, `data_collator`, `batch_size`, `device`, as in [`evaluate_ensemble`].
     """
-    rows = evaluation_rows(predict_run(source, {"eval": eval_dataset}, soups=("uniform",) if soup else (), **options))
+    predictions = predict_run(source, {"eval": eval_dataset}, soups=("uniform",) if soup else (), **options)
+    rows = evaluation_rows(predictions)
     size = max(row["size"] for row in rows if row["model"] == "ensemble")
     groups = {
         "ensemble": [row for row in rows if row["model"] == "ensemble" and row["size"] == size],
@@ -341,6 +237,7 @@ def trainer_metrics(source, eval_dataset, *, soup: bool = True, metric_key_prefi
         f"{metric_key_prefix}_{name}_{metric}": float(np.mean([row[metric] for row in group]))
         for name, group in groups.items()
         if group
-        for metric in ("accuracy", "nll", "ece", "brier")
+        for metric in HEAD_METRICS[predictions.head]
+        if metric in group[0]
     }
     return metrics | {f"{metric_key_prefix}_ensemble_size": size}

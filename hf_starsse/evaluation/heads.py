@@ -1,0 +1,140 @@
+"""What evaluation makes of each kind of head: its predictions as probabilities (or values), and the metrics of its
+task beyond the classification metrics of its rows (see `soups.predict.output_rows`).
+
+Heads: `classification` (sequence, image, audio classification and multiple choice), `token` (a prediction per
+token), `question_answering` (the answer's start and end over the tokens), `multi_label` (a sigmoid per label) and
+`regression` (values, their spread over the members as the uncertainty).
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from ..ensemble.modeling_ensemble import EnsemblePreTrainedModel
+from ..tasks import family_of_architecture
+from .metrics import softmax
+
+HEAD_METRICS = {
+    "classification": ("accuracy", "nll", "ece", "brier"),
+    "token": ("entity_f1", "accuracy", "nll", "ece"),
+    "question_answering": ("exact_match", "f1", "nll", "ece"),
+    "multi_label": ("exact_match", "accuracy", "nll", "ece"),
+    "regression": ("rmse", "mae", "gaussian_nll", "coverage_90"),
+}
+"""The headline metrics of each head, as `StarSSETrainer.evaluate_ensemble` reports them."""
+
+MAX_ANSWER_TOKENS = 30
+"""The longest answer span (in tokens) considered, as transformers' question-answering examples do."""
+
+_Z_90 = 1.6448536269514722  # the 95% quantile of the standard normal: a central 90% interval is mean +- z sigma
+
+
+def head_of(model) -> str:
+    """The head of `model` (a transformers model or an ensemble of them, or its config): one of `HEAD_METRICS`."""
+    config = getattr(model, "config", model)
+    problem = model.problem_type if isinstance(model, EnsemblePreTrainedModel) else config.problem_type
+    if problem == "regression" or (problem is None and config.num_labels == 1):
+        return "regression"
+    if problem == "multi_label_classification":
+        return "multi_label"
+    family = family_of_architecture((getattr(config, "architectures", None) or [None])[0])
+    names = {"token-classification": "token", "question-answering": "question_answering"}
+    return names.get(family.name if family is not None else None, "classification")
+
+
+def head_outputs(head: str, logits: torch.Tensor) -> np.ndarray:
+    """Probabilities of the logits rows (regression: the values `(N,)`) in float64."""
+    values = logits.double().numpy()
+    return values.reshape(len(values)) if head == "regression" else softmax(values)
+
+
+def regression_metrics(mean, labels, variance=None) -> dict[str, float]:
+    """
+    RMSE and MAE of the predictions `mean` `(N,)` of float `labels` `(N,)`; with a predictive `variance` `(N,)`, the
+    Gaussian NLL of the labels under `N(mean, variance)` and the coverage of its central 90% intervals.
+    """
+    residuals = np.asarray(labels, dtype=np.float64) - np.asarray(mean, dtype=np.float64)
+    metrics = {"rmse": float(np.sqrt((residuals**2).mean())), "mae": float(np.abs(residuals).mean())}
+    if variance is not None:
+        variance = np.clip(np.asarray(variance, dtype=np.float64), 1e-12, None)
+        nll = 0.5 * (np.log(2 * math.pi * variance) + residuals**2 / variance)
+        metrics |= {
+            "gaussian_nll": float(nll.mean()),
+            "coverage_90": float((np.abs(residuals) <= _Z_90 * np.sqrt(variance)).mean()),
+        }
+    return metrics
+
+
+def fit_variance_scale(mean, variance, labels) -> float:
+    """The scale `s` of the predictive variance `s * variance` that maximises the Gaussian likelihood of `labels`
+    (closed form: the mean of `residual**2 / variance`), so that nominal intervals cover what they claim."""
+    residuals = np.asarray(labels, dtype=np.float64) - np.asarray(mean, dtype=np.float64)
+    return float(np.mean(residuals**2 / np.clip(np.asarray(variance, dtype=np.float64), 1e-12, None)))
+
+
+def _spans(probs: np.ndarray) -> np.ndarray:
+    """The most probable answer span `(start, end)` of each example from its start and end rows `(2N, T)`: start <=
+    end < start + `MAX_ANSWER_TOKENS`."""
+    starts, ends = probs[0::2], probs[1::2]
+    width = starts.shape[-1]
+    allowed = np.triu(np.ones((width, width), dtype=bool)) & ~np.triu(np.ones((width, width), dtype=bool),
+                                                                        MAX_ANSWER_TOKENS)  # fmt: skip
+    scores = np.where(allowed, starts[:, :, None] * ends[:, None, :], -1.0).reshape(len(starts), -1)
+    return np.stack(np.unravel_index(scores.argmax(-1), (width, width)), -1)
+
+
+def span_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Exact match and F1 of the most probable answer spans against the gold ones, over token positions (SQuAD's
+    definitions on the model's tokens, without text normalisation): rows as in `output_rows`."""
+    predicted, gold = _spans(probs), np.asarray(labels).reshape(-1, 2)
+    overlap = np.clip(np.minimum(predicted[:, 1], gold[:, 1]) - np.maximum(predicted[:, 0], gold[:, 0]) + 1, 0, None)
+    precision = overlap / (predicted[:, 1] - predicted[:, 0] + 1)
+    recall = overlap / (gold[:, 1] - gold[:, 0] + 1)
+    f1 = np.where(overlap > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return {"exact_match": float((predicted == gold).all(-1).mean()), "f1": float(f1.mean())}
+
+
+def is_bio(id2label: dict) -> bool:
+    """Whether the label names are IOB / BIO tags (`B-PER`, `I-PER`, `O`, ...), which make entities."""
+    return any(str(name)[:2] in ("B-", "I-") for name in id2label.values())
+
+
+def entity_metrics(probs: np.ndarray, labels: np.ndarray, examples: np.ndarray, id2label: dict) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (seqeval's default, CoNLL-style, micro-averaged) of the most probable
+    tags of labelled tokens, grouped into sentences by `examples`."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    names = {int(key): str(value) for key, value in id2label.items()}
+    boundaries = np.flatnonzero(np.diff(examples)) + 1
+    true = [[names[int(i)] for i in part] for part in np.split(labels, boundaries)]
+    pred = [[names[int(i)] for i in part] for part in np.split(probs.argmax(-1), boundaries)]
+    return {
+        "entity_precision": float(precision_score(true, pred, zero_division=0)),
+        "entity_recall": float(recall_score(true, pred, zero_division=0)),
+        "entity_f1": float(f1_score(true, pred, zero_division=0)),
+    }
+
+
+def check_head_support(head: str, id2label: dict) -> None:
+    """Refuse, before any work, what a head's evaluation cannot do here (entity metrics need seqeval)."""
+    if head == "token" and is_bio(id2label):
+        try:
+            import seqeval  # noqa: F401
+        except ImportError as error:
+            raise ImportError(
+                "Entity-level metrics of token classifiers use seqeval: pip install 'hf_starsse[token]' (or seqeval)."
+            ) from error
+
+
+def task_metrics(head: str, probs: np.ndarray, labels: np.ndarray, examples: np.ndarray, id2label: dict) -> dict:
+    """The metrics of a head's task beyond its rows' classification metrics: entities (token classification with BIO
+    tags), exact match and F1 of answer spans, exact match of all labels at once (multi-label)."""
+    if head == "token" and is_bio(id2label):
+        return entity_metrics(probs, labels, examples, id2label)
+    if head == "question_answering":
+        return span_metrics(probs, labels)
+    if head == "multi_label":
+        correct = (probs.argmax(-1) == labels).reshape(len(np.unique(examples)), -1)
+        return {"exact_match": float(correct.all(-1).mean())}
+    return {}
