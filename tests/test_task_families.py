@@ -91,8 +91,8 @@ FAMILIES = ["single_label", "multi_label", "regression", "token", "multiple_choi
             "image"]  # fmt: skip
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_starsse_trains_every_family(tmp_path, pretrained_bert, pretrained_mobilenet, family):
+def build_family(family: str, pretrained_bert: str, pretrained_mobilenet: str | None = None) -> tuple:
+    """A tiny model of `family` (one of `FAMILIES`), its training data and its collator (`None`: the default)."""
     generator, collator = torch.Generator().manual_seed(0), None
     if family in ("single_label", "multi_label", "regression"):
         problem = {"single_label": "single_label_classification", "multi_label": "multi_label_classification"}
@@ -107,6 +107,12 @@ def test_starsse_trains_every_family(tmp_path, pretrained_bert, pretrained_mobil
         model, data = audio_classification(generator)
     else:
         model, data = load_image_model(pretrained_mobilenet), image_dataset(N)
+    return model, data, collator
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_starsse_trains_every_family(tmp_path, pretrained_bert, pretrained_mobilenet, family):
+    model, data, collator = build_family(family, pretrained_bert, pretrained_mobilenet)
     run = tmp_path / "run"
     trainer = StarSSETrainer(
         model=model, args=make_args(run, cycle_steps=2), train_dataset=data, data_collator=collator

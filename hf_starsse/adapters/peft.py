@@ -21,7 +21,7 @@ from transformers import AutoConfig, PretrainedConfig
 from ..errors import MissingDependencyError
 from ..storage.saving import processor_files
 from ..storage.weights import pickle_weight_files, weight_files, weights_sha256
-from ..tasks import family_of_peft_task_type
+from ..tasks import family_of_peft_task_type, peft_task_types
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -248,9 +248,18 @@ def load_adapter_model(
     if uncovered:
         raise ValueError(
             f"The base model {base_dir} lacks {uncovered[:5]} and the adapters do not store them: the members cannot "
-            "be rebuilt. Train with the classifier in modules_to_save (task_type='SEQ_CLS' does this)."
+            f"be rebuilt. {modules_to_save_advice(uncovered)}"
         )
     return model.eval()
+
+
+def modules_to_save_advice(parameter_names: list[str]) -> str:
+    """What to do about new parameters of a base model (e.g. a new head) that adapters do not store."""
+    modules = sorted({name.rsplit(".", 1)[0] for name in parameter_names})
+    return (
+        f"Add their modules to the adapter, e.g. LoraConfig(modules_to_save={modules}), or use a task_type that adds "
+        f"the head ({', '.join(peft_task_types())})."
+    )
 
 
 def _check_loaded(model, name: str, member: Path, base_dir: Path) -> None:
