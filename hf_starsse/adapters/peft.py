@@ -9,6 +9,7 @@ or a Hub id, `include_base` copies inside saved ensembles), and loading the base
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from transformers import AutoConfig, PretrainedConfig
 from ..errors import MissingDependencyError
 from ..storage.saving import processor_files
 from ..storage.weights import pickle_weight_files, weight_files, weights_sha256
-from ..tasks import family_of_peft_task_type
+from ..tasks import family_of_peft_task_type, peft_task_types
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -248,9 +249,19 @@ def load_adapter_model(
     if uncovered:
         raise ValueError(
             f"The base model {base_dir} lacks {uncovered[:5]} and the adapters do not store them: the members cannot "
-            "be rebuilt. Train with the classifier in modules_to_save (task_type='SEQ_CLS' does this)."
+            f"be rebuilt. {modules_to_save_advice(uncovered)}"
         )
     return model.eval()
+
+
+def modules_to_save_advice(parameter_names: list[str]) -> str:
+    """What to do about new parameters of a base model (e.g. a new head) that adapters do not store."""
+    owners = {name.rsplit(".", 1)[0] for name in parameter_names}
+    modules = sorted(m for m in owners if not any(m.startswith(other + ".") for other in owners))  # outermost
+    return (
+        f"Add their modules to the adapter, e.g. LoraConfig(modules_to_save={modules}), or use a task_type that adds "
+        f"the head ({', '.join(peft_task_types())})."
+    )
 
 
 def _check_loaded(model, name: str, member: Path, base_dir: Path) -> None:
@@ -285,16 +296,26 @@ class AdapterMembers:
     base_dir: Path  # where it was loaded from
 
 
-def load_adapter_members(member_dirs: list[Path], base_model: str | None = None) -> AdapterMembers:
+def load_adapter_members(
+    member_dirs: list[Path], base_model: str | None = None, check_config: Callable | None = None
+) -> AdapterMembers:
     """
     Check adapter members (see `check_adapter_members`), find their base (or `base_model`, a Hub id or path) and load
     it once with the K adapters (see `load_adapter_model`).
+
+    Args:
+        member_dirs (`list[Path]`): The adapter directories.
+        base_model (`str`, *optional*): The base's Hub id or path, when not the one the adapters name.
+        check_config (`Callable`, *optional*): Called with the members' model config before anything is loaded
+            (e.g. to refuse an architecture).
     """
     adapter_config = check_adapter_members(member_dirs)
     reference = base_model or adapter_config.get("base_model_name_or_path")
     revision = None if base_model else adapter_config.get("revision")
     base_dir = resolve_base(reference, revision, f"The adapters in {member_dirs[0]} name a ")
     config = member_config(member_dirs, adapter_config, base_dir)
+    if check_config is not None:
+        check_config(config)
     names = adapter_names(len(member_dirs))
     model = load_adapter_model(base_dir, config, member_dirs, names)
     return AdapterMembers(model, names, config, adapter_config, reference, revision, base_dir)

@@ -45,7 +45,7 @@ def _manifest_fields(source, positions: list[int]) -> dict:
 def _adapter_ensemble(source, member_dirs: list, config_fields: dict, base_model: str | None) -> PreTrainedModel:
     """The base loaded once with the members' adapters, as an `AdapterEnsembleFor...` model; a run's base (or the
     copy given as `base_model`) is checked against the sha256 its manifest records."""
-    loaded = load_adapter_members(member_dirs, base_model)
+    loaded = load_adapter_members(member_dirs, base_model, lambda config: _ensemble_class(config.to_dict()))
     found = base_sha256(loaded.base_dir)
     manifest = run_manifest(source)
     if manifest is not None:

@@ -57,9 +57,10 @@ class EnsembleConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         member_config = self.member_config or {}
-        for key in ("id2label", "label2id"):
+        for key in ("id2label", "label2id", "problem_type"):  # what pipelines read (e.g. sigmoid for multi-label)
             if getattr(self, key, None) is None and member_config.get(key) is not None:
-                setattr(self, key, dict(member_config[key]))
+                value = member_config[key]
+                setattr(self, key, dict(value) if isinstance(value, dict) else value)
         super().__post_init__(**kwargs)
         if self.combine not in COMBINE_RULES:
             raise ValueError(f"combine={self.combine!r} is unknown; choose one of {COMBINE_RULES}.")

@@ -16,6 +16,7 @@ from .registry import (
     family_for_input,
     family_of_architecture,
     family_of_peft_task_type,
+    peft_task_types,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "family_for_input",
     "family_of_architecture",
     "family_of_peft_task_type",
+    "peft_task_types",
 ]

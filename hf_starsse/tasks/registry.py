@@ -28,6 +28,11 @@ def family_of_peft_task_type(task_type: str | None) -> TaskFamily | None:
     return next((family for family in FAMILIES if task_type and family.peft_task_type == task_type), None)
 
 
+def peft_task_types() -> list[str]:
+    """The PEFT `task_type`s of the registered families (e.g. `["QUESTION_ANS", "SEQ_CLS", "TOKEN_CLS"]`)."""
+    return sorted({family.peft_task_type for family in FAMILIES if family.peft_task_type})
+
+
 def family_for_input(raw_input: str) -> TaskFamily:
     """The family whose data the CLI prepares from data holding `raw_input` (`"text"`, `"image"`, ...)."""
     prepared = [family for family in FAMILIES if family.prepare_data is not None]

@@ -21,10 +21,12 @@ from ..adapters.peft import (
     ADAPTER_WEIGHTS_NAME,
     BASE_KEYS,
     IGNORED_ADAPTER_KEYS,
+    PEFT_PREFIX,
     base_sha256,
     check_adapter_dir,
     is_adapter_dir,
     is_peft_model,
+    modules_to_save_advice,
     require_peft,
     resolve_base,
 )
@@ -46,8 +48,9 @@ def check_peft_model(model: nn.Module, ensemble_method: str, has_model_init: boo
     Refuse PEFT models that cannot be ensemble members: several adapters, prompt learning (no per-member weights to
     average or branch from), a base model that cannot be found again by its name (the adapters reference it), a LoRA
     initialisation that rewrites the base's weights (PiSSA, OLoRA, LoftQ, CorDA: the members would no longer share the
-    base on disk), and, for Local DE without `model_init`, an adapter the trainer cannot draw afresh for each member
-    (anything but LoRA with a random initialisation).
+    base on disk), new base parameters the adapter does not save (`check_new_modules_saved`), and, for Local DE
+    without `model_init`, an adapter the trainer cannot draw afresh for each member (anything but LoRA with a random
+    initialisation).
 
     Raises:
         `ValueError`: naming the problem and what to do.
@@ -75,6 +78,7 @@ def check_peft_model(model: nn.Module, ensemble_method: str, has_model_init: boo
             f"init_lora_weights={init!r} rewrites the base model's weights in memory, so the members would not share "
             "the base saved on disk that their adapters name. Use init_lora_weights=True or 'gaussian'."
         )
+    check_new_modules_saved(model)
     if ensemble_method == "local_de" and not has_model_init:
         if config.peft_type != "LORA" or init not in RANDOM_LORA_INITS:
             raise ValueError(
@@ -82,6 +86,36 @@ def check_peft_model(model: nn.Module, ensemble_method: str, has_model_init: boo
                 f"with a random init (init_lora_weights=True or 'gaussian'), not for {config.peft_type.value} with "
                 f"init_lora_weights={init!r}. Pass model_init=... that builds each member's PEFT model instead."
             )
+
+
+def check_new_modules_saved(model: nn.Module) -> None:
+    """
+    Refuse a PEFT model whose frozen base holds parameters that `from_pretrained` did not load (e.g. the new head of a
+    multiple-choice model wrapped without `task_type`) and that the adapter does not save (`modules_to_save`): they
+    would stay at their random initialisation, and ensembles and soups, which load the members' base from its
+    checkpoint, could not rebuild them. Models that `from_pretrained` did not load at all are not checked.
+
+    Raises:
+        `ValueError`: naming the parameters and the `modules_to_save` that keeps them.
+    """
+    peft = require_peft()
+    saved = [name for name, module in model.named_modules() if isinstance(module, peft.utils.ModulesToSaveWrapper)]
+    parameters = [
+        (name, p) for name, p in model.named_parameters() if not any(name.startswith(s + ".") for s in saved)
+    ]
+    if not any(getattr(parameter, "_is_hf_initialized", False) for _, parameter in parameters):
+        return
+    fresh = [
+        name.removeprefix(PEFT_PREFIX)
+        for name, parameter in parameters
+        if not parameter.requires_grad and not getattr(parameter, "_is_hf_initialized", False)
+    ]
+    if fresh:
+        raise ValueError(
+            f"The PEFT model's base has parameters its checkpoint does not hold ({fresh[:5]}) which the adapter "
+            "neither trains nor saves: they would stay random, and no ensemble or soup could rebuild the members. "
+            + modules_to_save_advice(fresh)
+        )
 
 
 def adapter_header(model: nn.Module) -> dict:
