@@ -25,7 +25,8 @@ def test_family_of_architecture_and_model_type():
     assert text.auto_model_class() is AutoModelForSequenceClassification
     assert image.auto_model_class() is AutoModelForImageClassification
     with pytest.raises(
-        ValueError, match="No task family is prepared from 'audio' data; hf_starsse prepares image, text, words"
+        ValueError,
+        match="No task family is prepared from 'audio' data; hf_starsse prepares choices, image, questions, text",
     ):
         family_for_input("audio")
 

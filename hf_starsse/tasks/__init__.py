@@ -14,6 +14,8 @@ from .base import TaskFamily
 from .registry import (
     FAMILIES,
     family_for_input,
+    family_for_model,
+    family_for_task,
     family_of_architecture,
     family_of_peft_task_type,
 )
@@ -22,6 +24,8 @@ __all__ = [
     "FAMILIES",
     "TaskFamily",
     "family_for_input",
+    "family_for_model",
+    "family_for_task",
     "family_of_architecture",
     "family_of_peft_task_type",
 ]
