@@ -9,8 +9,11 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 from huggingface_hub import ModelCard
 from transformers import BertForTokenClassification
 
+from hf_starsse.cards.model_card import METRIC_NAMES
 from hf_starsse.cli.main import main
+from hf_starsse.tasks.multiple_choice import MULTIPLE_CHOICE
 from hf_starsse.tasks.question_answering import answer_positions
+from hf_starsse.training.data import DataArguments, prepare_task
 
 from conftest import tokenizer
 
@@ -111,14 +114,28 @@ def test_the_task_of_the_models_head_and_class_label_tags(tmp_path, token_checkp
     assert config["id2label"] == dict(zip("012", TAGS))  # the ClassLabel's order
 
 
-def test_multiple_choice_with_swag_columns(tmp_path, pretrained_bert):
+def test_multiple_choice_with_swag_columns(tmp_path, pretrained_bert, capsys):
     files = data_files(tmp_path, swag_rows())
     run = train(tmp_path, pretrained_bert, files, "--task", "multiple-choice")
     assert member_config(run)["architectures"] == ["BertForMultipleChoice"]
+    data = DataArguments(model_name_or_path=pretrained_bert, data_files=files[1:], task="multiple-choice")
+    task = prepare_task(data)
+    first = task.train_dataset[0]
+    assert len(first["input_ids"]) == 4 and first["labels"] == 0
+    assert tokenizer().decode(first["input_ids"][1]).split(" [SEP] ")[1:] == ["w9 w12 w15 [SEP]"]  # sent2 ending1
+    assert task.data_collator([first, task.train_dataset[1]])["input_ids"].shape[:2] == (2, 4)
+    assert main(["evaluate", "--run_dir", run, *files, "--splits", "test"]) == 0  # the task from the members' head
+    printed = capsys.readouterr().out
+    assert all(f"{metric} " in printed for metric in MULTIPLE_CHOICE.metrics)
     assert main(["ensemble", "--run_dir", run, "--output_dir", str(tmp_path / "ensemble")]) == 0
     metadata = card_metadata(tmp_path / "ensemble")
     assert metadata["pipeline_tag"] == "multiple-choice"
-    assert "pipeline(" not in (tmp_path / "ensemble/README.md").read_text()  # transformers has no such pipeline
+    (result,) = metadata["model-index"][0]["results"]
+    assert [metric["type"] for metric in result["metrics"]] == [MULTIPLE_CHOICE.metrics[0]]
+    text = (tmp_path / "ensemble/README.md").read_text()
+    header = "| evaluation set | model | " + " | ".join(METRIC_NAMES.get(m, m) for m in MULTIPLE_CHOICE.metrics) + " |"
+    assert header + "\n" in text  # the family's metrics, no other
+    assert "pipeline(" not in text  # transformers has no multiple-choice pipeline
     assert main(["soup", "--run_dir", run, "--output_dir", str(tmp_path / "soup")]) == 0
     assert card_metadata(tmp_path / "soup")["pipeline_tag"] == "multiple-choice"
 
@@ -129,6 +146,10 @@ def test_question_answering_with_squad_columns(tmp_path, pretrained_bert):
     assert member_config(run)["architectures"] == ["BertForQuestionAnswering"]
     assert main(["ensemble", "--run_dir", run, "--output_dir", str(tmp_path / "ensemble")]) == 0
     assert card_metadata(tmp_path / "ensemble")["pipeline_tag"] == "question-answering"
+    data = DataArguments(model_name_or_path=run + "/members/member-00", data_files=files[1:], max_length=24)
+    prepared = prepare_task(data).train_dataset  # the task from the members' head
+    assert len(prepared[0]["input_ids"]) == 24  # padded: the default collator stacks the rows
+    assert prepared["start_positions"][:3] == prepared["end_positions"][:3] == [0, 6, 6]  # [CLS] q q [SEP] c c ANSWER
 
 
 def test_answer_positions_are_the_tokens_of_the_answer():

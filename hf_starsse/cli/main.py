@@ -182,8 +182,8 @@ def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
     )
     for row in rows:
         if row["model"] != "member":
-            print(f"{row['split']:>12} {row['model']:>13} size {row['size']}: accuracy {row['accuracy']:.4f} "
-                  f"nll {row['nll']:.4f} ece {row['ece']:.4f}")  # fmt: skip
+            scores = " ".join(f"{metric} {row[metric]:.4f}" for metric in task.family.metrics if metric in row)
+            print(f"{row['split']:>12} {row['model']:>13} size {row['size']}: {scores}")
     print(f"Wrote {options.run_dir}/evaluation.csv and evaluation.json.")
 
 
