@@ -118,10 +118,15 @@ def _label_column(data: DataArguments, family: TaskFamily, train: datasets.Datas
     return column
 
 
+def _holds_label_lists(dataset: datasets.Dataset, column: str) -> bool:
+    """Whether each row of `column` holds a list of labels (one a word: token classification)."""
+    return isinstance(dataset.features[column], (datasets.Sequence, datasets.List))
+
+
 def _label_feature(dataset: datasets.Dataset, column: str):
-    """The feature of one label of `column`: of each word's for a column of label lists (token classification)."""
+    """The feature of one label of `column` (of each word's, for lists of labels)."""
     feature = dataset.features[column]
-    return feature.feature if isinstance(feature, (datasets.Sequence, datasets.List)) else feature
+    return feature.feature if _holds_label_lists(dataset, column) else feature
 
 
 def _label_names(dataset: datasets.Dataset, column: str) -> list[str]:
@@ -129,7 +134,7 @@ def _label_names(dataset: datasets.Dataset, column: str) -> list[str]:
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
     values = dataset[column]
-    if dataset.features[column] is not feature:  # lists of labels
+    if _holds_label_lists(dataset, column):
         values = [value for row in values for value in row]
     return [str(value) for value in sorted(set(values))]
 
