@@ -189,3 +189,13 @@ def test_a_task_contradicting_the_models_head_is_refused(tmp_path, token_checkpo
     err = capsys.readouterr().err.strip()
     assert "--task text-classification contradicts the model" in err and "(a token-classification head)" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "soup"])
+def test_help_names_the_task_and_its_columns(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    for option in ("--task", "--label_column", "--context_column", "--question_column", "--choice_columns"):
+        assert option in text
+    assert "--answer_column" in text and "token-classification" in text
