@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 from huggingface_hub import ModelCard
-from transformers import BertForTokenClassification
+from transformers import BertForTokenClassification, MobileNetV2Config, MobileNetV2Model
 
 from hf_starsse.cards.model_card import METRIC_NAMES
 from hf_starsse.cli.main import main
@@ -180,6 +180,15 @@ def test_task_errors_are_one_line(tmp_path, pretrained_bert, text_data, capsys, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_type_without_the_tasks_head_is_refused(tmp_path, text_data, capsys):
+    MobileNetV2Model(MobileNetV2Config(image_size=16, depth_multiplier=0.25)).save_pretrained(tmp_path / "backbone")
+    argv = ["train", "--model_name_or_path", str(tmp_path / "backbone"), "--dataset", text_data, "--output_dir",
+            str(tmp_path / "run"), "--task", "token-classification", *SHORT]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds words but" in err and "is a 'mobilenet_v2' model, which does not classify tokens" in err
 
 
 def test_a_task_contradicting_the_models_head_is_refused(tmp_path, token_checkpoint, text_data, capsys):

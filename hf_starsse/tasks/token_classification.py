@@ -61,7 +61,7 @@ TOKEN_CLASSIFICATION = TaskFamily(
     keeps_raw_columns=False,
     prepare_data=prepare_tokens,
     check_labels=check_token_labels,
-    wrong_model="Dataset {source} holds words (column {column!r}) but {model} is a {model_type!r} model, which does "
-    "not classify tokens. Use a model with a token-classification head.",
+    wrong_model="Dataset {source} holds words but {model} is a {model_type!r} model, which does not classify tokens. "
+    "Use a model type with a token-classification head (AutoModelForTokenClassification).",
     label_columns=("label", "ner_tags"),
 )
