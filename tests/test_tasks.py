@@ -25,7 +25,8 @@ def test_family_of_architecture_and_model_type():
     assert text.auto_model_class() is AutoModelForSequenceClassification
     assert image.auto_model_class() is AutoModelForImageClassification
     with pytest.raises(
-        ValueError, match="No task family is prepared from 'audio' data; hf_starsse prepares image, text, words"
+        ValueError,
+        match="No task family is prepared from 'audio' data; hf_starsse prepares choices, image, questions, text",
     ):
         family_for_input("audio")
 
@@ -47,3 +48,20 @@ def test_every_family_is_wired_up(family):
     else:
         assert SUPPORTED_TASKS[family.name]["impl"].__name__.endswith("Dispatch")
         assert family.ensemble_pipeline in ENSEMBLE_PIPELINES
+
+
+def test_the_family_of_the_cli_from_task_model_or_data():
+    from hf_starsse.tasks import family_for_model, family_for_task
+
+    assert family_for_task("token-classification").name == "token-classification"
+    with pytest.raises(ValueError, match="--task 'ner' is not a task family; choose one of text-classification, tok"):
+        family_for_task("ner")
+    with pytest.raises(ValueError, match="--task 'audio-classification' has no data preparation in the CLI yet"):
+        family_for_task("audio-classification")
+    assert family_for_model("BertForTokenClassification", images=False).name == "token-classification"
+    assert family_for_model("EnsembleForQuestionAnswering", images=False).name == "question-answering"
+    assert family_for_model("BertModel", images=False).name == "text-classification"  # no head: the data's
+    assert family_for_model(None, images=True).name == "image-classification"
+    # a head whose data is not the dataset's: the data's family (the model check then names the mismatch)
+    assert family_for_model("MobileNetV2ForImageClassification", images=False).name == "text-classification"
+    assert family_for_model("Wav2Vec2ForSequenceClassification", images=False).name == "text-classification"

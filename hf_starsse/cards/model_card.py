@@ -62,6 +62,8 @@ METHODS = {
     ),
 }
 SOUP_MODELS = {"uniform_soup": "uniform soup", "greedy_soup": "greedy soup"}
+# How the cards' tables name a task family's metrics (`TaskFamily.metrics`); others by their own name.
+METRIC_NAMES = {"nll": "NLL", "ece": "ECE", "brier": "Brier", "exact_match": "exact match", "f1": "F1"}
 
 
 def evaluation_rows(source) -> list[dict]:
@@ -221,21 +223,23 @@ def card_base_model(model_dir: str | os.PathLike) -> str | None:
 
 
 def _card_data(
-    model_name: str, tags: list[str], task: str, info: dict, rows: list[dict], license, peft_type: str | None = None
+    model_name: str, tags: list[str], family, info: dict, rows: list[dict], license, peft_type: str | None = None
 ) -> ModelCardData:
-    """The card's metadata; `rows` are the results of the model itself, reported in `model-index` (clean splits);
-    `peft_type` (adapter ensembles) adds the metadata of `adapter_metadata`."""
+    """The card's metadata: the `pipeline_tag` of the task `family`; `rows` are the results of the model itself,
+    reported in `model-index` by the family's first metric (clean splits); `peft_type` (adapter ensembles) adds the
+    metadata of `adapter_metadata`."""
+    task, metric = family.name, family.metrics[0]
     eval_results = [
         EvalResult(
             task_type=task,
             dataset_type=(info["datasets"] or ["custom"])[0],
             dataset_name=info["dataset_name"] or "custom",
             dataset_split=row["split"],
-            metric_type="accuracy",
-            metric_value=row["accuracy"],
+            metric_type=metric,
+            metric_value=row[metric],
         )
         for row in rows
-        if "/" not in row["split"] and row.get("accuracy") is not None
+        if "/" not in row["split"] and row.get(metric) is not None
     ]
     adapter = adapter_metadata(peft_type, info["base_model"]) if peft_type else {}
     return ModelCardData(
@@ -249,6 +253,12 @@ def _card_data(
         eval_results=eval_results or None,
         **adapter,
     )
+
+
+def shown_metrics(rows: list[dict], metrics: tuple[str, ...]) -> dict[str, str]:
+    """The metrics of a task family (`metrics`) that every evaluation row has, each with its name in the cards'
+    tables."""
+    return {metric: METRIC_NAMES.get(metric, metric) for metric in metrics if all(metric in row for row in rows)}
 
 
 def summary_rows(rows: list[dict], size: int, metrics: tuple[str, ...]) -> list[dict]:
@@ -301,8 +311,9 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
     rows = evaluation_rows(source)
     own = [r for r in rows if r["model"] == "ensemble" and r["size"] == config.num_members]
     adapter = adapter_summary(model)
+    metrics = shown_metrics(rows, family.metrics)
     return ModelCard.from_template(
-        _card_data(name, [method, "ensemble"], family.name, info, own, license, adapter and adapter["peft_type"]),
+        _card_data(name, [method, "ensemble"], family, info, own, license, adapter and adapter["peft_type"]),
         template_path=str(TEMPLATES / "ensemble_card.md"),
         model_name=name,
         num_members=config.num_members,
@@ -314,10 +325,11 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
         method_description=description,
         hyperparameters=config.cycle_hyperparameters or {},
         members=config.members_info or [],
-        summary=summary_rows(rows, config.num_members, family.metrics),
+        summary=summary_rows(rows, config.num_members, tuple(metrics)),
         results=_all_rows(rows, config.num_members),
+        metrics=metrics,
         auto_class=family.auto_class,
-        pipeline_task=family.name,
+        pipeline_task=family.name if family.ensemble_pipeline else None,  # transformers has a pipeline for it
         combination=family.combination,
         repo_id=repo_id or ENSEMBLE_PLACEHOLDER,
     )
@@ -336,8 +348,9 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
     info = card_info(source)
     rows = evaluation_rows(source)
     size = max((r["size"] for r in rows if r["model"] == "ensemble"), default=len(record["members"]))
+    metrics = shown_metrics(rows, family.metrics)
     return ModelCard.from_template(
-        _card_data(name, [method, "model-soup"], family.name, info, [r for r in rows if r["model"] == kind], license),
+        _card_data(name, [method, "model-soup"], family, info, [r for r in rows if r["model"] == kind], license),
         template_path=str(TEMPLATES / "soup_card.md"),
         model_name=name,
         soup_method=record["method"],
@@ -349,8 +362,9 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
         method_title=title,
         architecture=architecture,
         batchnorm_recalibrated=record.get("batchnorm_recalibrated"),
-        summary=summary_rows(rows, size, family.metrics),
+        summary=summary_rows(rows, size, tuple(metrics)),
         results=[r for r in rows if r["model"] == kind],
+        metrics=metrics,
         auto_class=family.auto_class,
         repo_id=repo_id or SOUP_PLACEHOLDER,
     )

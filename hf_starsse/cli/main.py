@@ -3,6 +3,9 @@
 
     hf-starsse train --model_name_or_path M --dataset D --output_dir runs/x --num_members 5 ...
     hf-starsse train config.yaml                      # the same options from a YAML or JSON file
+    hf-starsse train --model_name_or_path M --dataset D --task token-classification ...   # D: tokens, ner_tags
+    hf-starsse train --model_name_or_path M --dataset allenai/swag --dataset_config regular --task multiple-choice ...
+    hf-starsse train --model_name_or_path M --dataset rajpurkar/squad --task question-answering --max_length 384 ...
     hf-starsse ensemble --run_dir runs/x --output_dir out/ensemble [--members 0 1 2 --calibrate --dataset D ...]
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
     hf-starsse evaluate --run_dir runs/x --dataset D --splits test [--calibration_split validation]
@@ -12,6 +15,15 @@
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
     hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
     hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
+
+The task (`--task`: text-classification, token-classification, multiple-choice, question-answering or
+image-classification) is that of the model's head when it has one (a run's members have theirs, so `evaluate`,
+`soup`, `ensemble` and `calibrate` need no `--task`), else what the data holds: images, or else text classification;
+a model without a head takes `--task` for the other tasks. Their columns: `--text_column` (words: `tokens`) and
+`--label_column` (`label`, else `ner_tags`) for token classification; `--context_column` (`sent1`),
+`--question_column` (`sent2`) and `--choice_columns` (`ending0 ending1 ...`) for multiple choice, as in SWAG;
+`--question_column` (`question`), `--context_column` (`context`) and `--answer_column` (`answers`, as in SQuAD) for
+question answering.
 
 Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`, and so are the PEFT
 options (`--use_peft --lora_r 8 --lora_alpha 16 --lora_target_modules query value`, or `--peft_config FILE`: LoRA
@@ -182,8 +194,8 @@ def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
     )
     for row in rows:
         if row["model"] != "member":
-            print(f"{row['split']:>12} {row['model']:>13} size {row['size']}: accuracy {row['accuracy']:.4f} "
-                  f"nll {row['nll']:.4f} ece {row['ece']:.4f}")  # fmt: skip
+            scores = " ".join(f"{metric} {row[metric]:.4f}" for metric in task.family.metrics if metric in row)
+            print(f"{row['split']:>12} {row['model']:>13} size {row['size']}: {scores}")
     print(f"Wrote {options.run_dir}/evaluation.csv and evaluation.json.")
 
 

@@ -14,6 +14,8 @@ from .base import TaskFamily
 from .registry import (
     FAMILIES,
     family_for_input,
+    family_for_model,
+    family_for_task,
     family_of_architecture,
     family_of_peft_task_type,
     peft_task_types,
@@ -23,6 +25,8 @@ __all__ = [
     "FAMILIES",
     "TaskFamily",
     "family_for_input",
+    "family_for_model",
+    "family_for_task",
     "family_of_architecture",
     "family_of_peft_task_type",
     "peft_task_types",

@@ -35,6 +35,12 @@ class TaskFamily:
             model cannot learn from (e.g. class ids out of range).
         wrong_model (`str`): The error for a model without this family's head, formatted with `source`, `column`
             (the data's input column), `model` and `model_type`.
+        label_columns (`tuple[str]`): The dataset columns that hold its labels when the CLI's `--label_column` is not
+            given, the first one present taken (empty: `prepare_data` makes the labels from other columns, e.g. the
+            answers of extractive QA).
+        class_labels (`bool`): Its labels are classes the model names (`id2label`): the CLI maps the dataset's labels
+            to class ids and sizes the model's head by them. `False`: they index the input (a choice, answer
+            positions) and the model keeps its head.
     """
 
     name: str
@@ -51,6 +57,8 @@ class TaskFamily:
     prepare_data: Callable | None
     check_labels: Callable
     wrong_model: str
+    label_columns: tuple[str, ...] = ("label",)
+    class_labels: bool = True
 
     @cached_property
     def architectures(self) -> frozenset[str]:

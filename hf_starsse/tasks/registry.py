@@ -41,3 +41,27 @@ def family_for_input(raw_input: str) -> TaskFamily:
         inputs = ", ".join(sorted({family.raw_input for family in prepared}))
         raise ValueError(f"No task family is prepared from {raw_input!r} data; hf_starsse prepares {inputs}.")
     return family
+
+
+def family_for_task(task: str) -> TaskFamily:
+    """The family named by the CLI's `--task` (its pipeline tag, e.g. `"token-classification"`), whose data the CLI
+    must prepare."""
+    family = next((family for family in FAMILIES if family.name == task), None)
+    if family is None or family.prepare_data is None:
+        problem = "is not a task family" if family is None else "has no data preparation in the CLI yet"
+        prepared = ", ".join(family.name for family in FAMILIES if family.prepare_data is not None)
+        raise ValueError(f"--task {task!r} {problem}; choose one of {prepared}.")
+    return family
+
+
+def family_for_model(architecture: str | None, images: bool) -> TaskFamily:
+    """
+    The family the CLI prepares data for when `--task` is not given: that of the model's head (`architecture`, from
+    its config) when the CLI prepares it and its data is images exactly when the dataset's is; else that of the data
+    (`family_for_input`: images, or else text, the default of a model without a head).
+    """
+    head = family_of_architecture(architecture)
+    from_data = family_for_input("image" if images else "text")
+    if head is not None and head.prepare_data is not None and (head.raw_input == "image") == images:
+        return head
+    return from_data

@@ -9,8 +9,8 @@ from .base import TaskFamily
 
 def prepare_tokens(data, train, to_ids) -> tuple:
     """Tokenize the words of `data.text_column` (default `tokens`: a list of words per row) and give each word's
-    label (`to_ids` of the word labels) to its first sub-word token, `-100` to the others and to special tokens;
-    the collator pads labels with `-100`."""
+    label (`to_ids` of a row's word labels, from `data.label_column`) to its first sub-word token, `-100` to the
+    others and to special tokens; the collator pads labels with `-100`."""
     column = data.text_column or "tokens"
     if column not in train.column_names:
         raise ValueError(f"No word column {column!r} in {train.column_names}; set --text_column.")
@@ -61,6 +61,7 @@ TOKEN_CLASSIFICATION = TaskFamily(
     keeps_raw_columns=False,
     prepare_data=prepare_tokens,
     check_labels=check_token_labels,
-    wrong_model="Dataset {source} holds words (column {column!r}) but {model} is a {model_type!r} model, which does "
-    "not classify tokens. Use a model with a token-classification head.",
+    wrong_model="Dataset {source} holds words but {model} is a {model_type!r} model, which does not classify tokens. "
+    "Use a model type with a token-classification head (AutoModelForTokenClassification).",
+    label_columns=("label", "ner_tags"),
 )

@@ -1,16 +1,15 @@
-"""Models and datasets by Hub id or local path, prepared for training by the task family of their data (used by the
-CLI, the demo, the examples and the benchmarks)."""
+"""Models and datasets by Hub id or local path, prepared for training by their task family (`--task`, else the model's
+head or what the data holds; used by the CLI, the demo, the examples and the benchmarks). Their options are
+`DataArguments` (`data_arguments.py`)."""
 
 import itertools
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
 import torch
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import (
     AutoConfig,
     PretrainedConfig,
@@ -18,125 +17,11 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from ..cards.model_card import is_hub_id
 from ..run.members import check_pickle_weights
 from ..soups.batchnorm import fix_batchnorm_momentum
 from ..storage.weights import check_weight_files
-from ..tasks import TaskFamily, family_for_input
-
-DATA_FILE_TYPES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-@dataclass
-class DataArguments:
-    """Which model and data to use, and how to read the dataset's columns."""
-
-    model_name_or_path: str = field(
-        metadata={"help": "Pre-trained model: a Hub id or a local save_pretrained directory."}
-    )
-    dataset: str | None = field(
-        default=None,
-        metadata={"help": "Dataset: a Hub id, a save_to_disk directory, or a .csv/.json/.jsonl/.parquet file."},
-    )
-    data_files: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Instead of --dataset, data files per split as split=file, e.g. train=train.csv test=test.csv "
-            "(in Python also a dict {split: file}), as datasets.load_dataset(data_files=...) takes them."
-        },
-    )
-    base_model_id: str | None = field(
-        default=None,
-        metadata={"help": "Hub id of the base model when model_name_or_path is a local copy (the cards' base_model)."},
-    )
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "The dataset's name in the model cards (default: its Hub id)."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (Hub datasets)."})
-    train_split: str = field(default="train", metadata={"help": "Split to train on (and to re-estimate BatchNorm)."})
-    eval_split: str | None = field(
-        default=None,
-        metadata={
-            "help": "Held-out split: evaluated during training (each epoch, unless --eval_strategy says otherwise), "
-            "and used by greedy soups and calibration."
-        },
-    )
-    text_column: str | None = field(
-        default=None, metadata={"help": "Text column (default: 'text' or 'sentence'); ignored for image data."}
-    )
-    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column for sentence pairs."})
-    image_column: str | None = field(
-        default=None, metadata={"help": "Image column (default: the first column with an Image feature)."}
-    )
-    label_column: str = field(default="label", metadata={"help": "Column with the class labels."})
-    max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
-    allow_pickle: bool = field(
-        default=False,
-        metadata={
-            "help": "Accept a model with only pickle weights (pytorch_model.bin), read with torch.load("
-            "weights_only=True). Only for checkpoints from a source you trust."
-        },
-    )
-
-    def __post_init__(self):
-        if (self.dataset is None) == (self.data_files is None):
-            raise ValueError("Pass the data as --dataset or as --data_files split=file ..., one of the two.")
-        if isinstance(self.data_files, dict):
-            self.data_files = [f"{split}={file}" for split, file in self.data_files.items()]
-        if self.data_files is not None:
-            data_files_by_split(self.data_files)  # every problem with the files, before any work
-        for option in ("model_name_or_path", "dataset"):
-            if getattr(self, option) is not None:
-                _check_hub_id(getattr(self, option), option)
-
-    @property
-    def source(self) -> str:
-        """The data as named in messages: the dataset, or the data files."""
-        return self.dataset or "--data_files " + " ".join(self.data_files)
-
-    def card_info(self) -> dict:
-        """What the model cards say about the origin (see `save_card_info`): declared names, Hub ids as such."""
-        hub_dataset = self.dataset if is_hub_id(self.dataset) and not Path(self.dataset).exists() else None
-        return dict(
-            base_model=self.base_model_id,
-            datasets=[hub_dataset] if hub_dataset else None,
-            dataset_name=self.dataset_name,
-        )
-
-
-def data_files_by_split(entries: list[str]) -> dict[str, list[str]]:
-    """`split=file` entries as `{split: [file, ...]}`, checked: split names, existing files of one known type."""
-    by_split: dict[str, list[str]] = {}
-    for entry in entries:
-        split, sep, file = entry.partition("=")
-        if not sep or not re.fullmatch(r"\w+(\.\w+)*", split) or not file:
-            raise ValueError(
-                f"--data_files entry {entry!r} is not split=file (a split name of letters, digits and '_', e.g. "
-                "train=train.csv test=test.csv)."
-            )
-        if not Path(file).expanduser().is_file():
-            raise FileNotFoundError(f"--data_files {split}={file}: no such file.")
-        by_split.setdefault(split, []).append(str(Path(file).expanduser()))
-    types = {DATA_FILE_TYPES.get(Path(file).suffix) for files in by_split.values() for file in files}
-    if None in types or len(types) != 1:
-        raise ValueError(
-            f"--data_files must all be of one type among {', '.join(DATA_FILE_TYPES)}; got {' '.join(entries)}."
-        )
-    return by_split
-
-
-def _check_hub_id(name: str, option: str) -> None:
-    """Refuse a name that is neither an existing path, nor path-like, nor a valid Hub repository id."""
-    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
-        return
-    try:
-        validate_repo_id(name)
-    except HFValidationError as err:
-        raise ValueError(
-            f"--{option} {name!r} is neither a local path nor a valid Hub id ({err}). Fix the name or the path."
-        ) from None
+from ..tasks import TaskFamily, family_for_model, family_for_task, family_of_architecture
+from .data_arguments import DATA_FILE_TYPES, DataArguments, data_files_by_split
 
 
 def load_dataset_dict(
@@ -190,10 +75,24 @@ def load_model_config(name: str) -> PretrainedConfig:
         ) from err
 
 
-def _check_model(data: DataArguments, family: TaskFamily, column: str | None) -> None:
-    """The model must have a head of the task `family` of what the dataset holds, and safetensors weights unless
-    pickles are allowed."""
-    config = load_model_config(data.model_name_or_path)
+def _task_family(data: DataArguments, config: PretrainedConfig, image_column: str | None) -> TaskFamily:
+    """The task: `--task` (refused when it is not the model's head's), else the model's head or what the data holds
+    (`family_for_model`)."""
+    architecture = next(iter(config.architectures or ()), None)
+    if data.task is None:
+        return family_for_model(architecture, images=image_column is not None)
+    head = family_of_architecture(architecture)
+    if head is not None and head.name != data.task:
+        raise ValueError(
+            f"--task {data.task} contradicts the model {data.model_name_or_path}, a {architecture} (a {head.name} "
+            f"head): drop --task, or start from a model without a head or with a {data.task} one."
+        )
+    return family_for_task(data.task)
+
+
+def _check_model(data: DataArguments, config: PretrainedConfig, family: TaskFamily, column: str | None) -> None:
+    """The model (`config`) must have a head of the task `family` of what the dataset holds, and safetensors weights
+    unless pickles are allowed."""
     model_type = (getattr(config, "member_config", None) or {}).get("model_type", config.model_type)  # ensembles
     if not family.covers_model_type(model_type):
         message = family.wrong_model.format(
@@ -204,11 +103,40 @@ def _check_model(data: DataArguments, family: TaskFamily, column: str | None) ->
         check_pickle_weights(data.model_name_or_path, data.allow_pickle)
 
 
-def _label_names(dataset: datasets.Dataset, column: str) -> list[str]:
+def _label_column(data: DataArguments, family: TaskFamily, train: datasets.Dataset) -> str | None:
+    """The column of the labels: `--label_column`, else the first of the family's own present (`None`: the family
+    makes its labels from other columns)."""
+    if not family.label_columns and data.label_column is None:
+        return None
+    defaults = [name for name in family.label_columns if name in train.column_names] or family.label_columns[:1]
+    column = data.label_column or defaults[0]
+    if column not in train.column_names:
+        raise ValueError(
+            f"Dataset {data.source} has no label column {column!r} (columns: {train.column_names}); set "
+            "--label_column."
+        )
+    return column
+
+
+def _holds_label_lists(dataset: datasets.Dataset, column: str) -> bool:
+    """Whether each row of `column` holds a list of labels (one a word: token classification)."""
+    return isinstance(dataset.features[column], (datasets.Sequence, datasets.List))
+
+
+def _label_feature(dataset: datasets.Dataset, column: str):
+    """The feature of one label of `column` (of each word's, for lists of labels)."""
     feature = dataset.features[column]
+    return feature.feature if _holds_label_lists(dataset, column) else feature
+
+
+def _label_names(dataset: datasets.Dataset, column: str) -> list[str]:
+    feature = _label_feature(dataset, column)
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
-    return [str(value) for value in sorted(set(dataset[column]))]
+    values = dataset[column]
+    if _holds_label_lists(dataset, column):
+        values = [value for row in values for value in row]
+    return [str(value) for value in sorted(set(values))]
 
 
 def _image_column(dataset: datasets.Dataset, requested: str | None) -> str | None:
@@ -283,7 +211,8 @@ def prepare_task(
         splits (`tuple[str]`, *optional*): Splits that must exist (default: the training split); the evaluation
             split, when `data` names one, must too.
         label_names (`list[str]`, *optional*): The label of each class id of an already trained model (its
-            `id2label`); dataset labels are mapped to these ids by name. Default: the training split's labels.
+            `id2label`); dataset labels are mapped to these ids by name. Default: the training split's labels. Not
+            used by tasks whose labels are no classes (multiple choice, question answering).
     """
     dataset_dict = load_dataset_dict(data.dataset, data.dataset_config, data.data_files)
     required = (*(splits or (data.train_split,)), data.eval_split)  # the evaluation split whenever one is named
@@ -295,31 +224,26 @@ def prepare_task(
                 f"{hint}choose one of those."
             )
     train = dataset_dict[data.train_split] if data.train_split in dataset_dict else next(iter(dataset_dict.values()))
-    if data.label_column not in train.column_names:
-        raise ValueError(
-            f"Dataset {data.source} has no label column {data.label_column!r} (columns: {train.column_names}); "
-            "set --label_column."
-        )
+    config = load_model_config(data.model_name_or_path)
+    image_column = _image_column(train, data.image_column)
+    family = _task_family(data, config, image_column)
+    data = replace(data, image_column=image_column, label_column=_label_column(data, family, train))
     if len(train) == 0:
         raise ValueError(f"The {data.train_split!r} split of {data.source} is empty.")
-    names = label_names or _label_names(train, data.label_column)
+    _check_model(data, config, family, image_column)
+    names = (label_names or _label_names(train, data.label_column)) if family.class_labels else []
     label2id = {name: index for index, name in enumerate(names)}
-    to_ids = _label_converter(train.features[data.label_column], label2id)
-    image_column = _image_column(train, data.image_column)
-    family = family_for_input("text" if image_column is None else "image")
-    _check_model(data, family, image_column)
-    data = replace(data, image_column=image_column)
+    to_ids = _label_converter(_label_feature(train, data.label_column), label2id) if names else None
     prepare, processor, collator = family.prepare_data(data, train, to_ids)
-
+    # classes: the head sized and named by them; positions (choices, answers): the model's own head
+    classes = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id) if names else {}
     loads = itertools.count()
 
     def model_init():
         with quiet_logs(next(loads) > 0):  # every member loads the same: its LOAD REPORT (new head) is said once
             model = family.auto_model_class().from_pretrained(
                 data.model_name_or_path,
-                num_labels=len(names),
-                id2label=dict(enumerate(names)),
-                label2id=label2id,
+                **classes,
                 ignore_mismatched_sizes=True,
                 use_safetensors=None if data.allow_pickle else True,
             )
