@@ -92,6 +92,9 @@ def test_token_classification_from_words_and_string_tags(tmp_path, pretrained_be
     assert metadata["pipeline_tag"] == "token-classification" and "token-classification" in metadata["tags"]
     assert main(["soup", "--run_dir", run, "--output_dir", str(tmp_path / "soup"), *files]) == 0
     assert card_metadata(tmp_path / "soup")["pipeline_tag"] == "token-classification"
+    assert main(["evaluate", "--run_dir", run, *files, "--splits", "test"]) == 0
+    rows = json.loads((Path(run) / "evaluation.json").read_text())
+    assert all(0 <= row["entity_f1"] <= 1 and "accuracy" in row for row in rows)  # B-/I- tags: entities
 
 
 @pytest.fixture
@@ -144,8 +147,14 @@ def test_question_answering_with_squad_columns(tmp_path, pretrained_bert):
     files = data_files(tmp_path, squad_rows())
     run = train(tmp_path, pretrained_bert, files, "--task", "question-answering", "--max_length", "24")
     assert member_config(run)["architectures"] == ["BertForQuestionAnswering"]
+    assert main(["evaluate", "--run_dir", run, *files, "--splits", "test"]) == 0
+    rows = json.loads((Path(run) / "evaluation.json").read_text())
+    assert all(0 <= row["exact_match"] <= row["f1"] <= 1 for row in rows)
     assert main(["ensemble", "--run_dir", run, "--output_dir", str(tmp_path / "ensemble")]) == 0
-    assert card_metadata(tmp_path / "ensemble")["pipeline_tag"] == "question-answering"
+    metadata = card_metadata(tmp_path / "ensemble")
+    assert metadata["pipeline_tag"] == "question-answering"
+    (result,) = metadata["model-index"][0]["results"]
+    assert [metric["type"] for metric in result["metrics"]] == ["exact_match"]  # the card reports the evaluation
     data = DataArguments(model_name_or_path=run + "/members/member-00", data_files=files[1:], max_length=24)
     prepared = prepare_task(data).train_dataset  # the task from the members' head
     assert len(prepared[0]["input_ids"]) == 24  # padded: the default collator stacks the rows

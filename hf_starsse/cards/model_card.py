@@ -63,7 +63,8 @@ METHODS = {
 }
 SOUP_MODELS = {"uniform_soup": "uniform soup", "greedy_soup": "greedy soup"}
 # How the cards' tables name a task family's metrics (`TaskFamily.metrics`); others by their own name.
-METRIC_NAMES = {"nll": "NLL", "ece": "ECE", "brier": "Brier", "exact_match": "exact match", "f1": "F1"}
+METRIC_NAMES = {"nll": "NLL", "ece": "ECE", "brier": "Brier", "exact_match": "exact match", "f1": "F1",
+                "entity_f1": "entity F1"}  # fmt: skip
 
 
 def evaluation_rows(source) -> list[dict]:
@@ -226,9 +227,10 @@ def _card_data(
     model_name: str, tags: list[str], family, info: dict, rows: list[dict], license, peft_type: str | None = None
 ) -> ModelCardData:
     """The card's metadata: the `pipeline_tag` of the task `family`; `rows` are the results of the model itself,
-    reported in `model-index` by the family's first metric (clean splits); `peft_type` (adapter ensembles) adds the
-    metadata of `adapter_metadata`."""
-    task, metric = family.name, family.metrics[0]
+    reported in `model-index` by the first of the family's metrics they hold (clean splits); `peft_type` (adapter
+    ensembles) adds the metadata of `adapter_metadata`."""
+    task = family.name
+    metric = next((name for name in family.metrics if any(name in row for row in rows)), family.metrics[0])
     eval_results = [
         EvalResult(
             task_type=task,

@@ -93,7 +93,7 @@ QUESTION_ANSWERING = TaskFamily(
         "the mean of the members' probabilities of each token starting the answer, and of each token ending it; the "
         "model returns them as `start_logits` and `end_logits` (`log` of the means)"
     ),
-    metrics=("exact_match", "f1"),
+    metrics=("exact_match", "f1", "nll", "ece"),  # answer spans; NLL and ECE of starts and ends
     peft_task_type="QUESTION_ANS",
     keeps_raw_columns=False,
     prepare_data=prepare_questions,

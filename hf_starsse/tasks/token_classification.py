@@ -56,7 +56,7 @@ TOKEN_CLASSIFICATION = TaskFamily(
         "the mean of the members' softmax probabilities for each token; the model returns it as logits "
         "`log(mean_k softmax(z_k))` of shape (batch, tokens, labels), with the uncertainty of each token"
     ),
-    metrics=("accuracy", "nll", "ece"),
+    metrics=("entity_f1", "accuracy", "nll", "ece"),  # entities only with BIO tag names
     peft_task_type="TOKEN_CLS",
     keeps_raw_columns=False,
     prepare_data=prepare_tokens,
