@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from seqeval.metrics import f1_score
-from test_task_families import multiple_choice, question_answering, sequence_classification, token_classification
+from test_task_families import build_family, token_classification
 
 from hf_starsse import StarSSETrainer, build_ensemble, calibrate_ensemble, evaluate_ensemble, uniform_soup
 from hf_starsse.evaluation.heads import (
@@ -83,17 +83,9 @@ def train_run(tmp_path, model, data, collator=None):
 
 
 def family_run(tmp_path, pretrained_bert, family):
-    generator, collator = torch.Generator().manual_seed(0), None
+    model, data, collator = build_family(family, pretrained_bert)
     if family == "token":
-        model, data, collator = token_classification(pretrained_bert, generator)
         model.config.id2label, model.config.label2id = TAGS, {tag: i for i, tag in TAGS.items()}
-    elif family == "multiple_choice":
-        model, data = multiple_choice(pretrained_bert, generator)
-    elif family == "question_answering":
-        model, data = question_answering(pretrained_bert, generator)
-    else:
-        problem = {"multi_label": "multi_label_classification", "regression": "regression"}[family]
-        model, data = sequence_classification(pretrained_bert, generator, problem)
     return train_run(tmp_path, model, data, collator), data, collator
 
 
@@ -103,6 +95,7 @@ HEADS = {
     "question_answering": "question_answering",
     "multi_label": "multi_label",
     "regression": "regression",
+    "audio": "classification",
 }
 
 
@@ -137,7 +130,7 @@ def test_evaluate_and_calibrate_every_head(tmp_path, pretrained_bert, family):
     assert "## Calibration" in (tmp_path / "ensemble" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("family", ["token", "multiple_choice", "question_answering", "multi_label"])
+@pytest.mark.parametrize("family", ["token", "multiple_choice", "question_answering", "multi_label", "audio"])
 def test_soups_of_every_head_calibrate_by_their_last_layer(tmp_path, pretrained_bert, family):
     run, data, collator = family_run(tmp_path, pretrained_bert, family)
     soup = uniform_soup(run, tmp_path / "soup", data_collator=collator)
