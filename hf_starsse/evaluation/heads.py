@@ -39,8 +39,7 @@ def head_of(model) -> str:
     if problem == "multi_label_classification":
         return "multi_label"
     family = family_of_architecture((getattr(config, "architectures", None) or [None])[0])
-    names = {"token-classification": "token", "question-answering": "question_answering"}
-    return names.get(family.name if family is not None else None, "classification")
+    return family.head if family is not None else "classification"
 
 
 def head_outputs(head: str, logits: torch.Tensor) -> np.ndarray:

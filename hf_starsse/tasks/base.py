@@ -41,6 +41,9 @@ class TaskFamily:
         class_labels (`bool`): Its labels are classes the model names (`id2label`): the CLI maps the dataset's labels
             to class ids and sizes the model's head by them. `False`: they index the input (a choice, answer
             positions) and the model keeps its head.
+        head (`str`): How evaluation reads its outputs: `"classification"` (a distribution per example, or per label
+            or a value for multi-label and regression models), `"token"` (a distribution per token) or
+            `"question_answering"` (distributions of the answer's start and end over the tokens).
     """
 
     name: str
@@ -59,6 +62,7 @@ class TaskFamily:
     wrong_model: str
     label_columns: tuple[str, ...] = ("label",)
     class_labels: bool = True
+    head: str = "classification"
 
     @cached_property
     def architectures(self) -> frozenset[str]:

@@ -94,6 +94,7 @@ QUESTION_ANSWERING = TaskFamily(
         "model returns them as `start_logits` and `end_logits` (`log` of the means)"
     ),
     metrics=("exact_match", "f1", "nll", "ece"),  # answer spans; NLL and ECE of starts and ends
+    head="question_answering",
     peft_task_type="QUESTION_ANS",
     keeps_raw_columns=False,
     prepare_data=prepare_questions,

@@ -57,6 +57,7 @@ TOKEN_CLASSIFICATION = TaskFamily(
         "`log(mean_k softmax(z_k))` of shape (batch, tokens, labels), with the uncertainty of each token"
     ),
     metrics=("entity_f1", "accuracy", "nll", "ece"),  # entities only with BIO tag names
+    head="token",
     peft_task_type="TOKEN_CLS",
     keeps_raw_columns=False,
     prepare_data=prepare_tokens,
