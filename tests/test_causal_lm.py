@@ -159,19 +159,34 @@ def test_tokenizer_without_pad_token_is_refused_with_the_fix(tmp_path):
 
 
 @torch.no_grad()
-def reference_greedy(members: list, ids: torch.Tensor, steps: int) -> torch.Tensor:
-    """Greedy decoding from the members' mean next-token probabilities, the whole prefix re-run at every step."""
+def reference_greedy(members: list, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decoding from the members' mean next-token probabilities, the whole prefix re-run at every step (left
+    padding: positions counted from each row's first token, as `generate()` counts them)."""
     for _ in range(steps):
-        probs = torch.stack([member(input_ids=ids).logits[:, -1].softmax(-1) for member in members]).mean(0)
-        ids = torch.cat([ids, probs.argmax(-1, keepdim=True)], dim=1)
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0))
+        outputs = [member(**inputs).logits[:, -1] for member in members]
+        ids = torch.cat([ids, torch.stack(outputs).softmax(-1).mean(0).argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     return ids
 
 
-def test_greedy_generation_matches_the_members_mean_without_cache(ensemble_and_members):
+@pytest.mark.parametrize("padded", [False, True])
+def test_greedy_generation_matches_the_members_mean_without_cache(ensemble_and_members, padded):
+    """The ensemble runs the prompt, then one new token per step (the members' caches hold the rest); `padded`: the
+    second prompt is left-padded."""
     ensemble, _, members = ensemble_and_members
-    generated = ensemble.generate(PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=8, do_sample=False)
-    assert generated.shape == (2, PROMPT.shape[1] + 8)
-    assert generated.tolist() == reference_greedy(members, PROMPT, 8).tolist()
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]]) if padded else torch.ones_like(PROMPT)
+    prompt = PROMPT * mask
+    lengths = []
+    handle = ensemble.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        generated = ensemble.generate(prompt, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    finally:
+        handle.remove()
+    assert lengths == [PROMPT.shape[1]] + [1] * 7 and generated.shape == (2, PROMPT.shape[1] + 8)
+    assert generated.tolist() == reference_greedy(members, prompt, mask, 8).tolist()
 
 
 def test_forward_pools_next_token_probabilities_with_uncertainty(ensemble_and_members):
