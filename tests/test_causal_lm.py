@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from datasets import Dataset
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -126,6 +127,17 @@ def test_sse_and_local_de_train_causal_lms(tmp_path, method):
     assert parents_and_steps(tmp_path / "run") == expected[method]
 
 
+def test_lora_members_as_job_arrays(tmp_path):
+    """Separate jobs with `members_to_train` share one run directory and train what one run trains."""
+    for members in ([0], [2], [1]):
+        train(lora(pretrained_lm("llama", tmp_path / "base")), tmp_path / "run", members_to_train=members)
+    train(lora(pretrained_lm("llama", tmp_path / "base")), tmp_path / "reference")
+    assert parents_and_steps(tmp_path / "run") == parents_and_steps(tmp_path / "reference")
+    for jobs, reference in zip(load_members(tmp_path / "run"), load_members(tmp_path / "reference")):
+        jobs, reference = (load_file(str(path / "adapter_model.safetensors")) for path in (jobs, reference))
+        assert jobs.keys() == reference.keys() and all(torch.equal(jobs[key], reference[key]) for key in jobs)
+
+
 def test_labels_column_of_packed_rows_trains(tmp_path):
     """Token-id labels per row (e.g. packed sequences), with the default collator."""
     trainer = StarSSETrainer(
@@ -224,8 +236,10 @@ def test_sampling_beam_search_and_stopping(ensemble_and_members):
         torch.manual_seed(0)
         samples.append(ensemble.generate(PROMPT, do_sample=True, top_k=20, max_new_tokens=5))
     assert samples[0].shape == (2, 9) and torch.equal(*samples)
-    beams = ensemble.generate(PROMPT, num_beams=2, num_return_sequences=2, max_new_tokens=5, do_sample=False)
+    beam_search = dict(num_beams=2, num_return_sequences=2, max_new_tokens=5, do_sample=False)
+    beams = ensemble.generate(PROMPT, **beam_search)
     assert beams.shape == (4, 9) and torch.equal(beams[::2, :4], PROMPT) and torch.equal(beams[1::2, :4], PROMPT)
+    assert torch.equal(beams, ensemble.generate(PROMPT, use_cache=False, **beam_search))  # caches follow the beams
     greedy = ensemble.generate(PROMPT[:1], max_new_tokens=6, do_sample=False)
     new = greedy[0, 4:].tolist()
     stopped = ensemble.generate(PROMPT[:1], max_new_tokens=6, do_sample=False, eos_token_id=new[2])
@@ -251,3 +265,6 @@ def test_saved_ensembles_load_with_auto_and_pipeline(ensemble_and_members):
     assert result["generated_token_ids"] == expected[0].tolist()  # the prompt is PROMPT[0]
     text = generator("w2 w14 w39 w5", max_new_tokens=4, do_sample=False)[0]["generated_text"]
     assert text.startswith("w2 w14 w39 w5") and len(text) > len("w2 w14 w39 w5")
+    generator.tokenizer.chat_template = "{% for message in messages %}{{ message['content'] }} {% endfor %}"
+    chat = generator([{"role": "user", "content": "w2 w14 w39 w5"}], max_new_tokens=4, do_sample=False)
+    assert chat[0]["generated_text"][-1]["role"] == "assistant"
