@@ -8,6 +8,7 @@ from .cards.model_card import save_card_info  # noqa: E402
 from .ensemble import (  # noqa: E402
     AdapterEnsembleConfig,
     AdapterEnsembleForAudioClassification,
+    AdapterEnsembleForCausalLM,
     AdapterEnsembleForImageClassification,
     AdapterEnsembleForMultipleChoice,
     AdapterEnsembleForQuestionAnswering,
@@ -15,6 +16,7 @@ from .ensemble import (  # noqa: E402
     AdapterEnsembleForTokenClassification,
     EnsembleConfig,
     EnsembleForAudioClassification,
+    EnsembleForCausalLM,
     EnsembleForImageClassification,
     EnsembleForMultipleChoice,
     EnsembleForQuestionAnswering,
@@ -42,6 +44,7 @@ sys.modules[f"{__name__}.metrics"] = metrics
 __all__ = [
     "AdapterEnsembleConfig",
     "AdapterEnsembleForAudioClassification",
+    "AdapterEnsembleForCausalLM",
     "AdapterEnsembleForImageClassification",
     "AdapterEnsembleForMultipleChoice",
     "AdapterEnsembleForQuestionAnswering",
@@ -49,6 +52,7 @@ __all__ = [
     "AdapterEnsembleForTokenClassification",
     "EnsembleConfig",
     "EnsembleForAudioClassification",
+    "EnsembleForCausalLM",
     "EnsembleForImageClassification",
     "EnsembleForMultipleChoice",
     "EnsembleForQuestionAnswering",

@@ -1,8 +1,9 @@
 """Ensembles as transformers models, registered on import with the Auto class of every task family.
 
 Owns the ensemble configurations and modeling (full members in `configuration_ensemble.py` / `modeling_ensemble.py`,
-self-contained: they are also saved next to each ensemble as remote code; PEFT adapter members over one base in
-`modeling_adapter_ensemble.py`), `build_ensemble` (`build.py`) and the pipelines with uncertainty (`pipelines.py`).
+and `modeling_causal_ensemble.py` for causal language models, which generate; self-contained: they are also saved next
+to each ensemble as remote code; PEFT adapter members over one base in `modeling_adapter_ensemble.py`),
+`build_ensemble` (`build.py`) and the pipelines with uncertainty (`pipelines.py`).
 `AutoModelFor<Task>.from_pretrained(dir)` and `pipeline(..., model=dir)` load saved ensembles once `hf_starsse` is
 imported; without the library, `trust_remote_code=True` does (full members). Which Auto class and pipeline go with
 which ensemble class is the task registry's (`hf_starsse.tasks`).
@@ -19,12 +20,14 @@ from .modeling_adapter_ensemble import (
     ADAPTER_ENSEMBLE_CLASSES,
     AdapterEnsembleConfig,
     AdapterEnsembleForAudioClassification,
+    AdapterEnsembleForCausalLM,
     AdapterEnsembleForImageClassification,
     AdapterEnsembleForMultipleChoice,
     AdapterEnsembleForQuestionAnswering,
     AdapterEnsembleForSequenceClassification,
     AdapterEnsembleForTokenClassification,
 )
+from .modeling_causal_ensemble import EnsembleCache, EnsembleCausalLMOutput, EnsembleForCausalLM
 from .modeling_ensemble import (
     ENSEMBLE_CLASSES,
     EnsembleClassifierOutput,
@@ -56,15 +59,19 @@ register_pipelines()
 __all__ = [
     "AdapterEnsembleConfig",
     "AdapterEnsembleForAudioClassification",
+    "AdapterEnsembleForCausalLM",
     "AdapterEnsembleForImageClassification",
     "AdapterEnsembleForMultipleChoice",
     "AdapterEnsembleForQuestionAnswering",
     "AdapterEnsembleForSequenceClassification",
     "AdapterEnsembleForTokenClassification",
     "EnsembleAudioClassificationPipeline",
+    "EnsembleCache",
+    "EnsembleCausalLMOutput",
     "EnsembleClassifierOutput",
     "EnsembleConfig",
     "EnsembleForAudioClassification",
+    "EnsembleForCausalLM",
     "EnsembleForImageClassification",
     "EnsembleForMultipleChoice",
     "EnsembleForQuestionAnswering",

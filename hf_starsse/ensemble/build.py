@@ -1,8 +1,10 @@
 """`build_ensemble`: an ensemble model from a run directory or member directories."""
 
 import os
+from pathlib import Path
 
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.utils import GENERATION_CONFIG_NAME
 
 from ..adapters.peft import base_sha256, is_adapter_dir, load_adapter_members, processor_source
 from ..cards.model_card import ensemble_card
@@ -28,6 +30,13 @@ def _ensemble_class(member_config: dict) -> type[PreTrainedModel]:
         return ENSEMBLE_CLASSES[family.ensemble_class]
     supported = ", ".join(f"{family.name} ({family.auto_class})" for family in FAMILIES)
     raise ValueError(f"Member architecture {architecture!r} is of no task family ensembles support: {supported}.")
+
+
+def _use_member_generation_config(model: PreTrainedModel, member_dir: Path) -> None:
+    """An ensemble that generates takes its first member's generation defaults (special tokens, `use_cache`, ...),
+    which its members built from their model config lack."""
+    if model.can_generate() and (member_dir / GENERATION_CONFIG_NAME).is_file():
+        model.generation_config = GenerationConfig.from_pretrained(member_dir)
 
 
 def _manifest_fields(source, positions: list[int]) -> dict:
@@ -116,6 +125,7 @@ def build_ensemble(
         member_config = {key: value for key, value in member_config.items() if key not in IGNORED_CONFIG_KEYS}
         model = _ensemble_class(member_config)(EnsembleConfig(member_config=member_config, **fields))
         copy_member_tensors(list(model.members), member_dirs)
+        _use_member_generation_config(model, member_dirs[0])
     model.eval()
     if out_dir is not None:
         card = str(ensemble_card(model, source))

@@ -16,6 +16,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from ..adapters.peft import base_sha256, copy_base, load_adapter_model, require_peft, resolve_base
 from .configuration_ensemble import EnsembleConfig
+from .modeling_causal_ensemble import EnsembleForCausalLM
 from .modeling_ensemble import (
     EnsembleForAudioClassification,
     EnsembleForImageClassification,
@@ -79,14 +80,14 @@ class AdapterEnsembleMixin:
         """Nothing to initialise or tie: the base model and the adapters come loaded (`post_init` would otherwise
         re-initialise the adapter weights, which the base model's loading did not mark as loaded)."""
 
-    def member_outputs(self, inputs: dict) -> list:
-        """The adapters one after the other on the batch. PEFT's mixed-adapter batch (the batch repeated K times,
-        routed with `adapter_names`) was measured too and was slower in most cases, up to 2x (it also excludes DoRA):
-        see benchmarks/peft_members.py."""
+    def member_outputs(self, inputs: dict, member_inputs: list[dict] | None = None) -> list:
+        """The adapters one after the other on the batch, each with its own `member_inputs[k]` (e.g. its KV cache).
+        PEFT's mixed-adapter batch (the batch repeated K times, routed with `adapter_names`) was measured too and was
+        slower in most cases, up to 2x (it also excludes DoRA): see benchmarks/peft_members.py."""
         outputs = []
-        for name in self.config.adapter_names:
+        for name, own in zip(self.config.adapter_names, member_inputs or [{} for _ in self.config.adapter_names]):
             self.peft_model.set_adapter(name, inference_mode=True)
-            outputs.append(self.peft_model(**inputs, return_dict=True))
+            outputs.append(self.peft_model(**inputs, **own, return_dict=True))
         return outputs
 
     @classmethod
@@ -183,6 +184,11 @@ class AdapterEnsembleForImageClassification(AdapterEnsembleMixin, EnsembleForIma
     """An ensemble of PEFT adapters over one image-classification base model; takes the base's inputs."""
 
 
+class AdapterEnsembleForCausalLM(AdapterEnsembleMixin, EnsembleForCausalLM):
+    """An ensemble of PEFT adapters over one causal language model, each adapter with its own KV cache; generates as
+    `EnsembleForCausalLM` does; takes the base's inputs."""
+
+
 ADAPTER_ENSEMBLE_CLASSES = {
     EnsembleForSequenceClassification: AdapterEnsembleForSequenceClassification,
     EnsembleForTokenClassification: AdapterEnsembleForTokenClassification,
@@ -190,11 +196,13 @@ ADAPTER_ENSEMBLE_CLASSES = {
     EnsembleForQuestionAnswering: AdapterEnsembleForQuestionAnswering,
     EnsembleForAudioClassification: AdapterEnsembleForAudioClassification,
     EnsembleForImageClassification: AdapterEnsembleForImageClassification,
+    EnsembleForCausalLM: AdapterEnsembleForCausalLM,
 }
 
 __all__ = [
     "AdapterEnsembleConfig",
     "AdapterEnsembleForAudioClassification",
+    "AdapterEnsembleForCausalLM",
     "AdapterEnsembleForMultipleChoice",
     "AdapterEnsembleForQuestionAnswering",
     "AdapterEnsembleForImageClassification",

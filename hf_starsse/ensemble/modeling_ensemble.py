@@ -205,9 +205,10 @@ class EnsemblePreTrainedModel(PreTrainedModel):
         uncertainty = _decomposition(entropy(pooled), (weights * entropy(probs)).sum(0), probs > 0.5)
         return EnsembleClassifierOutput(loss=loss, logits=logits, member_logits=member_logits, **uncertainty)
 
-    def member_outputs(self, inputs: dict) -> list:
-        """Each member's output for the members' `inputs`."""
-        return [member(**inputs, return_dict=True) for member in self.members]
+    def member_outputs(self, inputs: dict, member_inputs: list[dict] | None = None) -> list:
+        """Each member's output for the members' `inputs` and its own `member_inputs[k]` (e.g. its KV cache)."""
+        member_inputs = member_inputs or [{} for _ in self.members]
+        return [member(**inputs, **own, return_dict=True) for member, own in zip(self.members, member_inputs)]
 
     def member_logits(self, inputs: dict) -> torch.Tensor:
         """Each member's logits for the members' `inputs`, stacked: `(K, batch, num_labels)`."""

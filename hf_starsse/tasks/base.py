@@ -19,7 +19,8 @@ class TaskFamily:
         ensemble_class (`str`), adapter_ensemble_class (`str`): Its ensemble classes in `hf_starsse.ensemble` (by
             name: the ensemble modules are self-contained, they also travel as remote code).
         ensemble_pipeline (`str`, *optional*): The `hf_starsse.ensemble.pipelines` class that adds uncertainty to its
-            pipeline (`None`: transformers has no pipeline for it, e.g. multiple choice).
+            pipeline (`None`: transformers has no pipeline for it, e.g. multiple choice, or its stock pipeline serves
+            the ensemble unchanged, e.g. text generation).
         raw_input (`str`): What its data holds before the processor: `"text"`, `"words"`, `"choices"`, `"audio"`
             or `"image"`.
         combination (`str`): How member outputs combine into the ensemble's prediction (its model card says so).
@@ -43,7 +44,8 @@ class TaskFamily:
             positions) and the model keeps its head.
         head (`str`): How evaluation reads its outputs: `"classification"` (a distribution per example, or per label
             or a value for multi-label and regression models), `"token"` (a distribution per token) or
-            `"question_answering"` (distributions of the answer's start and end over the tokens).
+            `"question_answering"` (distributions of the answer's start and end over the tokens) or
+            `"language_modeling"` (a distribution over the vocabulary of the next token, at every position).
     """
 
     name: str

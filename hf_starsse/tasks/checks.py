@@ -1,6 +1,8 @@
 """`check_train_dataset`: what every run checks of its training data before it starts, the labels by the model's
 task family (those of other models, e.g. per-token labels or answer spans, are the Trainer's to take)."""
 
+import inspect
+
 import datasets
 
 from .registry import family_of_architecture
@@ -11,6 +13,7 @@ def check_train_dataset(dataset, model, label_names: list[str], data_collator=No
     Check training data before a run starts: present and not empty and, for a `datasets.Dataset` without a transform
     (whose columns are what the model gets), holding the model's input, a label column, and labels the model's task
     family accepts (`TaskFamily.check_labels`, for a model of a registered family: a PEFT model by its base model).
+    Data without a label column passes when the collator makes the labels (e.g. `DataCollatorForLanguageModeling`).
 
     Args:
         dataset: The training dataset.
@@ -34,6 +37,8 @@ def check_train_dataset(dataset, model, label_names: list[str], data_collator=No
             "other way round?)."
         )
     label_column = next((c for c in (*label_names, "label", "label_ids") if c in columns), None)
+    if label_column is None and collator_makes_labels(dataset, model, label_names, data_collator):
+        return
     if label_column is None:
         raise ValueError(
             f"train_dataset has no label column ({', '.join(label_names) or 'labels'}; columns: {columns}). Add the "
@@ -50,6 +55,27 @@ def check_train_dataset(dataset, model, label_names: list[str], data_collator=No
     family = family_of_architecture(type(base).__name__)
     if family is not None:
         family.check_labels(dataset, label_column, model)
+
+
+def collator_makes_labels(dataset, model, label_names: list[str], data_collator) -> bool:
+    """
+    Whether `data_collator` makes labels from the first rows of `dataset` (their columns that the model takes, as the
+    Trainer keeps them), as `DataCollatorForLanguageModeling` does.
+
+    Raises:
+        `ValueError`: the collator cannot batch the rows (e.g. a tokenizer without a padding token), in one line.
+    """
+    if data_collator is None:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    taken = set(inspect.signature(base.forward).parameters) | {*label_names, "label", "label_ids"}
+    rows = [{key: value for key, value in row.items() if key in taken} for row in dataset.select(range(2))]
+    try:
+        batch = data_collator(rows)
+    except (ValueError, TypeError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(f"data_collator cannot batch the rows of train_dataset: {reason}") from None
+    return any(name in batch for name in (*label_names, "labels"))
 
 
 def stock_collator(data_collator) -> bool:

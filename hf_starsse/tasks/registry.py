@@ -6,6 +6,7 @@ from .image_classification import IMAGE_CLASSIFICATION
 from .multiple_choice import MULTIPLE_CHOICE
 from .question_answering import QUESTION_ANSWERING
 from .sequence_classification import SEQUENCE_CLASSIFICATION
+from .text_generation import TEXT_GENERATION
 from .token_classification import TOKEN_CLASSIFICATION
 
 FAMILIES: tuple[TaskFamily, ...] = (
@@ -15,6 +16,7 @@ FAMILIES: tuple[TaskFamily, ...] = (
     QUESTION_ANSWERING,
     AUDIO_CLASSIFICATION,
     IMAGE_CLASSIFICATION,
+    TEXT_GENERATION,
 )
 
 
