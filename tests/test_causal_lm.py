@@ -21,7 +21,14 @@ from transformers import (
     pipeline,
 )
 
-from hf_starsse import AdapterEnsembleForCausalLM, EnsembleForCausalLM, StarSSETrainer, build_ensemble, load_members
+from hf_starsse import (
+    AdapterEnsembleForCausalLM,
+    EnsembleForCausalLM,
+    StarSSETrainer,
+    build_ensemble,
+    calibrate_ensemble,
+    load_members,
+)
 
 from conftest import make_args
 
@@ -268,3 +275,19 @@ def test_saved_ensembles_load_with_auto_and_pipeline(ensemble_and_members):
     generator.tokenizer.chat_template = "{% for message in messages %}{{ message['content'] }} {% endfor %}"
     chat = generator([{"role": "user", "content": "w2 w14 w39 w5"}], max_new_tokens=4, do_sample=False)
     assert chat[0]["generated_text"][-1]["role"] == "assistant"
+
+
+def test_evaluation_refuses_causal_lms_in_one_line_and_training_with_eval_goes_on(tmp_path):
+    run = tmp_path / "run"
+    model = pretrained_lm("gpt2", tmp_path / "base")
+    tokenizer = word_tokenizer()
+    args = make_args(run, num_members=2, cycle_steps=2, eval_strategy="steps", eval_steps=2)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    trainer = StarSSETrainer(model=model, args=args, train_dataset=token_rows(), eval_dataset=token_rows(),
+                             data_collator=collator, processing_class=tokenizer)  # fmt: skip
+    trainer.train()  # the running ensemble is not evaluated for causal LMs, and training is not stopped
+    assert any("eval_loss" in log for log in trainer.state.log_history)
+    with pytest.raises(ValueError, match="'language_modeling' head .* cannot be evaluated or calibrated yet"):
+        trainer.evaluate_ensemble()
+    with pytest.raises(ValueError, match="cannot be evaluated or calibrated yet"):
+        calibrate_ensemble(build_ensemble(run), token_rows(), data_collator=collator)

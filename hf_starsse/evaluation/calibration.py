@@ -31,7 +31,7 @@ from ..soups.predict import make_dataloader, predict_logits
 from ..storage.saving import replace_model_dir, save_model_dir
 from ..tasks import family_of_architecture
 from ..tasks.sequence_classification import SEQUENCE_CLASSIFICATION
-from .heads import fit_variance_scale, head_of, regression_metrics
+from .heads import check_head_support, fit_variance_scale, head_of, regression_metrics
 from .metrics import expected_calibration_error, negative_log_likelihood, softmax
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -339,6 +339,7 @@ def calibrate_ensemble(
     if out_dir is not None and source is None:
         raise ValueError("out_dir needs model_or_dir to be a saved model directory (its processor files are copied).")
     head = head_of(model)
+    check_head_support(head, {})
     if head == "regression":
         _check_regression(model, per_member)
     values, labels = _collect(model, dataset, data_collator, batch_size)

@@ -38,7 +38,8 @@ def head_of(model) -> str:
         return "regression"
     if problem == "multi_label_classification":
         return "multi_label"
-    family = family_of_architecture((getattr(config, "architectures", None) or [None])[0])
+    unsaved = [type(model).__name__] if model is not config else [None]  # a model built in memory names none yet
+    family = family_of_architecture((getattr(config, "architectures", None) or unsaved)[0])
     return family.head if family is not None else "classification"
 
 
@@ -115,8 +116,19 @@ def entity_metrics(probs: np.ndarray, labels: np.ndarray, examples: np.ndarray, 
     }
 
 
+def is_evaluated(model) -> bool:
+    """Whether evaluation and calibration know the head of `model` (not yet causal language models)."""
+    return head_of(model) in HEAD_METRICS
+
+
 def check_head_support(head: str, id2label: dict) -> None:
-    """Refuse, before any work, what a head's evaluation cannot do here (entity metrics need seqeval)."""
+    """Refuse, before any work, what a head's evaluation cannot do here (a head it does not know; entity metrics
+    without seqeval)."""
+    if head not in HEAD_METRICS:
+        raise ValueError(
+            f"Members with a {head!r} head (causal language models) cannot be evaluated or calibrated yet; "
+            f"evaluate_ensemble and calibrate_ensemble support the heads {', '.join(HEAD_METRICS)}."
+        )
     if head == "token" and is_bio(id2label):
         try:
             import seqeval  # noqa: F401

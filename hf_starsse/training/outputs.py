@@ -16,6 +16,7 @@ from transformers.utils import logging
 from ..adapters.peft import is_peft_model
 from ..ensemble import build_ensemble
 from ..evaluation.calibration import calibrate_ensemble, check_calibration_split
+from ..evaluation.heads import is_evaluated
 from ..evaluation.run_evaluation import trainer_metrics
 from ..hub.publish import push_ensemble_to_hub
 from ..run.coordination import main_process_only, on_main_process
@@ -116,6 +117,8 @@ class RunOutputsMixin:
         TensorBoard show the ensemble improving with its size."""
         if self.args.eval_strategy == "no" or self.eval_dataset is None or not self._is_ensemble():
             return
+        if not is_evaluated(self.accelerator.unwrap_model(self.model)):
+            return  # e.g. causal language models: their evaluation comes later
         complete = load_members(self._run_dir())  # the members so far (a run directory would warn of the others)
         self.log(self._ensemble_metrics(complete, None, "eval", soup=False))
         state = json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n"  # as save_to_json
