@@ -228,3 +228,8 @@ class StarSSETrainingArguments(TrainingArguments):
     def members(self) -> list[int]:
         """The member indices this run trains, in order."""
         return self.members_to_train if self.members_to_train is not None else list(range(self.num_members))
+
+
+def given_training_args(args: tuple, kwargs: dict):
+    """The `args` a Trainer constructor was called with (its second positional argument, or by name)."""
+    return kwargs["args"] if "args" in kwargs else args[1] if len(args) > 1 else None

@@ -3,6 +3,7 @@
 from transformers import EarlyStoppingCallback, PreTrainedModel, TrainerCallback
 
 from ..adapters.peft import is_peft_model
+from .plan import plan_member
 
 
 def check_ensemble_setup(trainer) -> None:
@@ -65,3 +66,15 @@ def check_callbacks(callbacks: list[TrainerCallback], ensemble_method: str) -> N
             "reaches zero, and the cycle's end is the member the ensemble needs. Remove the callback, or use "
             "ensemble_method='local_de' (independent fine-tunes: early stopping starts afresh for each member)."
         )
+
+
+def check_parents(args, todo: list[int], complete: dict, run_path) -> None:
+    """Each member to train starts from a parent that is complete or trained before it (`todo` is in order)."""
+    for position, member in enumerate(todo):
+        parent = plan_member(args, member).parent
+        if parent is not None and parent not in complete and parent not in todo[:position]:
+            raise ValueError(
+                f"{args.ensemble_method} member {member} starts from member {parent}, which is not complete "
+                f"in {run_path} (its manifest does not list it). Train member {parent} first, e.g. with "
+                f"members_to_train=[{parent}], or include it in members_to_train."
+            )

@@ -1,5 +1,5 @@
 """`StarSSETrainer`: a `transformers.Trainer` that trains a whole ensemble (Local DE, SSE or StarSSE) from one
-pre-trained checkpoint into a resumable run directory."""
+pre-trained checkpoint into a resumable run directory; `StarSSETrainerMixin` does the same for a Trainer subclass."""
 
 import copy
 import inspect
@@ -27,9 +27,9 @@ from .adapters import (
     load_member_weights,
     save_member_config,
 )
-from .arguments import StarSSETrainingArguments
+from .arguments import StarSSETrainingArguments, given_training_args
 from .branch_parallel import BranchParallelMixin
-from .checks import check_callbacks, check_ensemble_setup
+from .checks import check_callbacks, check_ensemble_setup, check_parents
 from .outputs import RunOutputsMixin, combine_outputs
 from .plan import plan_member
 from .run_identity import run_header
@@ -40,44 +40,18 @@ logger = logging.get_logger(__name__)
 OPTIMIZER_STATE_NAME = "optimizer_state.pt"
 
 
-class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
+class StarSSETrainerMixin(RunOutputsMixin, BranchParallelMixin):
     """
-    A drop-in [`~transformers.Trainer`] that trains an ensemble of `args.num_members` models from one pre-trained
-    checkpoint. Member 0 is an ordinary fine-tune with the usual schedule. Members 1..K-1 are, by
-    `args.ensemble_method`: `"starsse"` cosine cycles that each start from member 0; `"sse"` cycles that each start
-    from the previous member; `"local_de"` independent fine-tunes of the pre-trained weights with a fresh head. Each
-    member has its own seed (`args.seed + index`), so head initialisation and data order differ.
-
-    Every finished member is saved with `save_pretrained` under `output_dir/members/member-NN/` and listed with the
-    sha256 of its weights in `output_dir/ensemble.json`. Running `train()` again on the same `output_dir` skips
-    complete members and resumes the member in progress from its last checkpoint.
-
-    With plain [`~transformers.TrainingArguments`] (or `num_members=1`) it trains exactly like `Trainer`. The
-    constructor takes the same arguments as `Trainer`. A `peft` model (e.g. `get_peft_model(base, LoraConfig(...))`)
-    trains adapter members over its frozen base (see `training/adapters.py`): each member directory holds an adapter.
-
-    In a multi-process launch (`accelerate launch`, `torchrun`) every member is trained data-parallel, and the main
-    process writes snapshots and the manifest while the others wait. With `branch_parallel=True` (StarSSE), member 0
-    is trained data-parallel, then each process trains its own share of the branches on the full dataset. Separate
-    jobs can share one `output_dir` with `members_to_train` (job arrays): writers lock each member and the manifest.
-
-    Example:
-    ```python
-    from hf_starsse import StarSSETrainer, StarSSETrainingArguments
-
-    args = StarSSETrainingArguments(output_dir="runs/demo", num_train_epochs=2, learning_rate=1e-2,
-                                    ensemble_method="starsse", num_members=5, cycle_epochs=1.0,
-                                    cycle_learning_rate=2e-2)
-    trainer = StarSSETrainer(model=model, args=args, train_dataset=train_dataset)
-    trainer.train()  # members 0..4 in runs/demo/members/
-    ```
+    What makes a `transformers.Trainer` class train an ensemble into a run directory (see [`StarSSETrainer`]): put
+    it before the trainer class among the bases, as `StarSSETrainer(StarSSETrainerMixin, Trainer)` and
+    `StarSSESFTTrainer(StarSSETrainerMixin, SFTTrainer)` (`training/trl.py`) do.
     """
 
     _member: int | None = None  # the member being trained; None outside ensemble training
     _run: RunDirectory | None = None  # the run directory, during ensemble training
 
     def __init__(self, *args, **kwargs):
-        training_args = kwargs["args"] if "args" in kwargs else args[1] if len(args) > 1 else None
+        training_args = given_training_args(args, kwargs)
         if isinstance(training_args, StarSSETrainingArguments) and training_args.should_save:
             RunDirectory(training_args.output_dir).check_writable()  # before Trainer creates it
         super().__init__(*args, **kwargs)
@@ -96,8 +70,6 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
             check_ensemble_setup(self)
             if self.args.ensemble_method == "local_de" and self.model_init is None:
                 self._remember_pretrained_state()
-
-    __init__.__signature__ = inspect.signature(Trainer.__init__)
 
     # ----- setup -----------------------------------------------------------------------------------------------
 
@@ -217,7 +189,7 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         if not self.args.keep_member_checkpoints and self._run.remove_checkpoints(sorted(complete)):
             logger.info("Deleted the Trainer checkpoints that recorded members had left (a run stopped in between).")
         todo = [member for member in self.args.members() if member not in complete]
-        self._check_parents(todo, complete)
+        check_parents(self.args, todo, complete, self._run.path)
         if len(todo) < len(self.args.members()):
             logger.info(f"Members {sorted(set(self.args.members()) - set(todo))} are complete; skipping them.")
         return todo
@@ -280,16 +252,6 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         """A PEFT model's frozen base keeps its BatchNorm statistics while a member trains (`hold_base_batchnorm`)."""
         if is_peft_model(model):
             self._batchnorm_hooks = hold_base_batchnorm(model)
-
-    def _check_parents(self, todo: list[int], complete: dict) -> None:
-        for position, member in enumerate(todo):
-            parent = plan_member(self.args, member).parent
-            if parent is not None and parent not in complete and parent not in todo[:position]:
-                raise ValueError(
-                    f"{self.args.ensemble_method} member {member} starts from member {parent}, which is not complete "
-                    f"in {self._run.path} (its manifest does not list it). Train member {parent} first, e.g. with "
-                    f"members_to_train=[{parent}], or include it in members_to_train."
-                )
 
     def _init_member_weights(self, model: nn.Module) -> None:
         """Set the starting weights of the member being trained (member 0 starts from the model as given)."""
@@ -393,3 +355,42 @@ class StarSSETrainer(RunOutputsMixin, BranchParallelMixin, Trainer):
         if self._member is not None:
             logs.update(member=self._member, cycle=plan_member(self.args, self._member).cycle)
         super().log(logs, start_time)
+
+
+class StarSSETrainer(StarSSETrainerMixin, Trainer):
+    """
+    A drop-in [`~transformers.Trainer`] that trains an ensemble of `args.num_members` models from one pre-trained
+    checkpoint. Member 0 is an ordinary fine-tune with the usual schedule. Members 1..K-1 are, by
+    `args.ensemble_method`: `"starsse"` cosine cycles that each start from member 0; `"sse"` cycles that each start
+    from the previous member; `"local_de"` independent fine-tunes of the pre-trained weights with a fresh head. Each
+    member has its own seed (`args.seed + index`), so head initialisation and data order differ.
+
+    Every finished member is saved with `save_pretrained` under `output_dir/members/member-NN/` and listed with the
+    sha256 of its weights in `output_dir/ensemble.json`. Running `train()` again on the same `output_dir` skips
+    complete members and resumes the member in progress from its last checkpoint.
+
+    With plain [`~transformers.TrainingArguments`] (or `num_members=1`) it trains exactly like `Trainer`. The
+    constructor takes the same arguments as `Trainer`. A `peft` model (e.g. `get_peft_model(base, LoraConfig(...))`)
+    trains adapter members over its frozen base (see `training/adapters.py`): each member directory holds an adapter.
+
+    In a multi-process launch (`accelerate launch`, `torchrun`) every member is trained data-parallel, and the main
+    process writes snapshots and the manifest while the others wait. With `branch_parallel=True` (StarSSE), member 0
+    is trained data-parallel, then each process trains its own share of the branches on the full dataset. Separate
+    jobs can share one `output_dir` with `members_to_train` (job arrays): writers lock each member and the manifest.
+
+    Example:
+    ```python
+    from hf_starsse import StarSSETrainer, StarSSETrainingArguments
+
+    args = StarSSETrainingArguments(output_dir="runs/demo", num_train_epochs=2, learning_rate=1e-2,
+                                    ensemble_method="starsse", num_members=5, cycle_epochs=1.0,
+                                    cycle_learning_rate=2e-2)
+    trainer = StarSSETrainer(model=model, args=args, train_dataset=train_dataset)
+    trainer.train()  # members 0..4 in runs/demo/members/
+    ```
+    """
+
+    def __init__(self, *args, **kwargs):  # Trainer's signature, for help() and IDEs
+        super().__init__(*args, **kwargs)
+
+    __init__.__signature__ = inspect.signature(Trainer.__init__)
