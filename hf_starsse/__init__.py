@@ -38,6 +38,18 @@ from .training.arguments import StarSSETrainingArguments  # noqa: E402
 from .training.schedule import get_cycle_schedule  # noqa: E402
 from .training.trainer import StarSSETrainer  # noqa: E402
 
+# Names that need the optional `trl` (`pip install 'hf_starsse[trl]'`): imported when first asked for.
+OPTIONAL_TRL_NAMES = ("StarSSESFTConfig", "StarSSESFTTrainer")
+
+
+def __getattr__(name: str):
+    if name in OPTIONAL_TRL_NAMES:
+        from .training import sft
+
+        return getattr(sft, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # `hf_starsse.metrics` (the metric functions) keeps its public module path: `from hf_starsse.metrics import accuracy`.
 sys.modules[f"{__name__}.metrics"] = metrics
 
