@@ -27,8 +27,11 @@ from hf_starsse import (
     StarSSETrainer,
     build_ensemble,
     calibrate_ensemble,
+    greedy_soup,
     load_members,
+    uniform_soup,
 )
+from hf_starsse.soups.predict import output_rows, predicts_next_token
 
 from conftest import make_args
 
@@ -291,3 +294,40 @@ def test_evaluation_refuses_causal_lms_in_one_line_and_training_with_eval_goes_o
         trainer.evaluate_ensemble()
     with pytest.raises(ValueError, match="cannot be evaluated or calibrated yet"):
         calibrate_ensemble(build_ensemble(run), token_rows(), data_collator=collator)
+
+
+def test_soups_of_causal_lm_members_generate(tmp_path, full_ensemble, adapter_ensemble):
+    """Uniform soups (issue 28, item 4): full members' averaged weights, and LoRA members' exact soup as one merged
+    model and as one adapter of rank K·r over the base; both are ordinary causal LMs that generate."""
+    peft = pytest.importorskip("peft")
+    _, ensemble_dir, members = full_ensemble
+    run = ensemble_dir.parent / "run"
+    soup = uniform_soup(run, tmp_path / "soup")
+    averaged = torch.stack([m.transformer.wte.weight for m in members]).mean(0)
+    assert torch.allclose(soup.transformer.wte.weight, averaged, atol=1e-6)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "soup")
+    assert type(reloaded) is GPT2LMHeadModel and reloaded.generate(PROMPT, max_new_tokens=3).shape == (2, 7)
+    _, adapter_dir, lora_members = adapter_ensemble
+    lora_run, base = adapter_dir.parent / "run", adapter_dir.parent / "base"
+    merged = uniform_soup(lora_run, tmp_path / "merged", adapter_out_dir=tmp_path / "adapter")
+    adapter = peft.PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), str(tmp_path / "adapter"))
+    assert adapter.peft_config["default"].r == 3 * lora_members[0].peft_config["default"].r
+    with torch.no_grad():
+        expected = merged(PROMPT).logits
+        assert torch.allclose(adapter(PROMPT).logits, expected, atol=1e-4)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+        assert type(loaded) is LlamaForCausalLM and torch.allclose(loaded(PROMPT).logits, expected, atol=1e-4)
+    assert torch.equal(loaded.generate(PROMPT, max_new_tokens=3, do_sample=False),
+                       adapter.generate(input_ids=PROMPT, max_new_tokens=3, do_sample=False))  # fmt: skip
+    chosen = greedy_soup(
+        run, token_rows(), data_collator=DataCollatorForLanguageModeling(word_tokenizer(), mlm=False)
+    )[1]
+    assert chosen and set(chosen) <= {0, 1, 2}  # scored by next-token accuracy
+
+
+def test_rows_of_a_causal_lm_are_next_tokens(full_ensemble):
+    _, _, members = full_ensemble
+    assert predicts_next_token(members[0]) and not predicts_next_token(torch.nn.Linear(2, 2))
+    logits, labels = torch.randn(1, 4, 5), torch.tensor([[-100, 3, 1, -100]])
+    rows, targets, _ = output_rows({"logits": logits}, {"labels": labels}, next_token=True)
+    assert torch.equal(rows, logits[0, :2]) and targets.tolist() == [3, 1]

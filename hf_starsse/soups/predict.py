@@ -10,6 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
+from ..tasks import family_of_architecture
+
 LABEL_COLUMNS = ("labels", "label", "label_ids", "start_positions", "end_positions")
 
 
@@ -36,13 +38,21 @@ def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
-def output_rows(output, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def predicts_next_token(model: nn.Module) -> bool:
+    """Whether `model` is a causal language model (its logits at position t predict the label at t + 1)."""
+    config = getattr(model, "config", None)
+    family = family_of_architecture(((getattr(config, "architectures", None)) or [type(model).__name__])[0])
+    return family is not None and family.head == "language_modeling"
+
+
+def output_rows(output, batch: dict, next_token: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     One batch's predictions as rows of a classification (logits `(M, C)`, integer labels `(M,)`) whatever the head,
     and the example (position in the batch) each row belongs to:
 
     - sequence, image, audio classification and multiple choice: one row per example;
-    - token classification (labels `(B, T)`): one row per labelled token (`-100` left out);
+    - token classification (labels `(B, T)`): one row per labelled token (`-100` left out); causal language models
+      (`next_token`): one row per labelled next token, the logits at t against the label at t + 1;
     - extractive QA (`start_logits`, `end_logits`): two rows per example, its start then its end over the tokens;
     - multi-label (float labels `(B, L)`): one two-class row `[0, z]` per label (`softmax` of it is `sigmoid(z)`);
     - regression (float labels, one output): the outputs `(B, 1)` and the float targets `(B,)`.
@@ -62,6 +72,8 @@ def output_rows(output, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.
         return logits.flatten(0, 1), labels.flatten().long(), examples
     if labels.is_floating_point():  # regression
         return logits, labels.reshape(len(labels)), examples
+    if next_token:
+        logits, labels = logits[:, :-1], labels[:, 1:]
     if logits.dim() == 3:  # a label per token
         kept = labels != -100
         return logits[kept], labels[kept], examples.view(-1, 1).expand_as(labels)[kept]
@@ -81,9 +93,10 @@ def predict_rows(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor, 
     model.eval()
     device = next(model.parameters()).device
     logits, labels, examples, seen = [], [], [], 0
+    next_token = predicts_next_token(model)
     for batch in loader:
         output = model(**model_inputs(model, batch, device), return_dict=True)
-        batch_logits, batch_labels, batch_examples = output_rows(output, batch)
+        batch_logits, batch_labels, batch_examples = output_rows(output, batch, next_token)
         logits.append(batch_logits)
         labels.append(batch_labels)
         examples.append(batch_examples + seen)
