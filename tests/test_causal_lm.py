@@ -32,6 +32,7 @@ from hf_starsse import (
     uniform_soup,
 )
 from hf_starsse.soups.predict import output_rows, predicts_next_token
+from hf_starsse.tasks.checks import collator_makes_labels
 
 from conftest import make_args
 
@@ -331,3 +332,9 @@ def test_rows_of_a_causal_lm_are_next_tokens(full_ensemble):
     logits, labels = torch.randn(1, 4, 5), torch.tensor([[-100, 3, 1, -100]])
     rows, targets, _ = output_rows({"logits": logits}, {"labels": labels}, next_token=True)
     assert torch.equal(rows, logits[0, :2]) and targets.tolist() == [3, 1]
+
+
+def test_labels_made_by_the_collator_from_a_single_row():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS), n_embd=8, n_layer=1, n_head=2))
+    collator = DataCollatorForLanguageModeling(word_tokenizer(), mlm=False)
+    assert collator_makes_labels(token_rows().select([0]), model, ["labels"], collator)

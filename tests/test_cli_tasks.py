@@ -217,3 +217,14 @@ def test_help_names_the_task_and_its_columns(command, capsys):
     for option in ("--task", "--label_column", "--context_column", "--question_column", "--choice_columns"):
         assert option in text
     assert "--answer_column" in text and "token-classification" in text
+
+
+def test_a_causal_lm_checkpoint_is_a_base_for_classification(tmp_path):
+    """A causal LM's head is not a task head the CLI prepares data for: --task picks the task (no contradiction)."""
+    from test_causal_lm import pretrained_lm, word_tokenizer
+
+    pretrained_lm("gpt2", tmp_path / "gpt2")
+    word_tokenizer().save_pretrained(tmp_path / "gpt2")
+    files = data_files(tmp_path, [{"text": f"w{5 + i} w9", "label": i % 2} for i in range(8)])
+    data = DataArguments(model_name_or_path=str(tmp_path / "gpt2"), data_files=files[1:], task="text-classification")
+    assert prepare_task(data).family.name == "text-classification"

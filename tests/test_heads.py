@@ -7,8 +7,10 @@ import pytest
 import torch
 from seqeval.metrics import f1_score
 from test_task_families import build_family, token_classification
+from transformers import BertConfig, DataCollatorWithPadding
 
 from hf_starsse import StarSSETrainer, build_ensemble, calibrate_ensemble, evaluate_ensemble, uniform_soup
+from hf_starsse.ensemble.modeling_ensemble import EnsembleForMultipleChoice
 from hf_starsse.evaluation.heads import (
     entity_metrics,
     fit_variance_scale,
@@ -19,7 +21,7 @@ from hf_starsse.evaluation.heads import (
 from hf_starsse.evaluation.predictions import predict_probs
 from hf_starsse.soups.predict import output_rows
 
-from conftest import NUM_LABELS, make_args
+from conftest import NUM_LABELS, make_args, tokenizer
 
 TAGS = {0: "O", 1: "B-PER", 2: "I-PER"}
 
@@ -104,8 +106,7 @@ def test_evaluate_and_calibrate_every_head(tmp_path, pretrained_bert, family):
     run, data, collator = family_run(tmp_path, pretrained_bert, family)
     split = data.train_test_split(test_size=0.5, seed=0)
     datasets = {"validation": split["train"], "test": split["test"]}
-    options = dict(calibration_split="validation", data_collator=collator, output_dir=tmp_path)
-    rows = evaluate_ensemble(run, datasets, **options)
+    rows = evaluate_ensemble(run, datasets, calibration_split="validation", data_collator=collator)
     table = {(row["model"], row["size"], row["split"]): row for row in rows}
     ensemble = build_ensemble(run, tmp_path / "ensemble")
     assert head_of(ensemble) == HEADS[family]
@@ -123,6 +124,9 @@ def test_evaluate_and_calibrate_every_head(tmp_path, pretrained_bert, family):
         assert {"temperature", "nll_calibrated", "ece_calibrated"} <= set(test)
         expected = {"token": "entity_f1", "question_answering": "f1", "multi_label": "exact_match"}
         assert expected.get(family, "accuracy") in test
+    card = (tmp_path / "ensemble" / "README.md").read_text()  # the card's table shows the head's own metrics
+    shown = {"token": "entity F1", "question_answering": "exact match", "multi_label": "exact match"}
+    assert f"| {shown.get(family, 'rmse' if family == 'regression' else 'accuracy')} |" in card
     calibrated = calibrate_ensemble(tmp_path / "ensemble", datasets["validation"], data_collator=collator)
     record = calibrated.config.calibration
     metric = "gaussian_nll" if family == "regression" else "nll"
@@ -164,3 +168,27 @@ def test_trainer_evaluate_ensemble_reports_entities(tmp_path, pretrained_bert):
     assert {"eval_ensemble_entity_f1", "eval_soup_entity_f1", "eval_member_mean_accuracy"} <= set(metrics)
     assert 0 <= metrics["eval_ensemble_entity_f1"] <= 1 and metrics["eval_ensemble_size"] == 2
     assert NUM_LABELS == len(TAGS)
+
+
+def test_the_head_comes_from_the_family_before_num_labels():
+    assert head_of(BertConfig(num_labels=1, architectures=["BertForMultipleChoice"])) == "classification"
+    assert head_of(BertConfig(num_labels=1, architectures=["BertForQuestionAnswering"])) == "question_answering"
+    assert head_of(BertConfig(num_labels=1, architectures=["BertForSequenceClassification"])) == "regression"
+    assert EnsembleForMultipleChoice.problem_type == "single_label_classification"  # not regression for 1 output
+    rows, labels, _ = output_rows({"logits": torch.zeros(2, 3)}, {"labels": torch.tensor([[1, 0, 1], [0, 0, 1]])})
+    assert rows.shape == (6, 2) and labels.tolist() == [1, 0, 1, 0, 0, 1]  # integer multi-hot labels
+
+
+def test_question_answering_calibration_with_batches_padded_to_different_widths(tmp_path, pretrained_bert):
+    """Rows of batches of different widths are padded with -inf logits: every member's, so pooling must not make
+    NaN (the temperature would run to its bound)."""
+    run, data, _ = family_run(tmp_path, pretrained_bert, "question_answering")
+    lengths = [7 if row < 4 else 8 for row in range(len(data))]  # the first batch of 4 is one token narrower
+    ragged = data.map(lambda row, i: {key: row[key][: lengths[i]] for key in ("input_ids", "attention_mask")},
+                      with_indices=True)  # fmt: skip
+    collator = DataCollatorWithPadding(tokenizer())
+    ensemble = calibrate_ensemble(build_ensemble(run), ragged, split="validation", data_collator=collator,
+                                  batch_size=4)  # fmt: skip
+    record = ensemble.config.calibration
+    assert 0.05 < record["temperature"] < 19.9 and np.isfinite(record["after"]["nll"])
+    assert record["after"]["nll"] <= record["before"]["nll"] + 1e-9

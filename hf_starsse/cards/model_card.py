@@ -20,6 +20,7 @@ from statistics import fmean
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers.pipelines import SUPPORTED_TASKS
 
 from ..adapters.peft import require_peft
 from ..run.directory import run_manifest
@@ -224,13 +225,20 @@ def card_base_model(model_dir: str | os.PathLike) -> str | None:
 
 
 def _card_data(
-    model_name: str, tags: list[str], family, info: dict, rows: list[dict], license, peft_type: str | None = None
+    model_name: str,
+    tags: list[str],
+    family,
+    metrics: tuple[str, ...],
+    info: dict,
+    rows: list[dict],
+    license,
+    peft_type: str | None = None,
 ) -> ModelCardData:
     """The card's metadata: the `pipeline_tag` of the task `family`; `rows` are the results of the model itself,
     reported in `model-index` by the first of the family's metrics they hold (clean splits); `peft_type` (adapter
     ensembles) adds the metadata of `adapter_metadata`."""
     task = family.name
-    metric = next((name for name in family.metrics if any(name in row for row in rows)), family.metrics[0])
+    metric = next((name for name in metrics if any(name in row for row in rows)), metrics[0])
     eval_results = [
         EvalResult(
             task_type=task,
@@ -313,9 +321,12 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
     rows = evaluation_rows(source)
     own = [r for r in rows if r["model"] == "ensemble" and r["size"] == config.num_members]
     adapter = adapter_summary(model)
-    metrics = shown_metrics(rows, family.metrics)
+    family_metrics = family.metrics_for(model.problem_type)
+    metrics = shown_metrics(rows, family_metrics)
     return ModelCard.from_template(
-        _card_data(name, [method, "ensemble"], family, info, own, license, adapter and adapter["peft_type"]),
+        _card_data(
+            name, [method, "ensemble"], family, family_metrics, info, own, license, adapter and adapter["peft_type"]
+        ),
         template_path=str(TEMPLATES / "ensemble_card.md"),
         model_name=name,
         num_members=config.num_members,
@@ -331,7 +342,7 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
         results=_all_rows(rows, config.num_members),
         metrics=metrics,
         auto_class=family.auto_class,
-        pipeline_task=family.name if family.ensemble_pipeline else None,  # transformers has a pipeline for it
+        pipeline_task=family.name if family.name in SUPPORTED_TASKS else None,  # transformers has a pipeline for it
         combination=family.combination,
         repo_id=repo_id or ENSEMBLE_PLACEHOLDER,
     )
@@ -350,9 +361,11 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
     info = card_info(source)
     rows = evaluation_rows(source)
     size = max((r["size"] for r in rows if r["model"] == "ensemble"), default=len(record["members"]))
-    metrics = shown_metrics(rows, family.metrics)
+    family_metrics = family.metrics_for(model.config.problem_type)  # set by training (e.g. regression)
+    metrics = shown_metrics(rows, family_metrics)
+    own = [r for r in rows if r["model"] == kind]
     return ModelCard.from_template(
-        _card_data(name, [method, "model-soup"], family, info, [r for r in rows if r["model"] == kind], license),
+        _card_data(name, [method, "model-soup"], family, family_metrics, info, own, license),
         template_path=str(TEMPLATES / "soup_card.md"),
         model_name=name,
         soup_method=record["method"],

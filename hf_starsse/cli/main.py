@@ -47,6 +47,7 @@ from ..evaluation.run_evaluation import evaluate_ensemble
 from ..hub.publish import push_ensemble_to_hub
 from ..run.members import load_members
 from ..soups.average import greedy_soup, uniform_soup
+from ..tasks.classification import MULTI_LABEL_METRICS, REGRESSION_METRICS
 from ..training.arguments import StarSSETrainingArguments
 from ..training.data import DataArguments, PreparedTask, prepare_task
 from ..training.sweep import sweep_cycle_hyperparameters
@@ -192,9 +193,10 @@ def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
         batch_size=options.batch_size,
         allow_pickle=data.allow_pickle,
     )
+    shown = dict.fromkeys(task.family.metrics + REGRESSION_METRICS + MULTI_LABEL_METRICS)  # the members' problem's
     for row in rows:
         if row["model"] != "member":
-            scores = " ".join(f"{metric} {row[metric]:.4f}" for metric in task.family.metrics if metric in row)
+            scores = " ".join(f"{metric} {row[metric]:.4f}" for metric in shown if metric in row)
             print(f"{row['split']:>12} {row['model']:>13} size {row['size']}: {scores}")
     print(f"Wrote {options.run_dir}/evaluation.csv and evaluation.json.")
 

@@ -252,6 +252,7 @@ class EnsembleForTokenClassification(EnsembleForSequenceClassification):
     with the uncertainty of each token; takes the members' inputs."""
 
     member_auto_class = AutoModelForTokenClassification
+    problem_type = "single_label_classification"  # whatever num_labels says: a distribution per token
 
 
 class EnsembleForMultipleChoice(EnsembleForSequenceClassification):
@@ -259,6 +260,7 @@ class EnsembleForMultipleChoice(EnsembleForSequenceClassification):
     pooled; takes the members' inputs, `(batch, choices, length)`."""
 
     member_auto_class = AutoModelForMultipleChoice
+    problem_type = "single_label_classification"  # a distribution over the choices (one score each)
 
 
 class EnsembleForAudioClassification(EnsemblePreTrainedModel):
@@ -301,6 +303,7 @@ class EnsembleForQuestionAnswering(EnsembleForSequenceClassification):
     the answer's start and of its end pooled separately; takes the members' inputs."""
 
     member_auto_class = AutoModelForQuestionAnswering
+    problem_type = "single_label_classification"  # distributions of the answer's start and end over the tokens
 
     def forward(
         self,

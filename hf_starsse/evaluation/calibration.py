@@ -137,6 +137,7 @@ def _pooled(member_logits: np.ndarray, log_weights: np.ndarray, temperatures: np
     log_probs = _log_softmax(member_logits / temperatures.reshape(-1, 1, 1))
     stacked = log_probs + log_weights.reshape(-1, 1, 1)
     top = stacked.max(0)
+    top = np.where(np.isfinite(top), top, 0)  # padded tokens of QA rows: -inf for every member
     return top + np.log(np.exp(stacked - top).sum(0))
 
 
@@ -219,7 +220,8 @@ def _fold_temperature(model: PreTrainedModel, dataset, collator, logits: np.ndar
         parameter.div_(temperature)
     probe = _collect(model, dataset, collator, 8, num_batches=1)[0]
     expected = logits[: len(probe), ..., : probe.shape[-1]] / temperature  # QA rows: the probe's padded width
-    if not np.allclose(probe, expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(expected).max())):
+    scale = np.abs(expected[np.isfinite(expected)]).max(initial=0)  # padded tokens of QA rows are -inf
+    if not np.allclose(probe, expected, rtol=1e-4, atol=1e-4 * (1 + scale)):
         for parameter, value in zip(layer.parameters(), original):
             parameter.copy_(value)
         raise ValueError(

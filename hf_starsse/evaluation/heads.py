@@ -13,14 +13,17 @@ import torch
 
 from ..ensemble.modeling_ensemble import EnsemblePreTrainedModel
 from ..tasks import family_of_architecture
+from ..tasks.classification import CLASSIFICATION_METRICS, MULTI_LABEL_METRICS, REGRESSION_METRICS
+from ..tasks.question_answering import QUESTION_ANSWERING
+from ..tasks.token_classification import TOKEN_CLASSIFICATION
 from .metrics import softmax
 
 HEAD_METRICS = {
-    "classification": ("accuracy", "nll", "ece", "brier"),
-    "token": ("entity_f1", "accuracy", "nll", "ece"),
-    "question_answering": ("exact_match", "f1", "nll", "ece"),
-    "multi_label": ("exact_match", "accuracy", "nll", "ece"),
-    "regression": ("rmse", "mae", "gaussian_nll", "coverage_90"),
+    "classification": CLASSIFICATION_METRICS,
+    "token": TOKEN_CLASSIFICATION.metrics,
+    "question_answering": QUESTION_ANSWERING.metrics,
+    "multi_label": MULTI_LABEL_METRICS,
+    "regression": REGRESSION_METRICS,
 }
 """The headline metrics of each head, as `StarSSETrainer.evaluate_ensemble` reports them."""
 
@@ -31,16 +34,17 @@ _Z_90 = 1.6448536269514722  # the 95% quantile of the standard normal: a central
 
 
 def head_of(model) -> str:
-    """The head of `model` (a transformers model or an ensemble of them, or its config): one of `HEAD_METRICS`."""
+    """The head of `model` (a transformers model or an ensemble of them, or its config): one of `HEAD_METRICS`, or
+    `"language_modeling"`. The problem type (regression, multi-label) matters for families of class labels only."""
     config = getattr(model, "config", model)
+    unsaved = [type(model).__name__] if model is not config else [None]  # a model built in memory names none yet
+    family = family_of_architecture((getattr(config, "architectures", None) or unsaved)[0])
+    if family is not None and (family.head != "classification" or not family.class_labels):
+        return family.head  # e.g. multiple choice: a distribution over the choices whatever num_labels says
     problem = model.problem_type if isinstance(model, EnsemblePreTrainedModel) else config.problem_type
     if problem == "regression" or (problem is None and config.num_labels == 1):
         return "regression"
-    if problem == "multi_label_classification":
-        return "multi_label"
-    unsaved = [type(model).__name__] if model is not config else [None]  # a model built in memory names none yet
-    family = family_of_architecture((getattr(config, "architectures", None) or unsaved)[0])
-    return family.head if family is not None else "classification"
+    return "multi_label" if problem == "multi_label_classification" else "classification"
 
 
 def head_outputs(head: str, logits: torch.Tensor) -> np.ndarray:
@@ -75,13 +79,14 @@ def fit_variance_scale(mean, variance, labels) -> float:
 
 def _spans(probs: np.ndarray) -> np.ndarray:
     """The most probable answer span `(start, end)` of each example from its start and end rows `(2N, T)`: start <=
-    end < start + `MAX_ANSWER_TOKENS`."""
+    end < start + `MAX_ANSWER_TOKENS` (each start against the ends it allows, `T x MAX_ANSWER_TOKENS` per example)."""
     starts, ends = probs[0::2], probs[1::2]
     width = starts.shape[-1]
-    allowed = np.triu(np.ones((width, width), dtype=bool)) & ~np.triu(np.ones((width, width), dtype=bool),
-                                                                        MAX_ANSWER_TOKENS)  # fmt: skip
-    scores = np.where(allowed, starts[:, :, None] * ends[:, None, :], -1.0).reshape(len(starts), -1)
-    return np.stack(np.unravel_index(scores.argmax(-1), (width, width)), -1)
+    offsets = np.arange(width)[:, None] + np.arange(MAX_ANSWER_TOKENS)  # (start, length - 1) -> end
+    scores = np.where(offsets < width, starts[:, :, None] * ends[:, np.minimum(offsets, width - 1)], -1.0)
+    best = scores.reshape(len(starts), -1).argmax(-1)
+    start, length = np.unravel_index(best, (width, MAX_ANSWER_TOKENS))
+    return np.stack([start, start + length], -1)
 
 
 def span_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:

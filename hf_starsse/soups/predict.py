@@ -54,7 +54,8 @@ def output_rows(output, batch: dict, next_token: bool = False) -> tuple[torch.Te
     - token classification (labels `(B, T)`): one row per labelled token (`-100` left out); causal language models
       (`next_token`): one row per labelled next token, the logits at t against the label at t + 1;
     - extractive QA (`start_logits`, `end_logits`): two rows per example, its start then its end over the tokens;
-    - multi-label (float labels `(B, L)`): one two-class row `[0, z]` per label (`softmax` of it is `sigmoid(z)`);
+    - multi-label (labels `(B, L)`, the logits' shape): one two-class row `[0, z]` per label (`softmax` of it is
+      `sigmoid(z)`);
     - regression (float labels, one output): the outputs `(B, 1)` and the float targets `(B,)`.
     """
     if "start_logits" in output:
@@ -63,10 +64,10 @@ def output_rows(output, batch: dict, next_token: bool = False) -> tuple[torch.Te
         return logits.float().cpu(), labels.cpu(), torch.arange(len(labels)) // 2
     label_column = next((name for name in LABEL_COLUMNS if name in batch), None)
     if label_column is None:
-        raise ValueError(f"The dataset has no label column (one of {LABEL_COLUMNS}, or start_positions).")
+        raise ValueError(f"The dataset has no label column (one of {LABEL_COLUMNS}).")
     logits, labels = output["logits"].float().cpu(), batch[label_column].cpu()
     examples = torch.arange(len(labels))
-    if labels.is_floating_point() and logits.shape[-1] > 1:  # multi-label
+    if labels.shape == logits.shape and logits.shape[-1] > 1:  # multi-label (multi-hot labels, float or int)
         logits = torch.stack([torch.zeros_like(logits), logits], -1)
         examples = examples.repeat_interleave(labels.shape[-1])
         return logits.flatten(0, 1), labels.flatten().long(), examples

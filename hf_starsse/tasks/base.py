@@ -6,6 +6,10 @@ from functools import cached_property
 
 import transformers
 
+from .classification import MULTI_LABEL_METRICS, REGRESSION_METRICS
+
+PROBLEM_METRICS = {"regression": REGRESSION_METRICS, "multi_label_classification": MULTI_LABEL_METRICS}
+
 
 @dataclass(frozen=True)
 class TaskFamily:
@@ -77,6 +81,13 @@ class TaskFamily:
     def covers_model_type(self, model_type: str | None) -> bool:
         """Whether transformers has a model of this family for `model_type` (e.g. `"bert"`)."""
         return model_type in self.model_mapping
+
+    def metrics_for(self, problem_type: str | None) -> tuple[str, ...]:
+        """Its metrics for models of `problem_type` (`config.problem_type`): regression and multi-label models of a
+        classification family are measured by their own."""
+        if self.head == "classification" and self.class_labels and problem_type in PROBLEM_METRICS:
+            return PROBLEM_METRICS[problem_type]
+        return self.metrics
 
     def auto_model_class(self) -> type:
         """The transformers Auto class itself (e.g. `AutoModelForSequenceClassification`)."""

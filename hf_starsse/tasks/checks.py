@@ -69,7 +69,8 @@ def collator_makes_labels(dataset, model, label_names: list[str], data_collator)
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     taken = set(inspect.signature(base.forward).parameters) | {*label_names, "label", "label_ids"}
-    rows = [{key: value for key, value in row.items() if key in taken} for row in dataset.select(range(2))]
+    first = dataset.select(range(min(2, len(dataset))))
+    rows = [{key: value for key, value in row.items() if key in taken} for row in first]
     try:
         batch = data_collator(rows)
     except (ValueError, TypeError, KeyError) as error:

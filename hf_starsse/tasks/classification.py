@@ -5,6 +5,8 @@ CLASS_PROBABILITIES = (
     "each member's logits in `member_logits`"
 )
 CLASSIFICATION_METRICS = ("accuracy", "nll", "ece", "brier")
+MULTI_LABEL_METRICS = ("exact_match", "accuracy", "nll", "ece")  # accuracy, NLL and ECE of each label
+REGRESSION_METRICS = ("rmse", "mae", "gaussian_nll", "coverage_90")  # NLL and coverage under the members' variance
 
 
 def check_class_labels(dataset, column: str, model) -> None:

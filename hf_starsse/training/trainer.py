@@ -44,7 +44,7 @@ class StarSSETrainerMixin(RunOutputsMixin, BranchParallelMixin):
     """
     What makes a `transformers.Trainer` class train an ensemble into a run directory (see [`StarSSETrainer`]): put
     it before the trainer class among the bases, as `StarSSETrainer(StarSSETrainerMixin, Trainer)` and
-    `StarSSESFTTrainer(StarSSETrainerMixin, SFTTrainer)` (`training/trl.py`) do.
+    `StarSSESFTTrainer(StarSSETrainerMixin, SFTTrainer)` (`training/sft.py`) do.
     """
 
     _member: int | None = None  # the member being trained; None outside ensemble training
