@@ -124,6 +124,13 @@ COLUMNS = ("entity_f1", "nll", "ece", "ece_calibrated", "accuracy")
 
 
 def pick(rows: list[dict], model: str, size: int) -> dict:
+    """One model's test row; `"mean_member"`: the mean of the members' rows (steps: the members' mean)."""
+    if model == "mean_member":
+        members = [r for r in rows if r["model"] == "member" and r["split"] == "test"]
+        everyone = max((r for r in rows if r["model"] == "ensemble"), key=lambda r: r["size"])
+        return {key: float(np.mean([r[key] for r in members])) for key in COLUMNS} | {
+            "steps": everyone["steps"] / len(members)
+        }
     return next(r for r in rows if r["model"] == model and r["size"] == size and r["split"] == "test")
 
 
@@ -131,6 +138,7 @@ def table(results: dict[int, dict], size: int) -> list[str]:
     """Mean and standard deviation over seeds of each model's test metrics, and its optimizer steps."""
     models = {"single model (member 0)": ("starsse", "member", 1)}
     for method, label in (("starsse", "StarSSE"), ("sse", "SSE"), ("local_de", "Local DE")):
+        models[f"{label}: mean member"] = (method, "mean_member", 1)
         models[f"{label} ensemble ({size})"] = (method, "ensemble", size)
         models[f"{label} uniform soup"] = (method, "uniform_soup", size)
     lines = ["| model | entity F1 | token NLL | token ECE | ECE calibrated | token acc | steps |",
@@ -141,19 +149,25 @@ def table(results: dict[int, dict], size: int) -> list[str]:
         for column in COLUMNS:
             values = np.array([row[column] for row in picked])
             cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
-        lines.append(f"| {label} | {' | '.join(cells)} | {picked[0]['steps']} |")
+        lines.append(f"| {label} | {' | '.join(cells)} | {picked[0]['steps']:.0f} |")
     return lines
 
 
 def differences(results: dict[int, dict], size: int) -> list[str]:
-    """Paired differences of entity F1 and NLL against the single model, per seed."""
-    lines = ["| vs single model | " + " | ".join(f"seed {seed}" for seed in results) + " |",
-             "|---|" + "---:|" * len(results)]  # fmt: skip
+    """Paired differences of entity F1 and NLL per seed: each ensemble against the single model (member 0) and
+    against its own mean member (what ensembling adds to the members' training)."""
+    lines = ["| ensemble of | metric | vs | " + " | ".join(f"seed {seed}" for seed in results) + " |",
+             "|---|---|---|" + "---:|" * len(results)]  # fmt: skip
     for method in METHODS:
         for metric in ("entity_f1", "nll"):
-            deltas = [pick(r[method], "ensemble", size)[metric] - pick(r["starsse"], "member", 1)[metric]
-                      for r in results.values()]  # fmt: skip
-            lines.append(f"| {method} ensemble {metric} | " + " | ".join(f"{d:+.4f}" for d in deltas) + " |")
+            for against, (base_method, model) in (
+                ("member 0", ("starsse", "member")),
+                ("its mean member", (method, "mean_member")),
+            ):
+                deltas = [pick(r[method], "ensemble", size)[metric] - pick(r[base_method], model, 1)[metric]
+                          for r in results.values()]  # fmt: skip
+                cells = " | ".join(f"{d:+.4f}" for d in deltas)
+                lines.append(f"| {method} | {metric} | {against} | {cells} |")
     return lines
 
 

@@ -9,7 +9,7 @@ import torch
 from hf_starsse import build_ensemble
 from hf_starsse.evaluation.calibration import fit_temperature
 from hf_starsse.evaluation.metrics import classification_metrics, expected_calibration_error, softmax
-from hf_starsse.evaluation.predictions import predict_probs, predict_run
+from hf_starsse.evaluation.predictions import RunPredictions, predict_probs, predict_run
 from hf_starsse.evaluation.run_evaluation import evaluate_ensemble, evaluation_rows
 from hf_starsse.evaluation.uncertainty import aurc, ood_metrics
 
@@ -114,3 +114,12 @@ def test_calibration_selective_and_ood_columns(tmp_path, text_run):
 
 def data_labels(data) -> np.ndarray:
     return np.array(data["validation"]["labels"])
+
+
+def test_each_member_row_costs_its_own_steps():
+    probs = np.full((3, 4, 2), 0.5)
+    predictions = RunPredictions("starsse", [0, 1, 2], [10, 3, 4], {"test": np.zeros(4, dtype=int)}, {"test": probs},
+                                 examples={"test": np.arange(4)})  # fmt: skip
+    rows = evaluation_rows(predictions)
+    assert [r["steps"] for r in rows if r["model"] == "member"] == [10, 3, 4]
+    assert [r["steps"] for r in rows if r["model"] == "ensemble"] == [10, 13, 17]
