@@ -54,8 +54,10 @@ def test_quick_token_classification_benchmark(tmp_path):
     finally:
         torch.set_num_threads(threads)
     report = results.read_text()
-    for model in ("single model (member 0)", "StarSSE ensemble (2)", "SSE uniform soup", "Local DE ensemble (2)"):
+    models = ("single model (member 0)", "StarSSE: mean member", "StarSSE ensemble (2)", "SSE uniform soup",
+              "Local DE ensemble (2)")  # fmt: skip
+    for model in models:
         row = next(line for line in report.splitlines() if line.startswith(f"| {model} |"))
         assert len(re.findall(r"\d\.\d{4} ± \d\.\d{4}", row)) == 5, row
-    assert "| starsse ensemble entity_f1 |" in report
+    assert "| starsse | entity_f1 | member 0 |" in report and "| sse | nll | its mean member |" in report
     assert (tmp_path / "work" / "seed-0" / "local_de" / "ner_rows.json").is_file()
