@@ -29,7 +29,7 @@ from transformers import (
 from ..ensemble.modeling_ensemble import EnsemblePreTrainedModel
 from ..soups.predict import make_dataloader, predict_logits
 from ..storage.saving import replace_model_dir, save_model_dir
-from ..tasks import family_of_architecture
+from ..tasks import family_of_architecture, family_of_model
 from ..tasks.sequence_classification import SEQUENCE_CLASSIFICATION
 from .heads import check_head_support, fit_variance_scale, head_of, regression_metrics
 from .metrics import expected_calibration_error, negative_log_likelihood, softmax
@@ -196,7 +196,7 @@ def final_linear(model: nn.Module) -> nn.Linear:
     if that is an `nn.Linear` with `num_labels` outputs (one per choice for multiple choice), else the last such
     `nn.Linear` inside it.
     """
-    family = family_of_architecture((model.config.architectures or [type(model).__name__])[0])
+    family = family_of_model(model)
     num_labels = 1 if family is not None and family.name == "multiple-choice" else model.config.num_labels
     for name in _HEAD_NAMES:
         head = getattr(model, name, None)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..ensemble.modeling_ensemble import EnsemblePreTrainedModel
-from ..tasks import family_of_architecture
+from ..tasks import family_of_model
 from ..tasks.classification import CLASSIFICATION_METRICS, MULTI_LABEL_METRICS, REGRESSION_METRICS
 from ..tasks.question_answering import QUESTION_ANSWERING
 from ..tasks.token_classification import TOKEN_CLASSIFICATION
@@ -37,8 +37,7 @@ def head_of(model) -> str:
     """The head of `model` (a transformers model or an ensemble of them, or its config): one of `HEAD_METRICS`, or
     `"language_modeling"`. The problem type (regression, multi-label) matters for families of class labels only."""
     config = getattr(model, "config", model)
-    unsaved = [type(model).__name__] if model is not config else [None]  # a model built in memory names none yet
-    family = family_of_architecture((getattr(config, "architectures", None) or unsaved)[0])
+    family = family_of_model(model)
     if family is not None and (family.head != "classification" or not family.class_labels):
         return family.head  # e.g. multiple choice: a distribution over the choices whatever num_labels says
     problem = model.problem_type if isinstance(model, EnsemblePreTrainedModel) else config.problem_type

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from ..tasks import family_of_architecture
+from ..tasks import family_of_model
 
 LABEL_COLUMNS = ("labels", "label", "label_ids", "start_positions", "end_positions")
 
@@ -40,8 +40,7 @@ def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def predicts_next_token(model: nn.Module) -> bool:
     """Whether `model` is a causal language model (its logits at position t predict the label at t + 1)."""
-    config = getattr(model, "config", None)
-    family = family_of_architecture(((getattr(config, "architectures", None)) or [type(model).__name__])[0])
+    family = family_of_model(model)
     return family is not None and family.head == "language_modeling"
 
 

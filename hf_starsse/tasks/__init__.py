@@ -17,6 +17,7 @@ from .registry import (
     family_for_model,
     family_for_task,
     family_of_architecture,
+    family_of_model,
     family_of_peft_task_type,
     peft_task_types,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "family_for_model",
     "family_for_task",
     "family_of_architecture",
+    "family_of_model",
     "family_of_peft_task_type",
     "peft_task_types",
 ]

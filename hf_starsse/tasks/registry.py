@@ -25,6 +25,14 @@ def family_of_architecture(architecture: str | None) -> TaskFamily | None:
     return next((family for family in FAMILIES if architecture in family.architectures), None)
 
 
+def family_of_model(model) -> TaskFamily | None:
+    """The family of a model, or of its config: by the architecture it saves (`config.architectures`), else by its
+    class (a model built in memory names none yet)."""
+    config = getattr(model, "config", model)
+    unsaved = [type(model).__name__] if model is not config else [None]
+    return family_of_architecture((getattr(config, "architectures", None) or unsaved)[0])
+
+
 def family_of_peft_task_type(task_type: str | None) -> TaskFamily | None:
     """The family whose LoRA members PEFT saves with `task_type` (e.g. `"SEQ_CLS"`), or `None`."""
     return next((family for family in FAMILIES if task_type and family.peft_task_type == task_type), None)
