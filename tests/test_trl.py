@@ -9,9 +9,10 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
-from test_causal_lm import PROMPT, WORDS, parents_and_steps, pretrained_lm, word_tokenizer
 
 from hf_starsse import AdapterEnsembleForCausalLM, EnsembleForCausalLM, StarSSETrainingArguments, build_ensemble
+
+from test_causal_lm import PROMPT, WORDS, parents_and_steps, pretrained_lm, word_tokenizer
 
 trl = pytest.importorskip("trl", reason="StarSSESFTTrainer needs the optional trl: pip install 'hf_starsse[trl]'")
 from hf_starsse import StarSSESFTConfig, StarSSESFTTrainer  # noqa: E402

@@ -39,7 +39,7 @@ def _predict(model, dataset, data_collator, batch_size: int) -> tuple[np.ndarray
     return head_outputs(head_of(model), logits), labels.numpy(), examples.numpy()
 
 
-def _run_info(source, count: int) -> tuple[str, list[int], list]:
+def run_info(source, count: int) -> tuple[str, list[int], list]:
     """The method, the members' indices and optimizer steps, from the manifest when `source` is a run directory."""
     manifest = run_manifest(source)
     if manifest is not None:
@@ -154,7 +154,7 @@ def predict_run(
         raise ValueError(f"Splits {sorted(overlap)} are both in datasets and ood_datasets; rename one.")
     every = {**datasets, **{name: _with_labels(data) for name, data in (ood_datasets or {}).items()}}
     member_dirs = load_members(source, allow_pickle)
-    method, indices, steps = _run_info(source, len(member_dirs))
+    method, indices, steps = run_info(source, len(member_dirs))
     predictions = RunPredictions(
         method, indices, steps, {}, {split: [] for split in every}, {}, tuple(ood_datasets or ())
     )

@@ -23,7 +23,7 @@ from .uncertainty import ood_metrics, selective_metrics
 RESULTS_NAME = "evaluation"
 
 
-def _cost(predictions: RunPredictions, model: str, member: int | None, size: int) -> int | None:
+def model_cost(predictions: RunPredictions, model: str, member: int | None, size: int) -> int | None:
     """The optimizer steps of one model: a member's own, the first `size` members' for ensembles and soups."""
     steps = [predictions.steps[predictions.indices.index(member)]] if model == "member" else predictions.steps[:size]
     return None if None in steps else sum(steps)
@@ -50,7 +50,7 @@ def _regression_rows(predictions: RunPredictions, model: str, member, size: int,
             calibrated = regression_metrics(values, labels, scale * variance)
             row |= {"variance_scale": scale}
             row |= {f"{key}_calibrated": calibrated[key] for key in ("gaussian_nll", "coverage_90")}
-        rows.append(row | {"steps": _cost(predictions, model, member, size)})
+        rows.append(row | {"steps": model_cost(predictions, model, member, size)})
     return rows
 
 
@@ -85,7 +85,7 @@ def _model_rows(predictions: RunPredictions, model: str, member, size: int, cali
             row |= {f"ood_{ood}_{k}": v for k, v in ood_metrics(probs, ood_probs, *member_probs).items()}
         if model == "ensemble":
             row |= _ensemble_columns(predictions, split, size, row)
-        rows.append(row | {"steps": _cost(predictions, model, member, size)})
+        rows.append(row | {"steps": model_cost(predictions, model, member, size)})
     return rows
 
 

@@ -3,6 +3,12 @@ next-token probabilities are pooled at every position; `generate()` decodes from
 cache per member. Labels are the input tokens themselves, usually made by the collator (e.g.
 `DataCollatorForLanguageModeling(tokenizer, mlm=False)`, padding masked with `-100`); the model shifts them."""
 
+from dataclasses import dataclass
+from functools import partial
+
+import datasets
+import torch
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .base import TaskFamily
@@ -33,6 +39,142 @@ def check_next_token_labels(dataset, column: str, model) -> None:
         )
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """
+    How dataset rows become a causal LM's prompts and completions: the same token ids in training and in option
+    scoring (`hf_starsse.evaluation.generative`).
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): The model's tokenizer.
+        template (`str`, *optional*): The prompt, formatted from each row's columns (`str.format`), e.g.
+            `"{text}\\n\\nTopic:"`; default: the row's `prompt` column.
+        chat (`bool`, *optional*, defaults to `False`): Wrap prompt and completion in the tokenizer's chat template,
+            as one user turn and the assistant's answer.
+        max_length (`int`, *optional*): Prompt and completion together are cut to this many tokens by dropping the
+            prompt's first tokens (its end, next to the answer, is kept).
+    """
+
+    tokenizer: object
+    template: str | None = None
+    chat: bool = False
+    max_length: int | None = None
+
+    def text(self, row: dict) -> str:
+        """The prompt of `row`, before any chat template."""
+        try:
+            return self.template.format(**row) if self.template else row["prompt"]
+        except KeyError as err:
+            if self.template:
+                raise ValueError(
+                    f"The prompt template names column {err.args[0]!r}, which the data lacks (columns: {list(row)})."
+                ) from None
+            raise ValueError(
+                f"No 'prompt' column in {list(row)}: set a prompt template, e.g. --prompt_template '{{text}}'."
+            ) from None
+
+    def _split(self, text: str, answer: str) -> tuple[str, str]:
+        """The prompt and the completion, as text."""
+        if not self.chat:
+            return text, answer + (self.tokenizer.eos_token or "")
+        turn = [{"role": "user", "content": text}]
+        prompt = self.tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        full = self.tokenizer.apply_chat_template([*turn, {"role": "assistant", "content": answer}], tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("The tokenizer's chat template writes the prompt differently once an answer follows.")
+        return prompt, full[len(prompt) :]
+
+    def encode(self, row: dict, answers: list[str]) -> tuple[list[int], list[list[int]]]:
+        """
+        The token ids of `row`'s prompt and of each of its possible `answers` (one in training, every option in
+        option scoring), the prompt cut at its start so that it fits `max_length` with the longest answer.
+        """
+        text = self.text(row)
+        prompt = self._split(text, "")[0]
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=not self.chat).input_ids  # chat: in the template
+        completions = [self.tokenizer(self._split(text, a)[1], add_special_tokens=False).input_ids for a in answers]
+        if self.max_length is not None:
+            excess = len(prompt_ids) + max(map(len, completions)) - self.max_length
+            prompt_ids = prompt_ids[max(0, excess) :]
+        return prompt_ids, completions
+
+
+def pad_completions(features: list[dict], pad_token_id: int) -> dict:
+    """Batch rows of `input_ids` and `labels` (`-100` over the prompt), padded on the right: `attention_mask` 0 and
+    labels `-100` over the padding."""
+    width = max(len(row["input_ids"]) for row in features)
+    batch = {"input_ids": [], "attention_mask": [], "labels": []}
+    for row in features:
+        padding = width - len(row["input_ids"])
+        batch["input_ids"].append(list(row["input_ids"]) + [pad_token_id] * padding)
+        batch["attention_mask"].append([1] * len(row["input_ids"]) + [0] * padding)
+        batch["labels"].append(list(row["labels"]) + [-100] * padding)
+    return {name: torch.tensor(values) for name, values in batch.items()}
+
+
+def _answer_names(train, column: str):
+    """A function from a batch of `column` values to answer texts (a `ClassLabel`'s names, else the values)."""
+    feature = train.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return lambda values: [feature.int2str(value) for value in values]
+    return lambda values: [str(value) for value in values]
+
+
+def prompt_format(data, tokenizer) -> PromptFormat:
+    """The `PromptFormat` of the CLI's options `data` (`--prompt_template`, `--chat_template`, `--max_length`)."""
+    return PromptFormat(tokenizer, data.prompt_template, data.chat_template, data.max_length)
+
+
+def completion_column(data, train) -> str | None:
+    """The column of the answers: `--completion_column`, else `completion` when the data has it (`None`: plain
+    language modelling of the text column)."""
+    column = data.completion_column or ("completion" if "completion" in train.column_names else None)
+    if column is not None and column not in train.column_names:
+        raise ValueError(f"No completion column {column!r} in {train.column_names}; set --completion_column.")
+    if column is None and data.prompt_template is not None:
+        raise ValueError("--prompt_template makes prompts for answers: set --completion_column (the answer column).")
+    return column
+
+
+def prepare_language_modeling(data, train, to_ids) -> tuple:
+    """
+    Prepare text for a causal LM (`to_ids` is not used). With a completion column (`--completion_column`, default
+    `completion`; a `ClassLabel` gives its names): prompt (`--prompt_template`, default the `prompt` column, with
+    `--chat_template` in the tokenizer's chat template) then completion, the loss on the completion only. Else the
+    text column (`--text_column`, default `text`), truncated to `--max_length`, every token learned, labels made by
+    `DataCollatorForLanguageModeling`.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(data.model_name_or_path)
+    answers = completion_column(data, train)
+    if answers is None:
+        column = data.text_column or "text"
+        if column not in train.column_names:
+            raise ValueError(f"No text column {column!r} in {train.column_names}; set --text_column.")
+
+        def tokenize(batch):
+            return tokenizer(batch[column], truncation=True, max_length=data.max_length)
+
+        def prepare(dataset):
+            return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
+
+        return prepare, tokenizer, DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    formatter, names = prompt_format(data, tokenizer), _answer_names(train, answers)
+
+    def encode(batch):
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        encoded = {"input_ids": [], "labels": []}
+        for row, answer in zip(rows, names(batch[answers])):
+            prompt_ids, (completion_ids,) = formatter.encode(row, [answer])
+            encoded["input_ids"].append(prompt_ids + completion_ids)
+            encoded["labels"].append([-100] * len(prompt_ids) + completion_ids)
+        return encoded
+
+    def prepare(dataset):
+        return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+    return prepare, tokenizer, partial(pad_completions, pad_token_id=tokenizer.pad_token_id)
+
+
 TEXT_GENERATION = TaskFamily(
     name="text-generation",
     auto_class="AutoModelForCausalLM",
@@ -49,7 +191,7 @@ TEXT_GENERATION = TaskFamily(
     metrics=("perplexity", "nll"),
     peft_task_type="CAUSAL_LM",
     keeps_raw_columns=False,
-    prepare_data=None,
+    prepare_data=prepare_language_modeling,
     check_labels=check_next_token_labels,
     wrong_model="Dataset {source} holds text to generate but {model} is a {model_type!r} model, which does not "
     "generate text. Use a causal language model (AutoModelForCausalLM).",
@@ -57,3 +199,35 @@ TEXT_GENERATION = TaskFamily(
     class_labels=False,
     head="language_modeling",
 )
+
+
+def option_dataset(dataset, formatter: PromptFormat, column: str, options: list[str] | None = None):
+    """
+    `dataset` as classification by generation (for `hf_starsse.evaluation.generative`): per row the token ids of its
+    prompt (`prompt_ids`), of each option's completion (`option_ids`) and the index of the row's answer among the
+    options (`label`).
+
+    Args:
+        dataset (`datasets.Dataset`): Rows with the prompt's columns and the answer column.
+        formatter (`PromptFormat`): How rows become prompts and completions, as in training.
+        column (`str`): The answer column (a `ClassLabel`, or the answers' text).
+        options (`list[str]`, *optional*): The answers scored (default: the `ClassLabel`'s names).
+    """
+    feature = dataset.features[column]
+    if options is None:
+        if not isinstance(feature, datasets.ClassLabel):
+            raise ValueError(f"Column {column!r} is no ClassLabel: pass the options to score.")
+        options = list(feature.names)
+    names = _answer_names(dataset, column)
+    labels = names(dataset[column])
+    unknown = sorted(set(labels) - set(options))
+    if unknown:
+        raise ValueError(f"Answers {unknown[:5]} of column {column!r} are not among the options {options}.")
+
+    def encode(batch):
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        encoded = [formatter.encode(row, options) for row in rows]
+        return {"prompt_ids": [prompt for prompt, _ in encoded], "option_ids": [ids for _, ids in encoded]}
+
+    scored = dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+    return scored.add_column("label", [options.index(answer) for answer in labels])

@@ -82,7 +82,7 @@ def _task_family(data: DataArguments, config: PretrainedConfig, image_column: st
     if data.task is None:
         return family_for_model(architecture, images=image_column is not None)
     head = family_of_architecture(architecture)
-    if head is not None and head.prepare_data is not None and head.name != data.task:  # e.g. a causal LM: no head
+    if head is not None and head.head != "language_modeling" and head.name != data.task:  # a causal LM: a base
         raise ValueError(
             f"--task {data.task} contradicts the model {data.model_name_or_path}, a {architecture} (a {head.name} "
             f"head): drop --task, or start from a model without a head or with a {data.task} one."

@@ -51,8 +51,9 @@ class DataArguments:
         default=None,
         metadata={
             "help": "The task, as its pipeline tag: text-classification, token-classification, multiple-choice, "
-            "question-answering or image-classification. Default: the task of the model's head, else what the data "
-            "holds (images, or else text classification); a model without a head needs it for the other tasks."
+            "question-answering, image-classification or text-generation. Default: the task of the model's head, "
+            "else what the data holds (images, or else text classification); a model without a head needs it for "
+            "the other tasks."
         },
     )
     text_column: str | None = field(
@@ -96,7 +97,31 @@ class DataArguments:
             "'answers'); the first one is learned, none means no answer in the context."
         },
     )
-    max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
+    completion_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text generation: the answer column, learned after its prompt (default: 'completion' when "
+            "present; a ClassLabel column gives its names, and evaluation scores them as options). Without one, "
+            "every token of --text_column is learned."
+        },
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text generation: the prompt, formatted from each row's columns, e.g. '{text}\\n\\nTopic:' "
+            "(default: the 'prompt' column)."
+        },
+    )
+    chat_template: bool = field(
+        default=False,
+        metadata={"help": "Text generation: put prompt and answer in the tokenizer's chat template (a user turn and "
+                  "the assistant's answer)."},
+    )  # fmt: skip
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncate texts to this many tokens (text generation: prompt and answer together, the "
+                  "prompt losing its first tokens)."},
+    )  # fmt: skip
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
     allow_pickle: bool = field(
