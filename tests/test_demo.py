@@ -218,7 +218,7 @@ def test_load_task_image_gives_the_splits_shift_ood_and_model():
 
 
 def test_the_report_compares_the_ensemble_and_soup_with_member_0():
-    from hf_starsse.demo.run import versus_member0
+    from hf_starsse.demo.report import versus_member0
 
     def row(model, accuracy, nll, shift_accuracy, shift_nll):
         return dict(model=model, accuracy=accuracy, nll=nll, shift_accuracy=shift_accuracy, shift_nll=shift_nll)

@@ -24,6 +24,7 @@ def test_smollm2_converts_once_and_answers(tmp_path, monkeypatch):
     assert pretrained_smollm2() == path and (path / "model.safetensors").stat().st_mtime_ns == written  # once
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     assert type(model) is LlamaForCausalLM and model.dtype == torch.float32
+    assert "quantization_config" not in model.config.to_dict()  # a plain checkpoint: Trainer trains it
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)

@@ -24,7 +24,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         raise RuntimeError(f"Reading the GGUF model needs the gguf package; run: {LM_INSTALL_COMMAND}")
     options = dict(gguf_file=gguf_path.name)
     loaded = TEXT_GENERATION.auto_model_class().from_pretrained(gguf_path.parent, dtype=torch.float32, **options)
-    model = type(loaded)(loaded.config)
+    config = loaded.config
+    del config.quantization_config  # the weights are dequantised: a plain model, which trains
+    model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     model.save_pretrained(out_dir)
@@ -38,4 +40,4 @@ def pretrained_smollm2() -> Path:
     `AutoModelForCausalLM` and `AutoTokenizer` (chat template included).
     """
     gguf_path = verified_package_file(LM_PACKAGE, LM_FILE, LM_INSTALL_COMMAND)
-    return cached_asset(f"SmolLM2-135M-Instruct-{LM_VERSION}", lambda path: convert_gguf(gguf_path, path))
+    return cached_asset(f"SmolLM2-135M-Instruct-{LM_VERSION}-float32", lambda path: convert_gguf(gguf_path, path))
