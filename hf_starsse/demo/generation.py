@@ -9,13 +9,13 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling
+from transformers import DataCollatorForLanguageModeling
 
 from ..adapters.peft import require_peft
 from ..cards.model_card import save_card_info
 from ..evaluation.generative import predict_generative, text_rows
 from ..evaluation.run_evaluation import evaluation_rows, write_evaluation
-from ..tasks.text_generation import option_dataset, prompt_format
+from ..tasks.text_generation import TEXT_GENERATION, option_dataset, prompt_format
 from ..training.arguments import StarSSETrainingArguments
 from ..training.data import DataArguments, prepare_task
 from ..training.trainer import StarSSETrainer
@@ -86,7 +86,7 @@ def evaluation_sets(task, data: DataArguments, demo) -> tuple[dict, dict]:
 
 def generated_answers(ensemble_dir: Path, task, data: DataArguments, demo) -> list[str]:
     """A Markdown table of the ensemble's greedy answers to the first `SHOWN_POSTS` test and shift posts."""
-    model = AutoModelForCausalLM.from_pretrained(ensemble_dir).eval()
+    model = TEXT_GENERATION.auto_model_class().from_pretrained(ensemble_dir).eval()
     tokenizer, formatter = task.processing_class, prompt_format(data, task.processing_class)
     lines = ["", "**Generated answers** (the ensemble, greedy):", "", "| split | post | family | answer |",
              "|---|---|---|---|"]  # fmt: skip
