@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test lint format bench bench-quality demo demo-text clean
+.PHONY: install test lint format bench bench-quality demo demo-text demo-generation clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ demo: install
 
 demo-text: install
 	$(VENV)/bin/hf-starsse demo --task text --output_dir runs/demo-text
+
+demo-generation: install
+	$(VENV)/bin/hf-starsse demo --task generation --output_dir runs/demo-generation
 
 # Not part of `bench`: the paper's protocol, one task per core, hours on a 2-core CPU (resumable; see the script).
 # Writes benchmarks/results/quality-text.md and quality-image.md.

@@ -39,6 +39,13 @@ def bert_config(**kwargs) -> BertConfig:
 
 
 @pytest.fixture(scope="session")
+def asset_cache(tmp_path_factory) -> str:
+    """One temporary cache of converted offline assets for the tests that share them (e.g. SmolLM2 converted once for
+    the generative demo and benchmark), never the user's."""
+    return str(tmp_path_factory.mktemp("asset-cache"))
+
+
+@pytest.fixture(scope="session")
 def pretrained_bert(tmp_path_factory) -> str:
     """A 'pre-trained' tiny BERT backbone saved like a Hub checkpoint (no classification head)."""
     path = tmp_path_factory.mktemp("pretrained") / "tiny-bert"

@@ -1,10 +1,15 @@
-"""`hf-starsse demo --task generation` end to end, at a tiny size, on the real offline assets (SmolLM2-135M-Instruct,
-20 Newsgroups); skips, naming the install command, without them."""
+"""`hf-starsse demo --task generation` and the generative benchmark (`benchmarks/generative.py --quick`) end to end,
+at tiny sizes, on the real offline assets (SmolLM2-135M-Instruct, 20 Newsgroups); they skip, naming the install
+command, without them."""
 
 import importlib.util
 import json
+import re
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from hf_starsse.cli.main import main
@@ -12,14 +17,20 @@ from hf_starsse.demo.assets import DATA_PACKAGE, LM_PACKAGE
 from hf_starsse.demo.generation import POST_WORDS
 from hf_starsse.demo.lm_assets import LM_INSTALL_COMMAND
 
-
-@pytest.mark.skipif(
+lm_assets = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in (LM_PACKAGE, "gguf", DATA_PACKAGE, "sklearn", "peft")),
     reason=f"the generative demo's offline assets are not installed: {LM_INSTALL_COMMAND}",
 )
+
+
+@pytest.fixture(autouse=True)
+def cache(asset_cache, monkeypatch):
+    monkeypatch.setenv("HF_STARSSE_CACHE", asset_cache)
+
+
+@lm_assets
 @pytest.mark.slow
-def test_generation_demo_end_to_end(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_STARSSE_CACHE", str(tmp_path / "cache"))
+def test_generation_demo_end_to_end(tmp_path, capsys):
     root = tmp_path / "demo"
     argv = ["demo", "--task", "generation", "--output_dir", str(root), "--num_members", "2", "--train_samples", "16",
             "--test_samples", "4", "--shift_samples", "4", "--calibration_samples", "4", "--cycle_steps", "1",
@@ -52,3 +63,26 @@ def test_generation_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert reply["role"] == "assistant" and reply["content"]
     soup = AutoModelForCausalLM.from_pretrained(root / "soup")
     assert type(soup).__name__ == "LlamaForCausalLM"
+
+
+@lm_assets
+@pytest.mark.slow
+def test_quick_generative_benchmark(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import generative
+
+    threads = torch.get_num_threads()
+    results = tmp_path / "generative.md"
+    try:
+        generative.main(["--quick", "--work-dir", str(tmp_path / "work"), "--results", str(results)])
+    finally:
+        torch.set_num_threads(threads)
+    report = results.read_text()
+    models = ("single LoRA fine-tune (member 0)", "StarSSE: mean member", "StarSSE ensemble (2)", "SSE LoRA soup",
+              "Local DE ensemble (2)")  # fmt: skip
+    for model in models:
+        row = next(line for line in report.splitlines() if line.startswith(f"| {model} |"))
+        assert len(re.findall(r"\d+\.\d{3} ± \d+\.\d{3}", row)) == len(generative.COLUMNS), row
+    assert "| starsse | shift accuracy | member 0 |" in report and "| local_de | nll | its mean member |" in report
+    local_de = json.loads((tmp_path / "work" / "seed-0" / "local_de" / "ensemble.json").read_text())["members"]
+    assert [member["parent"] for member in local_de] == [None, None]  # independent fine-tunes, member 0 shared
