@@ -66,6 +66,25 @@ def test_token_log_likelihoods_average_to_the_models_loss(tmp_path):
     assert -scores.mean() == pytest.approx(loss, rel=1e-4)
 
 
+def test_token_log_likelihoods_without_labels_score_the_unmasked_tokens(tmp_path):
+    model = pretrained_lm("gpt2", tmp_path / "base").eval()
+    rows = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7, 0], [8, 9, 10, 11]],
+                                       "attention_mask": [[1, 1, 1, 0], [1, 1, 1, 1]]})  # fmt: skip
+    scores = token_log_likelihoods(model, rows)
+    with torch.no_grad():
+        expected = model(torch.tensor([[8, 9, 10, 11]])).logits[0, :-1].log_softmax(-1)[[0, 1, 2], [9, 10, 11]]
+    assert len(scores) == 2 + 3
+    np.testing.assert_allclose(scores[2:], expected.numpy(), rtol=1e-5)
+
+
+def test_options_without_tokens_are_refused():
+    tokenizer = word_tokenizer()
+    tokenizer.eos_token = None  # an empty answer then has no token at all
+    formatter = PromptFormat(tokenizer, template="{text}")
+    with pytest.raises(ValueError, match="has no tokens"):
+        option_dataset(topic_rows(2), formatter, "label", options=["", *TOPICS])
+
+
 def test_prompt_format_cuts_the_prompts_start_and_ends_answers():
     tokenizer = word_tokenizer()
     formatter = PromptFormat(tokenizer, template="{text} w5", max_length=7)

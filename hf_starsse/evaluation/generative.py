@@ -108,9 +108,9 @@ def token_log_likelihoods(model, dataset, data_collator=None, batch_size: int = 
     model.eval()
     values = []
     for batch in make_dataloader(model, dataset, data_collator, batch_size):
-        labels = batch.get("labels")
-        if labels is None:
-            labels = batch["input_ids"].masked_fill(batch.get("attention_mask", 1) == 0, -100)
+        labels = batch.get("labels", batch["input_ids"])
+        if "labels" not in batch and "attention_mask" in batch:
+            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
         logits = model(**model_inputs(model, batch, _device(model))).logits[:, :-1].float().cpu()
         target = labels[:, 1:]
         kept = target != -100

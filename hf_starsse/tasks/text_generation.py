@@ -227,6 +227,8 @@ def option_dataset(dataset, formatter: PromptFormat, column: str, options: list[
     def encode(batch):
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         encoded = [formatter.encode(row, options) for row in rows]
+        if any(not ids for _, completions in encoded for ids in completions):
+            raise ValueError(f"An option of {options} has no tokens: every option must be scored by some token.")
         return {"prompt_ids": [prompt for prompt, _ in encoded], "option_ids": [ids for _, ids in encoded]}
 
     scored = dataset.map(encode, batched=True, remove_columns=dataset.column_names)
