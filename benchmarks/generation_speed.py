@@ -354,7 +354,7 @@ def report(result: GenerationMeasurement, model: str, prompts: list[str], clock:
         "# Generation speed and peak memory: adapter ensemble vs K separate generate calls",
         "",
         f"{date.today()}, `{command}`",
-        f"on {platform.machine()} ({os.cpu_count()} CPUs), {torch.get_num_threads()} torch threads, torch "
+        f"on {platform.machine()} ({os.cpu_count()} CPUs), torch threads: {torch.get_num_threads()}, torch "
         f"{torch.__version__}, peft {peft.__version__}. {model}; K = {result.num_members} LoRA adapters (r = "
         f"{LORA['r']}, alpha {LORA['lora_alpha']}, on {' and '.join(LORA['target_modules'])}), untrained: `lora_B` "
         f"drawn from N(0, {LORA_B_STD}^2) so that the adapters differ (speed and memory do not depend on training). "
