@@ -4,6 +4,7 @@ members' next-token probabilities and generate through transformers' GenerationM
 Tiny GPT-2 and Llama models built from config, a word-level tokenizer, token-id rows."""
 
 import json
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ from hf_starsse import (
     load_members,
     uniform_soup,
 )
+from hf_starsse.ensemble import MemberBatchCache
 from hf_starsse.soups.predict import output_rows, predicts_next_token
 from hf_starsse.tasks.checks import collator_makes_labels
 
@@ -255,6 +257,55 @@ def test_sampling_beam_search_and_stopping(ensemble_and_members):
     new = greedy[0, 4:].tolist()
     stopped = ensemble.generate(PROMPT[:1], max_new_tokens=6, do_sample=False, eos_token_id=new[2])
     assert stopped[0].tolist() == greedy[0, : 4 + new.index(new[2]) + 1].tolist()
+
+
+@contextmanager
+def input_shapes(module):
+    """The shapes of the `input_ids` of every call of `module` inside the block."""
+    shapes = []
+    handle = module.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        yield shapes
+    finally:
+        handle.remove()
+
+
+def test_lora_members_decode_as_one_batch(adapter_ensemble):
+    """With a cache, the K LoRA adapters run as one mixed-adapter batch (one forward of K x batch rows per step, one
+    cache); tokens, scores and uncertainty are those of the adapters run one after the other."""
+    ensemble = adapter_ensemble[0]
+    options = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with input_shapes(ensemble.peft_model) as shapes:
+        batched = ensemble.generate(PROMPT, **options)
+    assert shapes == [(6, 4)] + [(6, 1)] * 3
+    assert type(ensemble(input_ids=PROMPT, use_cache=True).cache) is MemberBatchCache
+    ensemble.batch_members = False
+    try:
+        with input_shapes(ensemble.peft_model) as shapes:
+            looped = ensemble.generate(PROMPT, **options)
+    finally:
+        del ensemble.batch_members
+    assert shapes == [(2, 4)] * 3 + [(2, 1)] * 9
+    assert torch.equal(batched.sequences, looped.sequences)
+    for key in ("scores", "mutual_information"):
+        torch.testing.assert_close(batched[key], looped[key], rtol=1e-5, atol=1e-6)
+
+
+def test_dora_members_decode_one_after_the_other(tmp_path):
+    """PEFT's mixed-adapter batch excludes DoRA: those adapters run one after the other, each with its own cache."""
+    peft = pytest.importorskip("peft")
+    pretrained_lm("llama", tmp_path / "base")
+    config = peft.LoraConfig(r=4, use_dora=True, task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"])
+    for index in range(2):
+        peft.get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "base"), config).save_pretrained(
+            tmp_path / f"member_{index}"
+        )
+    ensemble = build_ensemble([tmp_path / "member_0", tmp_path / "member_1"])
+    with input_shapes(ensemble.peft_model) as shapes:
+        assert ensemble.generate(PROMPT, max_new_tokens=2, do_sample=False).shape == (2, 6)
+    assert shapes == [(2, 4)] * 2 + [(2, 1)] * 2
 
 
 def test_assisted_decoding_is_refused(full_ensemble):

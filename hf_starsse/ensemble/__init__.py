@@ -26,6 +26,7 @@ from .modeling_adapter_ensemble import (
     AdapterEnsembleForQuestionAnswering,
     AdapterEnsembleForSequenceClassification,
     AdapterEnsembleForTokenClassification,
+    MemberBatchCache,
 )
 from .modeling_causal_ensemble import EnsembleCache, EnsembleCausalLMOutput, EnsembleForCausalLM
 from .modeling_ensemble import (
@@ -80,5 +81,6 @@ __all__ = [
     "EnsembleImageClassificationPipeline",
     "EnsembleTextClassificationPipeline",
     "EnsembleTokenClassificationPipeline",
+    "MemberBatchCache",
     "build_ensemble",
 ]

@@ -119,18 +119,24 @@ class EnsembleForCausalLM(EnsemblePreTrainedModel, GenerationMixin):
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       inputs_embeds=inputs_embeds, logits_to_keep=logits_to_keep, **kwargs)  # fmt: skip
         use_cache = bool(use_cache) or cache is not None
+        member_logits, cache = self.run_members(
+            {key: value for key, value in inputs.items() if value is not None}, cache, use_cache
+        )
+        pooled = self.combine_member_logits(member_logits)
+        output = EnsembleCausalLMOutput(loss=next_token_loss(pooled.logits, labels), cache=cache, **pooled)
+        return output if return_dict is not False else output.to_tuple()
+
+    def run_members(
+        self, inputs: dict, cache: EnsembleCache | None, use_cache: bool
+    ) -> tuple[torch.Tensor, EnsembleCache | None]:
+        """The members' logits `(num_members, batch, length, vocab_size)` on `inputs` and, with `use_cache`, their
+        caches (`cache`: those of the previous steps); each member runs with its own cache."""
         caches = [None] * self.config.num_members if cache is None else cache.caches
         outputs = self.member_outputs(
-            {key: value for key, value in inputs.items() if value is not None},
-            [{"cache": member_cache, "use_cache": use_cache} for member_cache in caches],
+            inputs, [{"cache": member_cache, "use_cache": use_cache} for member_cache in caches]
         )
-        pooled = self.combine_member_logits(stack_outputs(outputs, "logits"))
-        output = EnsembleCausalLMOutput(
-            loss=next_token_loss(pooled.logits, labels),
-            cache=EnsembleCache([member_output.cache for member_output in outputs]) if use_cache else None,
-            **pooled,
-        )
-        return output if return_dict is not False else output.to_tuple()
+        new_cache = EnsembleCache([member_output.cache for member_output in outputs]) if use_cache else None
+        return stack_outputs(outputs, "logits"), new_cache
 
     def generate(self, *args, **kwargs):
         """
