@@ -26,7 +26,7 @@ from ..run.directory import run_manifest
 from ..storage.atomic_io import atomic_write_json
 from ..tasks import family_of_architecture
 from ..tasks.sequence_classification import SEQUENCE_CLASSIFICATION
-from .adapter_cards import ADAPTER_RELATION, adapter_base_tag, adapter_metadata, adapter_summary
+from .adapter_cards import ADAPTER_RELATION, adapter_base_tag, adapter_metadata, adapter_summary, member_adapters
 
 # The templates: inside the installed package (wheel), else at the root of the source tree (checkout, editable).
 TEMPLATES = next(
@@ -63,7 +63,7 @@ METHODS = {
 SOUP_MODELS = {"uniform_soup": "uniform soup", "greedy_soup": "greedy soup"}
 # How the cards' tables name a task family's metrics (`TaskFamily.metrics`); others by their own name.
 METRIC_NAMES = {"nll": "NLL", "ece": "ECE", "brier": "Brier", "exact_match": "exact match", "f1": "F1",
-                "entity_f1": "entity F1"}  # fmt: skip
+                "entity_f1": "entity F1", "aurc": "AURC", "token_nll": "NLL per token"}  # fmt: skip
 
 
 def evaluation_rows(source) -> list[dict]:
@@ -133,6 +133,11 @@ def card_info(source, base_model: str | None = None) -> dict:
         "datasets": datasets,
         "dataset_name": declared.get("dataset_name") or (datasets[0] if datasets else None),
     }
+
+
+def pipeline_usage(family, repo_id: str) -> str | None:
+    """The lines of a card that run the model's `pipeline`, or `None` where transformers has none for its task."""
+    return family.pipeline_usage.format(task=family.name, repo_id=repo_id) if family.name in SUPPORTED_TASKS else None
 
 
 def card_with_base_model(text: str, base_model: str) -> str:
@@ -280,7 +285,7 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
         results=_all_rows(rows, config.num_members),
         metrics=metrics,
         auto_class=family.auto_class,
-        pipeline_task=family.name if family.name in SUPPORTED_TASKS else None,  # transformers has a pipeline for it
+        pipeline_usage=pipeline_usage(family, repo_id or ENSEMBLE_PLACEHOLDER),
         combination=family.combination,
         repo_id=repo_id or ENSEMBLE_PLACEHOLDER,
     )
@@ -312,6 +317,7 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
         members=[Path(member).name for member in record["members"]],
         chosen=record.get("chosen"),
         info=info,
+        adapters=member_adapters(record),
         method_title=title,
         architecture=architecture,
         batchnorm_recalibrated=record.get("batchnorm_recalibrated"),
@@ -319,5 +325,6 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
         results=[r for r in rows if r["model"] == kind],
         metrics=metrics,
         auto_class=family.auto_class,
+        pipeline_usage=pipeline_usage(family, repo_id or SOUP_PLACEHOLDER),
         repo_id=repo_id or SOUP_PLACEHOLDER,
     )

@@ -188,7 +188,8 @@ TEXT_GENERATION = TaskFamily(
         "`log(mean_k softmax(z_k))` of shape (batch, tokens, vocabulary), with the uncertainty of each token, and "
         "`generate()` decodes from it (greedy, sampling, beam search) with one KV cache per member"
     ),
-    metrics=("perplexity", "nll"),
+    # answer options (a ClassLabel completion): accuracy, NLL, ECE, AURC over them; held-out text: token NLL
+    metrics=("accuracy", "nll", "ece", "aurc", "perplexity", "token_nll"),
     peft_task_type="CAUSAL_LM",
     keeps_raw_columns=False,
     prepare_data=prepare_language_modeling,
@@ -198,6 +199,8 @@ TEXT_GENERATION = TaskFamily(
     label_columns=(),
     class_labels=False,
     head="language_modeling",
+    pipeline_usage='generator = pipeline("{task}", model="{repo_id}")\n'
+    'print(generator("Once upon a time", max_new_tokens=32)[0]["generated_text"])',
 )
 
 
