@@ -75,6 +75,13 @@ class EvaluateArguments:
     calibration_split: str | None = field(
         default=None, metadata={"help": "Held-out split to fit each model's temperature on (adds *_calibrated)."}
     )
+    answer_options: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Text generation: the answers to score after each prompt, e.g. yes no (default: the names of a "
+            "ClassLabel completion column). Without either, the perplexity of the completions (or of the text)."
+        },
+    )
 
 
 @dataclass
