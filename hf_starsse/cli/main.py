@@ -272,9 +272,10 @@ def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArg
         trainer_kwargs=task.trainer_kwargs(),
     )
     best = results["best"]
+    score, key = ("accuracy", "ensemble_accuracy") if "ensemble_accuracy" in best else ("NLL/token", "ensemble_nll")
     print(
-        f"Best cell: cycle LR x{best['lr_ratio']:g}, length x{best['length_ratio']:g} (ensemble accuracy "
-        f"{best['ensemble_accuracy']:.4f}). Results in {args.output_dir}/sweep.json and sweep_heatmaps.png."
+        f"Best cell: cycle LR x{best['lr_ratio']:g}, length x{best['length_ratio']:g} (ensemble {score} "
+        f"{best[key]:.4f}). Results in {args.output_dir}/sweep.json and sweep_heatmaps.png."
     )
 
 
