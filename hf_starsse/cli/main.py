@@ -6,24 +6,34 @@
     hf-starsse train --model_name_or_path M --dataset D --task token-classification ...   # D: tokens, ner_tags
     hf-starsse train --model_name_or_path M --dataset allenai/swag --dataset_config regular --task multiple-choice ...
     hf-starsse train --model_name_or_path M --dataset rajpurkar/squad --task question-answering --max_length 384 ...
+    hf-starsse train --model_name_or_path LM --dataset D --completion_column label --chat_template --use_peft ...
     hf-starsse ensemble --run_dir runs/x --output_dir out/ensemble [--members 0 1 2 --calibrate --dataset D ...]
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
     hf-starsse evaluate --run_dir runs/x --dataset D --splits test [--calibration_split validation]
     hf-starsse evaluate --run_dir runs/x --data_files train=train.csv test=test.csv --splits test
+    hf-starsse evaluate --run_dir runs/lm --dataset D --completion_column label --chat_template --splits test ...
     hf-starsse calibrate --model_dir out/ensemble --dataset D --split validation   # also a soup or single model
     hf-starsse calibrate --model_dir out/soup --data_files train=train.csv validation=val.csv --split validation
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
     hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
     hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
 
-The task (`--task`: text-classification, token-classification, multiple-choice, question-answering or
-image-classification) is that of the model's head when it has one (a run's members have theirs, so `evaluate`,
-`soup`, `ensemble` and `calibrate` need no `--task`), else what the data holds: images, or else text classification;
-a model without a head takes `--task` for the other tasks. Their columns: `--text_column` (words: `tokens`) and
-`--label_column` (`label`, else `ner_tags`) for token classification; `--context_column` (`sent1`),
+The task (`--task`: text-classification, token-classification, multiple-choice, question-answering,
+image-classification or text-generation) is that of the model's head when it has one (a run's members have theirs, so
+`evaluate`, `soup`, `ensemble` and `calibrate` need no `--task`), else what the data holds: images, or else text
+classification; a model without a head takes `--task` for the other tasks. Their columns: `--text_column` (words:
+`tokens`) and `--label_column` (`label`, else `ner_tags`) for token classification; `--context_column` (`sent1`),
 `--question_column` (`sent2`) and `--choice_columns` (`ending0 ending1 ...`) for multiple choice, as in SWAG;
 `--question_column` (`question`), `--context_column` (`context`) and `--answer_column` (`answers`, as in SQuAD) for
 question answering.
+
+Text generation (the task of a causal language model's checkpoint) learns every token of `--text_column` (`text`), or
+answers after prompts: `--completion_column` (`completion`; a ClassLabel gives its names) after `--prompt_template`
+(e.g. '{text} Topic:', formatted from the row's columns; default: the `prompt` column), both in the tokenizer's chat
+template with `--chat_template`, the loss on the answer only. `evaluate`, given the same options, scores a ClassLabel
+completion column (or `--answer_options yes no`) as options: accuracy, NLL, ECE and AURC over them, pooled then
+calibrated with `--calibration_split`; else the perplexity of the completions or of the text. Ensembles and soups
+generate (`pipeline("text-generation", ...)`); `calibrate` does not apply (use evaluate's `--calibration_split`).
 
 Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`, and so are the PEFT
 options (`--use_peft --lora_r 8 --lora_alpha 16 --lora_target_modules query value`, or `--peft_config FILE`: LoRA
