@@ -1,11 +1,13 @@
-"""Tiny models built from config and synthetic data: no downloads, CPU, seconds."""
+"""Tiny models built from config and synthetic data, and the local Hub stand-in: no downloads, CPU, seconds."""
 
 import shutil
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
+import transformers
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import (
@@ -20,6 +22,8 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from hf_starsse import StarSSETrainer, StarSSETrainingArguments, evaluate_ensemble
+
+from hub_server import LocalHub
 
 transformers_logging.set_verbosity_error()
 
@@ -204,3 +208,15 @@ def image_data(tmp_path_factory, pretrained_mobilenet):
     data = Dataset.from_dict({"image": images, "label": [i % 2 for i in range(16)]}, features=features)
     DatasetDict({"train": data, "test": data.select(range(8))}).save_to_disk(root / "images")
     return str(root / "mobilenet"), str(root / "images")
+
+
+@pytest.fixture
+def local_hub(monkeypatch, tmp_path):
+    """The local Hub stand-in, with huggingface_hub pointed at it and no token from the environment or a login."""
+    with LocalHub() as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared client, made anew
+        monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+        yield hub

@@ -8,7 +8,6 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-import transformers
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import AutoModelForSequenceClassification, TrainingArguments
@@ -27,18 +26,6 @@ LOADABLE = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_con
 HUB_BASE = "org/tiny-bert"  # the Hub id declared for the LoRA run's base model, which it knows by a local path
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
-
-
-@pytest.fixture
-def local_hub(monkeypatch, tmp_path):
-    """The local Hub stand-in, with huggingface_hub pointed at it and no token from the environment or a login."""
-    with LocalHub() as hub:
-        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers' shared client, made anew
-        monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-        yield hub
 
 
 def assert_token_never_leaked(hub: LocalHub, *texts: str, roots=()) -> None:

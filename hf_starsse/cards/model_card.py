@@ -10,7 +10,7 @@ model, and for a base with a Hub id the tag `base_model:adapter:<id>` and `base_
 model tree lists the ensemble among the base's adapters). Their `library_name` stays `transformers`: the Hub's `peft`
 library counts downloads and builds its usage snippet from a root `adapter_config.json`, which an adapter ensemble
 cannot have (transformers would load it as one adapter instead of the ensemble); its adapters are in
-`adapters/member_<k>/`. The body gives one member's adapter size against the base model's.
+`adapters/member_<k>/`. The body gives one member's adapter size against the base model's (`adapter_cards.py`).
 """
 
 import json
@@ -22,12 +22,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.pipelines import SUPPORTED_TASKS
 
-from ..adapters.peft import require_peft
 from ..run.directory import run_manifest
 from ..storage.atomic_io import atomic_write_json
-from ..storage.weights import pickle_weight_files, weight_files
 from ..tasks import family_of_architecture
 from ..tasks.sequence_classification import SEQUENCE_CLASSIFICATION
+from .adapter_cards import ADAPTER_RELATION, adapter_base_tag, adapter_metadata, adapter_summary, member_adapters
 
 # The templates: inside the installed package (wheel), else at the root of the source tree (checkout, editable).
 TEMPLATES = next(
@@ -43,7 +42,6 @@ SOUP_RECORD_NAME = "soup.json"
 ENSEMBLE_PLACEHOLDER, SOUP_PLACEHOLDER = "path/to/ensemble", "path/to/soup"
 # Where the usage examples of an adapter ensemble's card load its base from, until the base has a known Hub id.
 BASE_PLACEHOLDER = "path/to/base"
-ADAPTER_RELATION = "adapter"  # `base_model_relation` of an adapter ensemble's card
 METHODS = {
     "starsse": (
         "StarSSE",
@@ -65,7 +63,7 @@ METHODS = {
 SOUP_MODELS = {"uniform_soup": "uniform soup", "greedy_soup": "greedy soup"}
 # How the cards' tables name a task family's metrics (`TaskFamily.metrics`); others by their own name.
 METRIC_NAMES = {"nll": "NLL", "ece": "ECE", "brier": "Brier", "exact_match": "exact match", "f1": "F1",
-                "entity_f1": "entity F1"}  # fmt: skip
+                "entity_f1": "entity F1", "aurc": "AURC", "token_nll": "NLL per token"}  # fmt: skip
 
 
 def evaluation_rows(source) -> list[dict]:
@@ -137,64 +135,9 @@ def card_info(source, base_model: str | None = None) -> dict:
     }
 
 
-def megabytes(num_bytes: int) -> str:
-    """A size in decimal megabytes (as the Hub shows file sizes), to three significant digits."""
-    return f"{num_bytes / 1e6:.3g} MB"
-
-
-def adapter_summary(model) -> dict | None:
-    """
-    What the card of an adapter ensemble says about its adapters, or `None` for an ensemble of full models.
-
-    Args:
-        model (`EnsemblePreTrainedModel`): The ensemble; an adapter ensemble has `peft_model` and `base_dir`.
-
-    Returns:
-        `dict` or `None`: `peft_type`, `rank` (LoRA), `member_size` (one member's adapter tensors), `members_size`
-        (all K), `base_size` (the base model's weight files), `copies_size` (K full copies of the base),
-        `include_base` and `num_labels`.
-    """
-    names = getattr(model.config, "adapter_names", None)
-    if not names:
-        return None
-    state = require_peft().get_peft_model_state_dict(model.peft_model, adapter_name=names[0])
-    member = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
-    base_files = weight_files(model.base_dir) or pickle_weight_files(model.base_dir)
-    base = sum(file.stat().st_size for file in base_files)
-    count = model.config.num_members
-    return {
-        "peft_type": model.config.peft_type,
-        "rank": getattr(model.peft_model.peft_config[names[0]], "r", None),
-        "member_size": megabytes(member),
-        "members_size": megabytes(count * member),
-        "base_size": megabytes(base),
-        "copies_size": megabytes(count * base),
-        "include_base": model.config.include_base,
-        "num_labels": model.config.num_labels,
-    }
-
-
-def adapter_base_tag(base_model: str) -> str:
-    """PEFT's tag for an adapter of `base_model` (a Hub id)."""
-    return f"base_model:adapter:{base_model}"
-
-
-def adapter_metadata(peft_type: str, base_model: str | None) -> dict:
-    """
-    The metadata an adapter ensemble's card adds to a full-model ensemble's, as PEFT's cards of adapters do.
-
-    Args:
-        peft_type (`str`): The adapters' PEFT method (`"LORA"`, ...), tagged lowercased.
-        base_model (`str`, *optional*): The base model's Hub id: tagged `base_model:adapter:<id>`, and the
-            relation `adapter` (unknown without one).
-
-    Returns:
-        `dict`: `tags` and, with a base, `base_model_relation`.
-    """
-    tags = ["peft", peft_type.lower()]
-    if base_model is None:
-        return {"tags": tags}
-    return {"tags": [*tags, adapter_base_tag(base_model)], "base_model_relation": ADAPTER_RELATION}
+def pipeline_usage(family, repo_id: str) -> str | None:
+    """The lines of a card that run the model's `pipeline`, or `None` where transformers has none for its task."""
+    return family.pipeline_usage.format(task=family.name, repo_id=repo_id) if family.name in SUPPORTED_TASKS else None
 
 
 def card_with_base_model(text: str, base_model: str) -> str:
@@ -342,7 +285,7 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
         results=_all_rows(rows, config.num_members),
         metrics=metrics,
         auto_class=family.auto_class,
-        pipeline_task=family.name if family.name in SUPPORTED_TASKS else None,  # transformers has a pipeline for it
+        pipeline_usage=pipeline_usage(family, repo_id or ENSEMBLE_PLACEHOLDER),
         combination=family.combination,
         repo_id=repo_id or ENSEMBLE_PLACEHOLDER,
     )
@@ -374,6 +317,7 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
         members=[Path(member).name for member in record["members"]],
         chosen=record.get("chosen"),
         info=info,
+        adapters=member_adapters(record),
         method_title=title,
         architecture=architecture,
         batchnorm_recalibrated=record.get("batchnorm_recalibrated"),
@@ -381,5 +325,6 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
         results=[r for r in rows if r["model"] == kind],
         metrics=metrics,
         auto_class=family.auto_class,
+        pipeline_usage=pipeline_usage(family, repo_id or SOUP_PLACEHOLDER),
         repo_id=repo_id or SOUP_PLACEHOLDER,
     )

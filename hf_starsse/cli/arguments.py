@@ -75,6 +75,13 @@ class EvaluateArguments:
     calibration_split: str | None = field(
         default=None, metadata={"help": "Held-out split to fit each model's temperature on (adds *_calibrated)."}
     )
+    answer_options: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Text generation: the answers to score after each prompt, e.g. yes no (default: the names of a "
+            "ClassLabel completion column). Without either, the perplexity of the completions (or of the text)."
+        },
+    )
 
 
 @dataclass
@@ -112,10 +119,16 @@ class PushArguments:
 
 def optional_data_options() -> type:
     """`DataArguments` without the model (a run's member provides it) nor the cards' names (`train` records them),
-    and with every field optional."""
+    and with every field optional: `None` unless given, but flags (`--chat_template`, `--allow_pickle`) keep their
+    `False`, so that they take no value, as in `train`."""
     skipped = ("model_name_or_path", "base_model_id", "dataset_name")
     fields = [f for f in dataclasses.fields(DataArguments) if f.name not in skipped]
-    spec = [(f.name, f.type | None, dataclasses.field(default=None, metadata=f.metadata)) for f in fields]
+    spec = [
+        (f.name, f.type, dataclasses.field(default=False, metadata=f.metadata))
+        if f.type is bool
+        else (f.name, f.type | None, dataclasses.field(default=None, metadata=f.metadata))
+        for f in fields
+    ]
     return dataclasses.make_dataclass("DataOptions", spec)
 
 

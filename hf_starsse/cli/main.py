@@ -6,24 +6,34 @@
     hf-starsse train --model_name_or_path M --dataset D --task token-classification ...   # D: tokens, ner_tags
     hf-starsse train --model_name_or_path M --dataset allenai/swag --dataset_config regular --task multiple-choice ...
     hf-starsse train --model_name_or_path M --dataset rajpurkar/squad --task question-answering --max_length 384 ...
+    hf-starsse train --model_name_or_path LM --dataset D --completion_column label --chat_template --use_peft ...
     hf-starsse ensemble --run_dir runs/x --output_dir out/ensemble [--members 0 1 2 --calibrate --dataset D ...]
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
     hf-starsse evaluate --run_dir runs/x --dataset D --splits test [--calibration_split validation]
     hf-starsse evaluate --run_dir runs/x --data_files train=train.csv test=test.csv --splits test
+    hf-starsse evaluate --run_dir runs/lm --dataset D --completion_column label --chat_template --splits test ...
     hf-starsse calibrate --model_dir out/ensemble --dataset D --split validation   # also a soup or single model
     hf-starsse calibrate --model_dir out/soup --data_files train=train.csv validation=val.csv --split validation
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
     hf-starsse push --path runs/x --repo_id me/x-ensemble [--soup_repo_id me/x-soup --members_as_subfolders --dry_run]
     hf-starsse demo [--model M --dataset D --num_members 5 --output_dir runs/demo ...]   # offline by default
 
-The task (`--task`: text-classification, token-classification, multiple-choice, question-answering or
-image-classification) is that of the model's head when it has one (a run's members have theirs, so `evaluate`,
-`soup`, `ensemble` and `calibrate` need no `--task`), else what the data holds: images, or else text classification;
-a model without a head takes `--task` for the other tasks. Their columns: `--text_column` (words: `tokens`) and
-`--label_column` (`label`, else `ner_tags`) for token classification; `--context_column` (`sent1`),
+The task (`--task`: text-classification, token-classification, multiple-choice, question-answering,
+image-classification or text-generation) is that of the model's head when it has one (a run's members have theirs, so
+`evaluate`, `soup`, `ensemble` and `calibrate` need no `--task`), else what the data holds: images, or else text
+classification; a model without a head takes `--task` for the other tasks. Their columns: `--text_column` (words:
+`tokens`) and `--label_column` (`label`, else `ner_tags`) for token classification; `--context_column` (`sent1`),
 `--question_column` (`sent2`) and `--choice_columns` (`ending0 ending1 ...`) for multiple choice, as in SWAG;
 `--question_column` (`question`), `--context_column` (`context`) and `--answer_column` (`answers`, as in SQuAD) for
 question answering.
+
+Text generation (the task of a causal language model's checkpoint) learns every token of `--text_column` (`text`), or
+answers after prompts: `--completion_column` (`completion`; a ClassLabel gives its names) after `--prompt_template`
+(e.g. '{text} Topic:', formatted from the row's columns; default: the `prompt` column), both in the tokenizer's chat
+template with `--chat_template`, the loss on the answer only. `evaluate`, given the same options, scores a ClassLabel
+completion column (or `--answer_options yes no`) as options: accuracy, NLL, ECE and AURC over them, pooled then
+calibrated with `--calibration_split`; else the perplexity of the completions or of the text. Ensembles and soups
+generate (`pipeline("text-generation", ...)`); `calibrate` does not apply (use evaluate's `--calibration_split`).
 
 Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`, and so are the PEFT
 options (`--use_peft --lora_r 8 --lora_alpha 16 --lora_target_modules query value`, or `--peft_config FILE`: LoRA
@@ -43,13 +53,16 @@ from ..demo import demo_defaults, run_demo
 from ..ensemble.build import build_ensemble
 from ..errors import HubUnreachableError, StarSSEError, network_error_types
 from ..evaluation.calibration import calibrate_ensemble, check_split_name
+from ..evaluation.generative import evaluate_generative
 from ..evaluation.run_evaluation import evaluate_ensemble
 from ..hub.publish import push_ensemble_to_hub
 from ..run.members import load_members
 from ..soups.average import greedy_soup, uniform_soup
+from ..tasks import family_of_model
 from ..tasks.classification import MULTI_LABEL_METRICS, REGRESSION_METRICS
+from ..tasks.text_generation import TEXT_GENERATION, evaluation_data
 from ..training.arguments import StarSSETrainingArguments
-from ..training.data import DataArguments, PreparedTask, prepare_task
+from ..training.data import DataArguments, PreparedTask, load_model_config, prepare_task
 from ..training.sweep import sweep_cycle_hyperparameters
 from ..training.trainer import StarSSETrainer
 from .arguments import (
@@ -101,6 +114,24 @@ def _require_held_out(data: DataArguments | None, what: str, calibrate: bool) ->
         raise ValueError(f"{what} needs held-out data: pass --dataset (or --data_files) and --eval_split.")
     if calibrate:
         check_split_name(data.eval_split)
+        _check_calibrated(data.model_name_or_path)
+
+
+def _generates(model: str) -> bool:
+    """Whether `model` (a member, ensemble or soup directory) is a causal language model, told by its config."""
+    return family_of_model(load_model_config(model)) is TEXT_GENERATION
+
+
+def _check_calibrated(model: str) -> None:
+    """Refuse to calibrate a causal language model (before any work): its temperature belongs to the answer options
+    it is scored over, which a saved model does not know; `evaluate` pools then calibrates over them."""
+    if _generates(model):
+        raise ValueError(
+            "Causal language models are not calibrated in place (a temperature over answer options, which the saved "
+            "model does not know): use hf-starsse evaluate --calibration_split validation with a ClassLabel "
+            "--completion_column or --answer_options; its nll_calibrated and ece_calibrated columns pool then "
+            "calibrate."
+        )
 
 
 def ensemble(options: EnsembleArguments, data: DataArguments | None, allow_pickle: bool = False) -> None:
@@ -155,6 +186,7 @@ def calibrate(options: CalibrateArguments, given: dict) -> None:
     if given.get("dataset") is None and given.get("data_files") is None:
         raise ValueError("calibrate needs --dataset or --data_files (and --split, a held-out split).")
     check_split_name(options.split)  # before loading anything
+    _check_calibrated(options.model_dir)
     data = DataArguments(model_name_or_path=options.model_dir, **given)
     config = AutoConfig.from_pretrained(options.model_dir)
     names = [config.id2label[index] for index in range(len(config.id2label))]
@@ -172,18 +204,39 @@ def calibrate(options: CalibrateArguments, given: dict) -> None:
     _report_calibration(model, options.output_dir or options.model_dir)
 
 
-def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
-    if "greedy" in options.soups and data.eval_split is None:
-        raise ValueError("A greedy soup picks members on held-out data: pass --eval_split.")
-    held_out = tuple(s for s in (data.eval_split, options.calibration_split) if s)
-    task = _prepare_for_run(data, tuple(options.splits) + held_out)
-    evaluated = list(
-        dict.fromkeys(options.splits + ([options.calibration_split] if options.calibration_split else []))
+def _evaluate_generation(options: EvaluateArguments, data: DataArguments, task: PreparedTask, splits: list) -> list:
+    """`evaluate` of causal language models: answer options (a ClassLabel completion column, or --answer_options)
+    scored and calibrated over, else the perplexity of the completions or of the text."""
+    raw = {split: task.splits[split] for split in splits}
+    train = task.splits[data.train_split]
+    option_data, text_data = evaluation_data(
+        data, train, raw, task.prepare, task.processing_class, options.answer_options
     )
-    datasets = {split: task.prepare(task.splits[split]) for split in evaluated}
+    if options.calibration_split is not None and not option_data:
+        raise ValueError(
+            "--calibration_split fits a temperature over answer options: evaluate a ClassLabel --completion_column, "
+            "or pass --answer_options."
+        )
+    return evaluate_generative(
+        options.run_dir,
+        option_data,
+        text_data,
+        soups=tuple(options.soups),
+        calibration_split=options.calibration_split,
+        data_collator=task.data_collator,
+        batch_size=options.batch_size,
+        allow_pickle=data.allow_pickle,
+    )
+
+
+def _evaluate_classifiers(options: EvaluateArguments, data: DataArguments, task: PreparedTask, splits: list) -> list:
+    """`evaluate` of classifiers (every head but causal language models), with the greedy soup's validation split."""
+    if options.answer_options:
+        raise ValueError("--answer_options are the answers of a text-generation run; this run's members classify.")
+    datasets = {split: task.prepare(task.splits[split]) for split in splits}
     if "greedy" in options.soups:
         datasets["validation"] = task.eval_dataset
-    rows = evaluate_ensemble(
+    return evaluate_ensemble(
         options.run_dir,
         datasets,
         soups=tuple(options.soups),
@@ -193,6 +246,20 @@ def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
         batch_size=options.batch_size,
         allow_pickle=data.allow_pickle,
     )
+
+
+def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
+    if "greedy" in options.soups and _generates(data.model_name_or_path):
+        raise ValueError("Text-generation runs are evaluated with --soups uniform (the default), not a greedy soup.")
+    if "greedy" in options.soups and data.eval_split is None:
+        raise ValueError("A greedy soup picks members on held-out data: pass --eval_split.")
+    held_out = tuple(s for s in (data.eval_split, options.calibration_split) if s)
+    task = _prepare_for_run(data, tuple(options.splits) + held_out)
+    evaluated = list(
+        dict.fromkeys(options.splits + ([options.calibration_split] if options.calibration_split else []))
+    )
+    by_family = _evaluate_generation if task.family is TEXT_GENERATION else _evaluate_classifiers
+    rows = by_family(options, data, task, evaluated)
     shown = dict.fromkeys(task.family.metrics + REGRESSION_METRICS + MULTI_LABEL_METRICS)  # the members' problem's
     for row in rows:
         if row["model"] != "member":
@@ -215,9 +282,10 @@ def sweep(data: DataArguments, args: StarSSETrainingArguments, options: SweepArg
         trainer_kwargs=task.trainer_kwargs(),
     )
     best = results["best"]
+    score, key = ("accuracy", "ensemble_accuracy") if "ensemble_accuracy" in best else ("NLL/token", "ensemble_nll")
     print(
-        f"Best cell: cycle LR x{best['lr_ratio']:g}, length x{best['length_ratio']:g} (ensemble accuracy "
-        f"{best['ensemble_accuracy']:.4f}). Results in {args.output_dir}/sweep.json and sweep_heatmaps.png."
+        f"Best cell: cycle LR x{best['lr_ratio']:g}, length x{best['length_ratio']:g} (ensemble {score} "
+        f"{best[key]:.4f}). Results in {args.output_dir}/sweep.json and sweep_heatmaps.png."
     )
 
 

@@ -251,8 +251,8 @@ def plot_risk_coverage(curves: dict[str, dict], path, title: str = "Risk-coverag
 def plot_sweep_heatmaps(cells: list[dict], path, method: str = "StarSSE") -> Figure:
     """
     Heatmaps over the sweep grid (cycle learning-rate ratio x cycle length ratio) of the ensemble accuracy, the mean
-    member accuracy and the interpolation barrier: where accuracy drops and the barrier rises, the cycles leave the
-    pre-train basin.
+    member accuracy (causal language models: their NLL per token) and the interpolation barrier: where accuracy drops
+    and the barrier rises, the cycles leave the pre-train basin.
 
     Args:
         cells (`list[dict]`): Cells of `sweep_cycle_hyperparameters` (`lr_ratio`, `length_ratio` and the scores).
@@ -261,9 +261,10 @@ def plot_sweep_heatmaps(cells: list[dict], path, method: str = "StarSSE") -> Fig
     """
     lr_ratios = sorted({cell["lr_ratio"] for cell in cells})
     length_ratios = sorted({cell["length_ratio"] for cell in cells})
+    scored = ("accuracy", "accuracy") if "ensemble_accuracy" in cells[0] else ("nll", "NLL per token")
     panels = (
-        ("ensemble_accuracy", "ensemble accuracy"),
-        ("member_accuracy", "mean member accuracy"),
+        (f"ensemble_{scored[0]}", f"ensemble {scored[1]}"),
+        (f"member_{scored[0]}", f"mean member {scored[1]}"),
         ("barrier", "accuracy barrier"),
     )
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -271,7 +272,8 @@ def plot_sweep_heatmaps(cells: list[dict], path, method: str = "StarSSE") -> Fig
         grid = np.full((len(length_ratios), len(lr_ratios)), np.nan)
         for cell in cells:
             grid[length_ratios.index(cell["length_ratio"]), lr_ratios.index(cell["lr_ratio"])] = cell[key]
-        image = axis.imshow(grid, origin="lower", cmap="viridis_r" if key == "barrier" else "viridis")
+        lower_is_better = key == "barrier" or key.endswith("_nll")
+        image = axis.imshow(grid, origin="lower", cmap="viridis_r" if lower_is_better else "viridis")
         for (row, column), value in np.ndenumerate(grid):
             if not np.isnan(value):
                 red, green, blue, _ = image.cmap(image.norm(value))

@@ -50,6 +50,8 @@ class TaskFamily:
             or a value for multi-label and regression models), `"token"` (a distribution per token) or
             `"question_answering"` (distributions of the answer's start and end over the tokens) or
             `"language_modeling"` (a distribution over the vocabulary of the next token, at every position).
+        pipeline_usage (`str`): The lines of a model card that run its `pipeline`, formatted with `task` and
+            `repo_id` (shown only where transformers has a pipeline for it).
     """
 
     name: str
@@ -69,6 +71,7 @@ class TaskFamily:
     label_columns: tuple[str, ...] = ("label",)
     class_labels: bool = True
     head: str = "classification"
+    pipeline_usage: str = 'classifier = pipeline("{task}", model="{repo_id}")'
 
     @cached_property
     def architectures(self) -> frozenset[str]:

@@ -188,7 +188,8 @@ TEXT_GENERATION = TaskFamily(
         "`log(mean_k softmax(z_k))` of shape (batch, tokens, vocabulary), with the uncertainty of each token, and "
         "`generate()` decodes from it (greedy, sampling, beam search) with one KV cache per member"
     ),
-    metrics=("perplexity", "nll"),
+    # answer options (a ClassLabel completion): accuracy, NLL, ECE, AURC over them; held-out text: token NLL
+    metrics=("accuracy", "nll", "ece", "aurc", "perplexity", "token_nll"),
     peft_task_type="CAUSAL_LM",
     keeps_raw_columns=False,
     prepare_data=prepare_language_modeling,
@@ -198,6 +199,8 @@ TEXT_GENERATION = TaskFamily(
     label_columns=(),
     class_labels=False,
     head="language_modeling",
+    pipeline_usage='generator = pipeline("{task}", model="{repo_id}")\n'
+    'print(generator("Once upon a time", max_new_tokens=32)[0]["generated_text"])',
 )
 
 
@@ -233,3 +236,30 @@ def option_dataset(dataset, formatter: PromptFormat, column: str, options: list[
 
     scored = dataset.map(encode, batched=True, remove_columns=dataset.column_names)
     return scored.add_column("label", [options.index(answer) for answer in labels])
+
+
+def evaluation_data(data, train, splits: dict, prepare, tokenizer, options: list[str] | None = None) -> tuple:
+    """
+    What `hf_starsse.evaluation.generative.evaluate_generative` scores of raw splits (the CLI's `evaluate`): with a
+    completion column that is a `ClassLabel`, or with `options`, option datasets (`option_dataset`); else the splits
+    as prepared for training: the completions' tokens, or every token of the text column.
+
+    Args:
+        data (`DataArguments`): The CLI's options (completion column, prompt template, chat template, max length).
+        train (`datasets.Dataset`): The training split (its columns and features).
+        splits (`dict`): The raw splits to evaluate, by name.
+        prepare (`Callable`): Prepares a raw split for training (from `prepare_language_modeling`).
+        tokenizer (`PreTrainedTokenizerBase`): The members' tokenizer.
+        options (`list[str]`, *optional*): The answers to score (default: the completion column's `ClassLabel`
+            names).
+
+    Returns:
+        `tuple[dict, dict]`: The option datasets and the text datasets, by split (one of the two empty).
+    """
+    column = completion_column(data, train)
+    if column is not None and (options or isinstance(train.features[column], datasets.ClassLabel)):
+        formatter = prompt_format(data, tokenizer)
+        return {name: option_dataset(split, formatter, column, options) for name, split in splits.items()}, {}
+    if options:
+        raise ValueError("Answer options are scored after a prompt: set --completion_column (the answer column).")
+    return {}, {name: prepare(split) for name, split in splits.items()}

@@ -18,6 +18,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from statistics import fmean
 
 from filelock import FileLock
 from transformers import PreTrainedModel
@@ -25,9 +26,10 @@ from transformers.utils import logging
 
 from ..evaluation import plots
 from ..evaluation.diagnostics import barrier_height, interpolation_curve
+from ..evaluation.generative import evaluate_generative
 from ..evaluation.run_evaluation import evaluate_ensemble
 from ..soups.average import member_model
-from ..soups.predict import make_dataloader
+from ..soups.predict import make_dataloader, predicts_next_token
 from ..storage.atomic_io import atomic_write_json
 from ..storage.weights import weights_sha256
 from .arguments import StarSSETrainingArguments
@@ -67,18 +69,29 @@ def _cell_args(args: StarSSETrainingArguments, output_dir: Path, method: str, lr
 
 
 def _score_cell(cell_dir: Path, eval_dataset, train_dataset, trainer: StarSSETrainer, num_points: int) -> dict:
-    rows = evaluate_ensemble(cell_dir, {"validation": eval_dataset}, soups=(), **_eval_options(trainer))
-    members = [row for row in rows if row["model"] == "member"]
-    ensemble = max((row for row in rows if row["model"] == "ensemble"), key=lambda row: row["size"])
     first, second = (member_model(cell_dir / f"members/member-{i:02d}", trainer.args.device) for i in (0, 1))
+    scores = _ensemble_scores(cell_dir, eval_dataset, trainer, predicts_next_token(first))
     loader = make_dataloader(first, eval_dataset, trainer.data_collator, trainer.args.per_device_eval_batch_size)
     bn_loader = make_dataloader(first, train_dataset, trainer.data_collator, trainer.args.per_device_train_batch_size)
     curve = interpolation_curve(first, second, {"validation": loader}, num_points, batchnorm_dataloader=bn_loader)
+    return scores | {"barrier": barrier_height(curve["validation"]["accuracy"])}
+
+
+def _ensemble_scores(cell_dir: Path, eval_dataset, trainer: StarSSETrainer, next_token: bool) -> dict:
+    """The validation scores of a cell's ensemble (all its members) and of its mean member: accuracy and NLL, or for
+    causal language models (`next_token`) the NLL per token of the validation text."""
+    validation = {"validation": eval_dataset}
+    if next_token:
+        rows = evaluate_generative(cell_dir, text_datasets=validation, soups=(), **_eval_options(trainer))
+        metrics = {"nll": "token_nll"}
+    else:
+        rows = evaluate_ensemble(cell_dir, validation, soups=(), **_eval_options(trainer))
+        metrics = {"accuracy": "accuracy", "nll": "nll"}
+    members = [row for row in rows if row["model"] == "member"]
+    ensemble = max((row for row in rows if row["model"] == "ensemble"), key=lambda row: row["size"])
     return {
-        "ensemble_accuracy": ensemble["accuracy"],
-        "ensemble_nll": ensemble["nll"],
-        "member_accuracy": sum(row["accuracy"] for row in members) / len(members),
-        "barrier": barrier_height(curve["validation"]["accuracy"]),
+        **{f"ensemble_{name}": ensemble[key] for name, key in metrics.items()},
+        **{f"member_{name}": fmean(row[key] for row in members) for name, key in metrics.items()},
     }
 
 
@@ -105,9 +118,9 @@ def sweep_cycle_hyperparameters(
     """
     Train and score a StarSSE (or SSE) ensemble for every cell of the grid `cycle_learning_rate = lr_ratio *
     learning_rate` x `cycle length = length_ratio * first member's length`, all starting from one member 0 trained
-    once. Each cell is scored on `eval_dataset` (a validation split, never the test split): ensemble accuracy and
-    NLL, mean member accuracy, and the accuracy barrier between member 0 and member 1 (large: the cycles left the
-    pre-train basin).
+    once. Each cell is scored on `eval_dataset` (a validation split, never the test split): ensemble and mean member
+    accuracy and NLL (causal language models: NLL per token), and the accuracy barrier between member 0 and member 1
+    (large: the cycles left the pre-train basin; next-token accuracy for causal language models).
     Cells already in `output_dir/sweep.json` are reused, so a rerun continues an interrupted sweep. StarSSE and SSE
     sweeps in the same `output_dir` share member 0 (SSE cells each train their own chain), so that each method gets
     its own optimum from the same starting point.
@@ -182,8 +195,9 @@ def sweep_cycle_hyperparameters(
 
 
 def best_cell(cells: list[dict]) -> dict:
-    """The cell with the highest validation ensemble accuracy, ties broken by the lower NLL."""
-    return max(cells, key=lambda cell: (cell["ensemble_accuracy"], -cell["ensemble_nll"]))
+    """The cell with the highest validation ensemble accuracy, ties broken by the lower NLL (causal language models:
+    the lowest NLL per token)."""
+    return max(cells, key=lambda cell: (cell.get("ensemble_accuracy", 0.0), -cell["ensemble_nll"]))
 
 
 def _write_results(root: Path, setup: dict, cells: dict, best: dict | None = None) -> None:
