@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 import peft
 import torch
+from generation_speed import CLOCKS, PROMPTS, measure_generation, render_markdown
 from transformers import DataCollatorForLanguageModeling
 from transformers.utils import logging
 
@@ -43,6 +44,7 @@ from hf_starsse.demo.generation import (
 from hf_starsse.demo.lm_assets import pretrained_smollm2
 from hf_starsse.evaluation.generative import predict_generative, text_rows
 from hf_starsse.evaluation.run_evaluation import evaluation_rows
+from hf_starsse.run.members import load_members
 from hf_starsse.storage.atomic_io import atomic_write_json
 from hf_starsse.training.data import DataArguments, prepare_task
 
@@ -127,6 +129,28 @@ def seed_rows(seed: int, bench: SimpleNamespace, options) -> dict[str, list[dict
     return {method: evaluate(run, bench) for method, run in runs.items()}
 
 
+def speed_section(run: Path, quick: bool) -> list[str]:
+    """Generation speed and peak memory of `run`'s adapter ensemble (its trained LoRA members) against K separate
+    `generate` calls of its merged members (`generation_speed.py`: one torch thread, CPU time, side by side)."""
+    threads, base = torch.get_num_threads(), str(pretrained_smollm2())
+    torch.set_num_threads(1)
+    try:
+        members = [str(member) for member in load_members(run)]
+        result = measure_generation(base, members, base, PROMPTS, max_new_tokens=4 if quick else 32,
+                                    repeats=1 if quick else 3, clock=CLOCKS["cpu"])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return [
+        f"**Generation** with the StarSSE adapter ensemble of seed {run.parent.name.removeprefix('seed-')} (greedy, "
+        f"{result.num_prompts} prompts of `benchmarks/generation_speed.py` in one batch, exactly "
+        f"{result.max_new_tokens} new tokens, medians of {result.repeats} alternating calls, one torch thread, CPU "
+        "time; peak memory of fresh processes):",
+        "",
+        *render_markdown(result),
+        "",
+    ]
+
+
 COLUMNS = {  # report column: (split, metric)
     "accuracy": ("test", "accuracy"),
     "NLL": ("test", "nll"),
@@ -188,7 +212,9 @@ def differences(results: dict[int, dict], size: int) -> list[str]:
     return lines
 
 
-def report(results: dict, options, minutes: float, command: str, bench: SimpleNamespace) -> list[str]:
+def report(
+    results: dict, options, minutes: float, command: str, bench: SimpleNamespace, speed: list[str]
+) -> list[str]:
     size = bench.size
     return [
         "# Generative members: LoRA StarSSE of SmolLM2-135M-Instruct, classification by generation",
@@ -209,6 +235,7 @@ def report(results: dict, options, minutes: float, command: str, bench: SimpleNa
         "",
         *differences(results, size.num_members),
         "",
+        *speed,
     ]
 
 
@@ -220,8 +247,10 @@ def main(argv=None) -> None:
     bench = load_task(options)
     seeds = options.seeds[:1] if options.quick else options.seeds
     results = {seed: seed_rows(seed, bench, options) for seed in seeds}
+    speed = speed_section(options.work_dir / f"seed-{seeds[0]}" / "starsse", options.quick)
     command = " ".join(["python benchmarks/generative.py", *(sys.argv[1:] if argv is None else argv)])
-    write_results(report(results, options, (time.time() - start) / 60, command, bench), options.results)
+    minutes = (time.time() - start) / 60
+    write_results(report(results, options, minutes, command, bench, speed), options.results)
 
 
 if __name__ == "__main__":

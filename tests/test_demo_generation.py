@@ -83,6 +83,7 @@ def test_quick_generative_benchmark(tmp_path):
     for model in models:
         row = next(line for line in report.splitlines() if line.startswith(f"| {model} |"))
         assert len(re.findall(r"\d+\.\d{3} ± \d+\.\d{3}", row)) == len(generative.COLUMNS), row
+    assert "Speed goal" in report and "| new tokens/s (one generate / 2 generate calls) |" in report
     assert "| starsse | shift accuracy | member 0 |" in report and "| local_de | nll | its mean member |" in report
     local_de = json.loads((tmp_path / "work" / "seed-0" / "local_de" / "ensemble.json").read_text())["members"]
     assert [member["parent"] for member in local_de] == [None, None]  # independent fine-tunes, member 0 shared
