@@ -42,6 +42,7 @@ from hf_starsse.demo.generation import (
     shortened_posts,
 )
 from hf_starsse.demo.lm_assets import pretrained_smollm2
+from hf_starsse.demo.text import SHIFT_SPLIT
 from hf_starsse.evaluation.generative import predict_generative, text_rows
 from hf_starsse.evaluation.run_evaluation import evaluation_rows
 from hf_starsse.run.members import load_members
@@ -52,7 +53,7 @@ from results_table import write_results
 
 RESULTS = Path(__file__).parent / "results" / "generative.md"
 METHODS = ("starsse", "sse", "local_de")
-SHIFT = "held-out newsgroups/all"
+
 QUICK = dict(train_samples=16, test_samples=4, shift_samples=4, calibration_samples=4, num_members=2)
 
 
@@ -157,9 +158,9 @@ COLUMNS = {  # report column: (split, metric)
     "ECE": ("test", "ece"),
     "ECE cal.": ("test", "ece_calibrated"),
     "AURC": ("test", "aurc"),
-    "shift acc.": (SHIFT, "accuracy"),
-    "shift NLL": (SHIFT, "nll"),
-    "shift ECE cal.": (SHIFT, "ece_calibrated"),
+    "shift acc.": (SHIFT_SPLIT, "accuracy"),
+    "shift NLL": (SHIFT_SPLIT, "nll"),
+    "shift ECE cal.": (SHIFT_SPLIT, "ece_calibrated"),
     "perplexity": ("test text", "perplexity"),
 }
 
@@ -202,7 +203,7 @@ def differences(results: dict[int, dict], size: int) -> list[str]:
     lines = ["| ensemble of | metric | vs | " + " | ".join(f"seed {seed}" for seed in results) + " |",
              "|---|---|---|" + "---:|" * len(results)]  # fmt: skip
     for method in METHODS:
-        for split, metric in (("test", "accuracy"), ("test", "nll"), (SHIFT, "accuracy"), (SHIFT, "nll")):
+        for split, metric in (("test", "accuracy"), ("test", "nll"), (SHIFT_SPLIT, "accuracy"), (SHIFT_SPLIT, "nll")):
             for against, (base_method, model) in (("member 0", ("starsse", "member")),
                                                   ("its mean member", (method, "mean_member"))):  # fmt: skip
                 deltas = [pick(r[method], "ensemble", size, split)[metric] - pick(r[base_method], model, 1, split)[

@@ -15,6 +15,7 @@ from hf_starsse import StarSSETrainer, build_ensemble, load_members
 from hf_starsse.evaluation.generative import evaluate_generative, option_log_likelihoods, token_log_likelihoods
 from hf_starsse.soups.average import member_model
 from hf_starsse.tasks.text_generation import PromptFormat, option_dataset, pad_completions
+from hf_starsse.training.data import DataArguments, prepare_task
 
 from conftest import make_args
 from test_causal_lm import lora, pretrained_lm, token_rows, word_tokenizer
@@ -77,6 +78,37 @@ def test_token_log_likelihoods_without_labels_score_the_unmasked_tokens(tmp_path
     np.testing.assert_allclose(scores[2:], expected.numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_token_log_likelihoods_do_not_depend_on_the_padding_side(tmp_path, architecture):
+    model = pretrained_lm(architecture, tmp_path / "base").eval()
+    scores = {}
+    for side in ("right", "left"):
+        tokenizer = word_tokenizer()
+        tokenizer.padding_side = side
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        scores[side] = token_log_likelihoods(model, token_rows(), collator, batch_size=5)
+    assert len(scores["left"]) == sum(len(ids) - 1 for ids in token_rows()["input_ids"])
+    np.testing.assert_allclose(scores["left"], scores["right"], rtol=1e-4, atol=1e-5)
+
+
+def test_option_scores_of_an_ensemble_are_its_pooled_next_token_probabilities(tmp_path):
+    members = [pretrained_lm("llama", tmp_path / f"member-{k}") for k in range(2)]
+    for k, member in enumerate(members):
+        with torch.no_grad():
+            member.lm_head.weight.mul_(1 + k)  # members that differ
+        member.save_pretrained(tmp_path / f"member-{k}")
+    ensemble = build_ensemble([tmp_path / "member-0", tmp_path / "member-1"], tmp_path / "ensemble").eval()
+    options = option_dataset(topic_rows(5), PromptFormat(word_tokenizer(), template="{text} w5"), "label")
+    expected = [reference_scores(ensemble, row) for row in options]
+    np.testing.assert_allclose(option_log_likelihoods(ensemble, options, batch_size=2), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_splits_are_refused(lora_run):
+    root, formatter = lora_run
+    with pytest.raises(ValueError, match=r"splits \['test'\] are empty"):
+        evaluate_generative(root / "run", {"test": option_dataset(topic_rows(3), formatter, "label").select([])})
+
+
 def test_options_without_tokens_are_refused():
     tokenizer = word_tokenizer()
     tokenizer.eos_token = None  # an empty answer then has no token at all
@@ -93,6 +125,8 @@ def test_prompt_format_cuts_the_prompts_start_and_ends_answers():
     assert [tokenizer.convert_ids_to_tokens(ids) for ids in completions] == [
         ["w10", "<eos>"], ["w11", "w12", "<eos>"], ["w13", "w14", "w15", "<eos>"]
     ]  # fmt: skip
+    with pytest.raises(ValueError, match="leaves no room for a prompt"):
+        PromptFormat(tokenizer, template="{text} w5", max_length=4).encode({"text": "w20"}, TOPICS)
     with pytest.raises(ValueError, match="names column 'body'"):
         PromptFormat(tokenizer, template="{body}").encode({"text": "w20"}, ["w10"])
     with pytest.raises(ValueError, match="not among the options"):
@@ -108,6 +142,9 @@ def test_chat_prompts_wrap_the_template_and_end_with_the_assistants_turn():
     prompt, (completion,) = PromptFormat(tokenizer, template="{text}", chat=True).encode({"text": "w20"}, ["w10"])
     assert tokenizer.convert_ids_to_tokens(prompt) == ["w90", "w20", "w92", "w91"]
     assert tokenizer.convert_ids_to_tokens(completion) == ["w10", "w92"]
+    cut = PromptFormat(tokenizer, template="{text} w5", chat=True, max_length=7)  # room for 5 prompt tokens
+    prompt, _ = cut.encode({"text": "w20 w21 w22 w23 w24"}, ["w10"])
+    assert tokenizer.convert_ids_to_tokens(prompt) == ["w90", "w24", "w5", "w92", "w91"]  # the header stays
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +205,14 @@ def test_evaluate_generative_refuses_what_it_cannot_do(lora_run):
         evaluate_generative(root / "run", options, calibration_split="validation")
     with pytest.raises(ValueError, match="option_datasets"):
         evaluate_generative(root / "run")
+
+
+def test_prompt_completion_rows_batch_without_a_pad_token(tmp_path):
+    pretrained_lm("llama", tmp_path / "lm")
+    word_tokenizer(pad=False).save_pretrained(tmp_path / "lm")  # as GPT-2's and Llama's tokenizers
+    topic_rows(4).save_to_disk(str(tmp_path / "data"))
+    data = DataArguments(model_name_or_path=str(tmp_path / "lm"), dataset=str(tmp_path / "data"),
+                         completion_column="label", prompt_template="{text} w5")  # fmt: skip
+    task = prepare_task(data)
+    batch = task.data_collator([task.train_dataset[i] for i in range(4)])
+    assert (batch["attention_mask"] == 0).any() and (batch["labels"][batch["attention_mask"] == 0] == -100).all()

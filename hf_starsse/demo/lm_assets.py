@@ -25,7 +25,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     options = dict(gguf_file=gguf_path.name)
     loaded = TEXT_GENERATION.auto_model_class().from_pretrained(gguf_path.parent, dtype=torch.float32, **options)
     config = loaded.config
-    del config.quantization_config  # the weights are dequantised: a plain model, which trains
+    config.__dict__.pop("quantization_config", None)  # the weights are dequantised: a plain model, which trains
     model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config

@@ -239,7 +239,7 @@ class AdapterEnsembleForCausalLM(AdapterEnsembleMixin, EnsembleForCausalLM):
             use_cache=True,
             return_dict=True,
         )
-        logits = output.logits.view(num_members, rows, *output.logits.shape[1:])
+        logits = output.logits.reshape(num_members, rows, *output.logits.shape[1:])
         return logits, MemberBatchCache(output.cache, num_members)
 
     def _batches(self, inputs: dict) -> bool:
@@ -247,7 +247,10 @@ class AdapterEnsembleForCausalLM(AdapterEnsembleMixin, EnsembleForCausalLM):
         mode, and no tensor input but those whose first axis is the batch's."""
         configs = [self.peft_model.peft_config[name] for name in self.config.adapter_names]
         lora = self.config.peft_type == "LORA" and not any(config.use_dora for config in configs)
-        batch_first = all(key in BATCH_INPUTS for key, value in inputs.items() if torch.is_tensor(value))
+        rows = next(inputs[key] for key in BATCH_INPUTS if key in inputs).shape[0]
+        batch_first = all(
+            key in BATCH_INPUTS and value.shape[0] == rows for key, value in inputs.items() if torch.is_tensor(value)
+        )  # e.g. position_ids of one row broadcast to the batch: not repeated per member, so the loop
         return self.batch_members and lora and batch_first and not self.training
 
 

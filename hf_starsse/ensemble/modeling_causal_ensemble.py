@@ -3,8 +3,9 @@
 The ensemble's next-token distribution at every position is the (weighted) mean of its members'; it returns it as
 logits `log(mean_k softmax(z_k))`, so `GenerationMixin.generate()` decodes from it as from any causal LM: greedy,
 sampling and beam search, `max_new_tokens`, stopping criteria, chat templates, the `text-generation` pipeline. Each
-member keeps its own KV cache; `generate()` holds them together as one `EnsembleCache` (beam search reorders every
-member's). The output carries the uncertainty of every token's prediction.
+member keeps its own KV cache (LoRA adapter ensembles: one cache of their batched rows); `generate()` holds them
+together as one `EnsembleCache` (beam search reorders every member's). The output carries the uncertainty of every
+token's prediction.
 Self-contained (imports only torch and transformers) so that it can travel to the Hub as remote code.
 """
 
@@ -73,6 +74,12 @@ class EnsembleCache:
         """Beam search: keep, in every member's cache, the rows of the beams `beam_idx` selects."""
         for cache in self.caches:
             cache.reorder_cache(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every row `repeats` times in place, in every member's cache (e.g. a prompt's cache for its
+        options)."""
+        for cache in self.caches:
+            cache.batch_repeat_interleave(repeats)
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:

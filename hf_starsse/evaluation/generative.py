@@ -64,14 +64,15 @@ def _score_batch(model, prompts: list[list[int]], options: list[list[list[int]]]
     option_ids, option_mask = (tensor.to(device) for tensor in _pad([o for row in options for o in row], left=False))
     scores = first.gather(1, option_ids[:, :1]).squeeze(1)
     if option_ids.shape[1] > 1:
-        cache = output.past_key_values
+        cache = output.cache
         cache.batch_repeat_interleave(count)
         steps = torch.arange(option_ids.shape[1], device=device)
         follow = model(
             input_ids=option_ids,
             attention_mask=torch.cat([mask.repeat_interleave(count, 0), option_mask], 1),
             position_ids=positions[:, -1:].repeat_interleave(count, 0) + 1 + steps,
-            past_key_values=cache,
+            cache=cache,
+            use_cache=False,
         ).logits[:, :-1]
         token_scores = follow.float().log_softmax(-1).gather(2, option_ids[:, 1:, None]).squeeze(2)
         scores = scores + (token_scores * option_mask[:, 1:]).sum(1)
@@ -83,7 +84,8 @@ def option_log_likelihoods(model, dataset, batch_size: int = 8) -> np.ndarray:
     The log-probability `(N, C)` that `model` gives each option's completion after its prompt.
 
     Args:
-        model (`PreTrainedModel`): A causal language model.
+        model (`PreTrainedModel`): A causal language model (an ensemble too: the product of its pooled next-token
+            probabilities).
         dataset: Rows with `prompt_ids` and `option_ids` (as made by `tasks.text_generation.option_dataset`).
         batch_size (`int`, *optional*, defaults to 8): Prompts per forward pass.
     """
@@ -106,16 +108,18 @@ def token_log_likelihoods(model, dataset, data_collator=None, batch_size: int = 
         batch_size (`int`, *optional*, defaults to 8): Rows per forward pass.
     """
     model.eval()
+    device, positions = _device(model), "position_ids" in inspect.signature(model.forward).parameters
     values = []
     for batch in make_dataloader(model, dataset, data_collator, batch_size):
-        labels = batch.get("labels", batch["input_ids"])
-        if "labels" not in batch and "attention_mask" in batch:
-            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
-        logits = model(**model_inputs(model, batch, _device(model))).logits[:, :-1].float().cpu()
-        target = labels[:, 1:]
-        kept = target != -100
-        scores = logits.log_softmax(-1).gather(2, target.clamp(min=0)[..., None]).squeeze(2)
-        values.append(scores[kept])
+        inputs, labels = model_inputs(model, batch, device), batch.get("labels", batch["input_ids"]).to(device)
+        kept = labels[:, 1:] != -100
+        if "attention_mask" in inputs:  # padding on either side: no token scored from or at a padded position
+            mask = inputs["attention_mask"]
+            kept &= mask[:, 1:].bool() & mask[:, :-1].bool()
+            if positions:
+                inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        log_probs = model(**inputs).logits[:, :-1].float().log_softmax(-1)
+        values.append(log_probs.gather(2, labels[:, 1:].clamp(min=0)[..., None]).squeeze(2)[kept].cpu())
     return torch.cat(values).double().numpy()
 
 
@@ -160,6 +164,9 @@ def predict_generative(
     option_datasets, text_datasets = option_datasets or {}, text_datasets or {}
     if not option_datasets and not text_datasets:
         raise ValueError("Pass option_datasets (prompts and options) and/or text_datasets (held-out text).")
+    empty = [split for split, data in {**option_datasets, **text_datasets}.items() if len(data) == 0]
+    if empty:
+        raise ValueError(f"Evaluation splits {empty} are empty.")
     if set(soups) - {"uniform"}:
         raise ValueError("Causal language models are evaluated with soups=('uniform',) or (); no greedy soup here.")
     member_dirs = load_members(source, allow_pickle)

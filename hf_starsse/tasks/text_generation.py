@@ -52,7 +52,7 @@ class PromptFormat:
         chat (`bool`, *optional*, defaults to `False`): Wrap prompt and completion in the tokenizer's chat template,
             as one user turn and the assistant's answer.
         max_length (`int`, *optional*): Prompt and completion together are cut to this many tokens by dropping the
-            prompt's first tokens (its end, next to the answer, is kept).
+            start of the row's text (a chat template's header and the prompt's end, next to the answer, are kept).
     """
 
     tokenizer: object
@@ -84,19 +84,35 @@ class PromptFormat:
             raise ValueError("The tokenizer's chat template writes the prompt differently once an answer follows.")
         return prompt, full[len(prompt) :]
 
+    def _prompt_ids(self, text: str) -> list[int]:
+        return self.tokenizer(self._split(text, "")[0], add_special_tokens=not self.chat).input_ids  # chat: in it
+
     def encode(self, row: dict, answers: list[str]) -> tuple[list[int], list[list[int]]]:
         """
         The token ids of `row`'s prompt and of each of its possible `answers` (one in training, every option in
-        option scoring), the prompt cut at its start so that it fits `max_length` with the longest answer.
+        option scoring), the prompt cut so that it fits `max_length` with the longest answer (see `_cut`).
         """
         text = self.text(row)
-        prompt = self._split(text, "")[0]
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=not self.chat).input_ids  # chat: in the template
+        prompt_ids = self._prompt_ids(text)
         completions = [self.tokenizer(self._split(text, a)[1], add_special_tokens=False).input_ids for a in answers]
         if self.max_length is not None:
-            excess = len(prompt_ids) + max(map(len, completions)) - self.max_length
-            prompt_ids = prompt_ids[max(0, excess) :]
+            room = self.max_length - max(map(len, completions))
+            if room <= 0:
+                raise ValueError(
+                    f"max_length={self.max_length} leaves no room for a prompt before an answer of "
+                    f"{max(map(len, completions))} tokens: raise --max_length."
+                )
+            if len(prompt_ids) > room:
+                prompt_ids = self._cut(row, prompt_ids, room)
         return prompt_ids, completions
+
+    def _cut(self, row: dict, prompt_ids: list[int], room: int) -> list[int]:
+        """`prompt_ids` cut to `room` tokens: its first tokens that a row of empty columns also starts with (a chat
+        template's header, a beginning-of-sequence token) stay, the tokens right after them go (the row's text)."""
+        empty = self._prompt_ids(self.text(dict.fromkeys(row, "")))
+        head = next((i for i, (a, b) in enumerate(zip(empty, prompt_ids)) if a != b), min(len(empty), len(prompt_ids)))
+        head = min(head, room)
+        return prompt_ids[:head] + prompt_ids[len(prompt_ids) - (room - head) :]
 
 
 def pad_completions(features: list[dict], pad_token_id: int) -> dict:
@@ -172,7 +188,8 @@ def prepare_language_modeling(data, train, to_ids) -> tuple:
     def prepare(dataset):
         return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
 
-    return prepare, tokenizer, partial(pad_completions, pad_token_id=tokenizer.pad_token_id)
+    pad = next((token for token in (tokenizer.pad_token_id, tokenizer.eos_token_id) if token is not None), 0)
+    return prepare, tokenizer, partial(pad_completions, pad_token_id=pad)  # padding is masked: any token will do
 
 
 TEXT_GENERATION = TaskFamily(
@@ -186,7 +203,8 @@ TEXT_GENERATION = TaskFamily(
     combination=(
         "the mean of the members' next-token probabilities at every position; the model returns it as logits "
         "`log(mean_k softmax(z_k))` of shape (batch, tokens, vocabulary), with the uncertainty of each token, and "
-        "`generate()` decodes from it (greedy, sampling, beam search) with one KV cache per member"
+        "`generate()` decodes from it (greedy, sampling, beam search) with the members' KV caches (LoRA adapters "
+        "decode as one batch over the base)"
     ),
     # answer options (a ClassLabel completion): accuracy, NLL, ECE, AURC over them; held-out text: token NLL
     metrics=("accuracy", "nll", "ece", "aurc", "perplexity", "token_nll"),

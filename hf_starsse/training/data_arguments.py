@@ -120,7 +120,7 @@ class DataArguments:
     max_length: int | None = field(
         default=None,
         metadata={"help": "Truncate texts to this many tokens (text generation: prompt and answer together, the "
-                  "prompt losing its first tokens)."},
+                  "row's text losing its start)."},
     )  # fmt: skip
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
