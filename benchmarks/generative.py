@@ -16,6 +16,7 @@ validation posts) and AURC; and the perplexity of the posts' text. Everything re
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 import peft
 import torch
-from generation_speed import CLOCKS, PROMPTS, measure_generation, render_markdown
+from generation_speed import CLOCKS, PROMPTS, GenerationMeasurement, measure_generation, render_markdown
 from transformers import DataCollatorForLanguageModeling
 from transformers.utils import logging
 
@@ -133,14 +134,19 @@ def seed_rows(seed: int, bench: SimpleNamespace, options) -> dict[str, list[dict
 def speed_section(run: Path, quick: bool) -> list[str]:
     """Generation speed and peak memory of `run`'s adapter ensemble (its trained LoRA members) against K separate
     `generate` calls of its merged members (`generation_speed.py`: one torch thread, CPU time, side by side)."""
-    threads, base = torch.get_num_threads(), str(pretrained_smollm2())
-    torch.set_num_threads(1)
-    try:
-        members = [str(member) for member in load_members(run)]
-        result = measure_generation(base, members, base, PROMPTS, max_new_tokens=4 if quick else 32,
-                                    repeats=1 if quick else 3, clock=CLOCKS["cpu"])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    cached = run / "generation_speed.json"
+    if cached.is_file():
+        result = GenerationMeasurement(**json.loads(cached.read_text()))
+    else:
+        threads, base = torch.get_num_threads(), str(pretrained_smollm2())
+        torch.set_num_threads(1)
+        try:
+            members = [str(member) for member in load_members(run)]
+            result = measure_generation(base, members, base, PROMPTS, max_new_tokens=4 if quick else 32,
+                                        repeats=1 if quick else 3, clock=CLOCKS["cpu"])  # fmt: skip
+        finally:
+            torch.set_num_threads(threads)
+        atomic_write_json(cached, dataclasses.asdict(result))
     return [
         f"**Generation** with the StarSSE adapter ensemble of seed {run.parent.name.removeprefix('seed-')} (greedy, "
         f"{result.num_prompts} prompts of `benchmarks/generation_speed.py` in one batch, exactly "

@@ -193,6 +193,10 @@ def test_evaluate_generative_pools_options_and_text_like_the_saved_ensemble(lora
     assert held_out[("ensemble", 3)]["token_nll"] == pytest.approx(loss, rel=1e-4)
     assert held_out[("ensemble", 3)]["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
     assert held_out[("uniform_soup", 3)]["tokens"] == (batch["labels"][:, 1:] != -100).sum().item()
+    card = (root / "ensemble" / "README.md").read_text()  # option rows and text rows: each shows its metrics
+    assert "| evaluation set | model | accuracy | NLL | ECE | AURC | perplexity | NLL per token |" in card
+    test_row = next(line for line in card.splitlines() if line.startswith("| test | ensemble of 3 |"))
+    assert f"{test[('ensemble', None, 3)]['accuracy']:.4f}" in test_row and test_row.endswith("|  |  |")
     assert (root / "run" / "evaluation.csv").exists()
 
 

@@ -209,9 +209,9 @@ def _card_data(
 
 
 def shown_metrics(rows: list[dict], metrics: tuple[str, ...]) -> dict[str, str]:
-    """The metrics of a task family (`metrics`) that every evaluation row has, each with its name in the cards'
-    tables."""
-    return {metric: METRIC_NAMES.get(metric, metric) for metric in metrics if all(metric in row for row in rows)}
+    """The metrics of a task family (`metrics`) that evaluation rows have (e.g. option accuracy on some splits,
+    perplexity on others), each with its name in the cards' tables."""
+    return {metric: METRIC_NAMES.get(metric, metric) for metric in metrics if any(metric in row for row in rows)}
 
 
 def summary_rows(rows: list[dict], size: int, metrics: tuple[str, ...]) -> list[dict]:
@@ -233,7 +233,8 @@ def summary_rows(rows: list[dict], size: int, metrics: tuple[str, ...]) -> list[
         for label, chosen in models.items():
             group = [row for row in rows if row["split"] in splits and chosen(row)]
             if group:
-                summary.append({"set": name, "model": label, **{m: fmean(row[m] for row in group) for m in metrics}})
+                means = {m: [row[m] for row in group if row.get(m) is not None] for m in metrics}
+                summary.append({"set": name, "model": label, **{m: fmean(v) if v else None for m, v in means.items()}})
     return summary
 
 
