@@ -38,23 +38,21 @@ from hf_starsse.demo.generation import (
     GENERATION_DEMO_DEFAULTS,
     GENERATION_TRAINING_DEFAULTS,
     LORA,
-    PROMPT_TEMPLATE,
     evaluation_sets,
-    shortened_posts,
+    generation_data_arguments,
 )
 from hf_starsse.demo.lm_assets import pretrained_smollm2
 from hf_starsse.demo.text import SHIFT_SPLIT
-from hf_starsse.evaluation.generative import predict_generative, text_rows
-from hf_starsse.evaluation.run_evaluation import evaluation_rows
+from hf_starsse.demo.uncertainty_report import CALIBRATION_SPLIT
+from hf_starsse.evaluation.generative import evaluate_generative
 from hf_starsse.run.members import load_members
 from hf_starsse.storage.atomic_io import atomic_write_json
-from hf_starsse.training.data import DataArguments, prepare_task
+from hf_starsse.training.data import prepare_task
 
 from results_table import write_results
 
 RESULTS = Path(__file__).parent / "results" / "generative.md"
 METHODS = ("starsse", "sse", "local_de")
-
 QUICK = dict(train_samples=16, test_samples=4, shift_samples=4, calibration_samples=4, num_members=2)
 
 
@@ -78,15 +76,7 @@ def sizes(options) -> SimpleNamespace:
 def load_task(options) -> SimpleNamespace:
     """The prepared training split, the option and text sets, the collators."""
     size = sizes(options)
-    data = DataArguments(
-        model_name_or_path=str(pretrained_smollm2()),
-        dataset=str(shortened_posts(options.work_dir / "data")),
-        completion_column="label",
-        prompt_template=PROMPT_TEMPLATE,
-        chat_template=True,
-        max_length=size.max_length,
-        max_train_samples=size.train_samples,
-    )
+    data = generation_data_arguments(None, options.work_dir / "data", size.max_length, size.train_samples)
     task = prepare_task(data, splits=("train", "validation", "test", "shift"))
     options_sets, text_sets = evaluation_sets(task, data, SimpleNamespace(model=None, **vars(size)))
     collator = DataCollatorForLanguageModeling(task.processing_class, mlm=False)
@@ -115,8 +105,9 @@ def evaluate(run: Path, bench: SimpleNamespace) -> list[dict]:
     cached = run / "generative_rows.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    predictions, scores = predict_generative(run, bench.options, bench.text, data_collator=bench.text_collator)
-    rows = evaluation_rows(predictions, calibration_split="validation") + text_rows(predictions, scores)
+    rows = evaluate_generative(
+        run, bench.options, bench.text, calibration_split=CALIBRATION_SPLIT, data_collator=bench.text_collator
+    )
     atomic_write_json(cached, rows)
     return rows
 

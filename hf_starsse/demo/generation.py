@@ -13,8 +13,7 @@ from transformers import DataCollatorForLanguageModeling
 
 from ..adapters.peft import require_peft
 from ..cards.model_card import save_card_info
-from ..evaluation.generative import predict_generative, text_rows
-from ..evaluation.run_evaluation import evaluation_rows, write_evaluation
+from ..evaluation.generative import evaluate_generative
 from ..tasks.text_generation import TEXT_GENERATION, option_dataset, prompt_format
 from ..training.arguments import StarSSETrainingArguments
 from ..training.data import DataArguments, prepare_task
@@ -59,6 +58,20 @@ def shortened_posts(path: Path) -> Path:
     splits = datasets.load_from_disk(str(newsgroups()))
     splits.map(lambda row: {"text": " ".join(row["text"].split()[:POST_WORDS])}).save_to_disk(str(path))
     return path
+
+
+def generation_data_arguments(model: str | None, data_dir: Path, max_length: int, train_samples: int) -> DataArguments:
+    """The generative demo's model and data: SmolLM2-135M-Instruct (or `model`) and the posts cut to `POST_WORDS`
+    words (saved to `data_dir`), asked `QUESTION` in the chat template, the family's name as the answer."""
+    return DataArguments(
+        model_name_or_path=model or str(pretrained_smollm2()),
+        dataset=str(shortened_posts(data_dir)),
+        completion_column="label",
+        prompt_template=PROMPT_TEMPLATE,
+        chat_template=True,
+        max_length=max_length,
+        max_train_samples=train_samples,
+    )
 
 
 def evaluation_sets(task, data: DataArguments, demo) -> tuple[dict, dict]:
@@ -146,15 +159,7 @@ def run_generation_demo(demo, args: StarSSETrainingArguments) -> dict[str, Path]
     root = Path(args.output_dir)
     paths = {name: root / name for name in ("run", "ensemble", "soup", "report")}
     _phase(1, "Preparing SmolLM2-135M-Instruct and the newsgroup posts (converted and cached on first use)")
-    data = DataArguments(
-        model_name_or_path=demo.model or str(pretrained_smollm2()),
-        dataset=str(shortened_posts(root / "data")),
-        completion_column="label",
-        prompt_template=PROMPT_TEMPLATE,
-        chat_template=True,
-        max_length=demo.max_length,
-        max_train_samples=demo.train_samples,
-    )
+    data = generation_data_arguments(demo.model, root / "data", demo.max_length, demo.train_samples)
     task = prepare_task(data, splits=("train", "validation", "test", "shift"))
     run_args = task.configure(dataclasses.replace(args, output_dir=str(paths["run"])))
     model = peft.get_peft_model(task.model_init(), peft.LoraConfig(**LORA))
@@ -167,12 +172,16 @@ def run_generation_demo(demo, args: StarSSETrainingArguments) -> dict[str, Path]
     _phase(3, "Scoring the answers and the posts' perplexity: members, ensembles, uniform soup")
     options, text = evaluation_sets(task, data, demo)
     collator = DataCollatorForLanguageModeling(task.processing_class, mlm=False)
-    predictions, scores = predict_generative(
-        paths["run"], options, text, data_collator=collator, batch_size=args.per_device_eval_batch_size
-    )
-    option_rows = evaluation_rows(predictions, calibration_split=CALIBRATION_SPLIT)
-    perplexity_rows = text_rows(predictions, scores)
-    write_evaluation(option_rows + perplexity_rows, paths["run"])
+    rows = evaluate_generative(
+        paths["run"],
+        options,
+        text,
+        calibration_split=CALIBRATION_SPLIT,
+        data_collator=collator,
+        batch_size=args.per_device_eval_batch_size,
+    )  # also written to the run directory
+    option_rows = [row for row in rows if "perplexity" not in row]
+    perplexity_rows = [row for row in rows if "perplexity" in row]
     _phase(4, "Saving the adapter ensemble and the uniform soup with their model cards; generating answers")
     trainer.save_ensemble(str(paths["ensemble"]), overwrite=True)
     trainer.save_soup(str(paths["soup"]), overwrite=True)

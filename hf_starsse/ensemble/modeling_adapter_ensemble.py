@@ -188,6 +188,11 @@ class AdapterEnsembleForImageClassification(AdapterEnsembleMixin, EnsembleForIma
     """An ensemble of PEFT adapters over one image-classification base model; takes the base's inputs."""
 
 
+def _batch_rows(inputs: dict) -> int:
+    """The batch size of a causal LM's `inputs` (the first axis of its first batch input)."""
+    return next(inputs[key] for key in BATCH_INPUTS if key in inputs).shape[0]
+
+
 class MemberBatchCache(EnsembleCache):
     """
     The KV cache of members run as one batch: one cache whose rows are member 0's batch, then member 1's, and so on.
@@ -228,8 +233,7 @@ class AdapterEnsembleForCausalLM(AdapterEnsembleMixin, EnsembleForCausalLM):
         """
         if not isinstance(cache, MemberBatchCache) and not (cache is None and use_cache and self._batches(inputs)):
             return super().run_members(inputs, cache, use_cache)
-        num_members = self.config.num_members
-        rows = next(inputs[key] for key in BATCH_INPUTS if key in inputs).shape[0]
+        num_members, rows = self.config.num_members, _batch_rows(inputs)
         repeated = {key: value.repeat(num_members, *[1] * (value.dim() - 1)) if key in BATCH_INPUTS else value
                     for key, value in inputs.items()}  # fmt: skip
         output = self.peft_model(
@@ -247,7 +251,7 @@ class AdapterEnsembleForCausalLM(AdapterEnsembleMixin, EnsembleForCausalLM):
         mode, and no tensor input but those whose first axis is the batch's."""
         configs = [self.peft_model.peft_config[name] for name in self.config.adapter_names]
         lora = self.config.peft_type == "LORA" and not any(config.use_dora for config in configs)
-        rows = next(inputs[key] for key in BATCH_INPUTS if key in inputs).shape[0]
+        rows = _batch_rows(inputs)
         batch_first = all(
             key in BATCH_INPUTS and value.shape[0] == rows for key, value in inputs.items() if torch.is_tensor(value)
         )  # e.g. position_ids of one row broadcast to the batch: not repeated per member, so the loop

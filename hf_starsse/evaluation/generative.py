@@ -128,7 +128,7 @@ def _text_row(token_scores: np.ndarray) -> dict:
     return {"token_nll": nll, "perplexity": math.exp(nll), "tokens": len(token_scores)}
 
 
-def text_rows(predictions: RunPredictions, text: dict) -> list[dict]:
+def _text_rows(predictions: RunPredictions, text: dict) -> list[dict]:
     """Per model and text split: NLL per token, perplexity and token count. `text` maps each split to the members'
     token log-probabilities `(K, M)` and, under `soups`, each soup's `(M,)`."""
     rows = []
@@ -261,7 +261,7 @@ def evaluate_generative(
         device=device,
         allow_pickle=allow_pickle,
     )
-    rows = (evaluation_rows(predictions, calibration_split) if predictions.labels else []) + text_rows(
+    rows = (evaluation_rows(predictions, calibration_split) if predictions.labels else []) + _text_rows(
         predictions, text
     )
     if output_dir is None and isinstance(source, (str, os.PathLike)):

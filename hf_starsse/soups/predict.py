@@ -38,8 +38,9 @@ def accuracy_metric(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
-def predicts_next_token(model: nn.Module) -> bool:
-    """Whether `model` is a causal language model (its logits at position t predict the label at t + 1)."""
+def predicts_next_token(model) -> bool:
+    """Whether `model` (or its config) is a causal language model (its logits at position t predict the label at
+    t + 1)."""
     family = family_of_model(model)
     return family is not None and family.head == "language_modeling"
 

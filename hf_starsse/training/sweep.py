@@ -21,7 +21,7 @@ from pathlib import Path
 from statistics import fmean
 
 from filelock import FileLock
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import logging
 
 from ..evaluation import plots
@@ -69,8 +69,10 @@ def _cell_args(args: StarSSETrainingArguments, output_dir: Path, method: str, lr
 
 
 def _score_cell(cell_dir: Path, eval_dataset, train_dataset, trainer: StarSSETrainer, num_points: int) -> dict:
-    first, second = (member_model(cell_dir / f"members/member-{i:02d}", trainer.args.device) for i in (0, 1))
-    scores = _ensemble_scores(cell_dir, eval_dataset, trainer, predicts_next_token(first))
+    member_dirs = [cell_dir / f"members/member-{i:02d}" for i in (0, 1)]
+    next_token = predicts_next_token(AutoConfig.from_pretrained(member_dirs[0]))  # the members' head, by config
+    scores = _ensemble_scores(cell_dir, eval_dataset, trainer, next_token)  # before members 0 and 1 are loaded
+    first, second = (member_model(member_dir, trainer.args.device) for member_dir in member_dirs)
     loader = make_dataloader(first, eval_dataset, trainer.data_collator, trainer.args.per_device_eval_batch_size)
     bn_loader = make_dataloader(first, train_dataset, trainer.data_collator, trainer.args.per_device_train_batch_size)
     curve = interpolation_curve(first, second, {"validation": loader}, num_points, batchnorm_dataloader=bn_loader)
