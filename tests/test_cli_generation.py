@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import DatasetDict
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from hf_starsse import load_members
 from hf_starsse.cli.main import main
@@ -130,8 +130,34 @@ def test_ensemble_and_soup_of_a_prompted_run_generate_with_their_cards(root, cha
         assert [metric["type"] for metric in result["metrics"]] == ["accuracy"]  # over the answer options
         text = (path / "README.md").read_text()
         assert "| evaluation set | model | accuracy | NLL | ECE | AURC |\n" in text
-        assert f'generator = pipeline("text-generation", model="path/to/{kind}")\nprint(generator(' in text
+        assert isinstance(run_usage(text, path), str)  # the assistant's answer
     assert "ensemble of 2 | " in (root / "chat-ensemble/README.md").read_text()
+
+
+def run_usage(card: str, path: Path) -> str:
+    """Run a card's `pipeline` example on the saved model (the placeholder id replaced by its path): its output."""
+    code = card[card.index("generator = pipeline(") : card.index("```", card.index("generator = pipeline("))]
+    assert "prompt = '{text} w5'.format(text=\"...\")  # made as in training\n" in code  # the run's template
+    assert 'messages = [{"role": "user", "content": prompt}]\n' in code  # in the chat template, as trained
+    code = code.replace(f"path/to/{path.name.split('-')[1]}", str(path)).replace("print(", "output = (")
+    namespace = {"pipeline": pipeline}
+    exec(code.replace('"..."', '"w7 w8"'), namespace)
+    return namespace["output"]
+
+
+def test_evaluate_reuses_the_prompt_the_run_was_trained_with(root, chat_run, capsys):
+    trained = {"completion_column": "label", "prompt_template": "{text} w5", "chat_template": True, "max_length": None}
+    assert json.loads((Path(chat_run) / "card_info.json").read_text())["prompt"] == trained
+    data = ["--dataset", str(root / "topics"), "--splits", "test"]
+    assert main(["evaluate", "--run_dir", chat_run, *data, *ANSWERS, "--chat_template"]) == 0
+    given = rows_of(chat_run, "test")[("ensemble", 2)]
+    assert main(["evaluate", "--run_dir", chat_run, *data]) == 0  # options left out: the trained ones
+    assert rows_of(chat_run, "test")[("ensemble", 2)]["nll"] == pytest.approx(given["nll"])
+    capsys.readouterr()
+    assert main(["evaluate", "--run_dir", chat_run, *data, "--prompt_template", "{text}"]) == 0
+    error = capsys.readouterr().err
+    assert "--prompt_template '{text}' is not the '{text} w5' the run was trained with" in error
+    assert rows_of(chat_run, "test")[("ensemble", 2)]["nll"] != pytest.approx(given["nll"])  # scored as given
 
 
 def test_plain_text_is_scored_by_perplexity(root, text_run, capsys):

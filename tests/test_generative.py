@@ -14,7 +14,7 @@ from transformers import DataCollatorForLanguageModeling
 from hf_starsse import StarSSETrainer, build_ensemble, load_members
 from hf_starsse.evaluation.generative import evaluate_generative, option_log_likelihoods, token_log_likelihoods
 from hf_starsse.soups.average import member_model
-from hf_starsse.tasks.text_generation import PromptFormat, option_dataset, pad_completions
+from hf_starsse.tasks.text_generation import PromptFormat, option_dataset, pad_completions, prompted_usage
 from hf_starsse.training.data import DataArguments, prepare_task
 
 from conftest import make_args
@@ -145,6 +145,19 @@ def test_chat_prompts_wrap_the_template_and_end_with_the_assistants_turn():
     cut = PromptFormat(tokenizer, template="{text} w5", chat=True, max_length=7)  # room for 5 prompt tokens
     prompt, _ = cut.encode({"text": "w20 w21 w22 w23 w24"}, ["w10"])
     assert tokenizer.convert_ids_to_tokens(prompt) == ["w90", "w24", "w5", "w92", "w91"]  # the header stays
+
+
+def test_the_cards_usage_prompt_is_made_as_in_training():
+    template, row = "Post: {text}\nAbout {topic}?", {"text": "w20 w21", "topic": "w7"}
+    usage = prompted_usage("org/lm", {"prompt_template": template, "chat_template": False})
+    (line,) = [line for line in usage.splitlines() if line.startswith("prompt = ")]
+    assert line.endswith('.format(text="...", topic="...")  # made as in training')
+    namespace = {}
+    exec(line.replace('text="..."', 'text="w20 w21"').replace('topic="..."', 'topic="w7"'), namespace)
+    assert namespace["prompt"] == PromptFormat(word_tokenizer(), template=template).text(row)
+    assert "return_full_text=False" in usage and "messages" not in usage  # plain text: no chat turn
+    bare = prompted_usage("org/lm", {"prompt_template": None, "chat_template": True})
+    assert 'prompt = "..."  # as the training rows\' prompt column\nmessages = [' in bare
 
 
 @pytest.fixture(scope="module")

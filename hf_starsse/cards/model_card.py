@@ -26,6 +26,7 @@ from ..run.directory import run_manifest
 from ..storage.atomic_io import atomic_write_json
 from ..tasks import family_of_architecture
 from ..tasks.sequence_classification import SEQUENCE_CLASSIFICATION
+from ..tasks.text_generation import TEXT_GENERATION, prompted_usage
 from .adapter_cards import ADAPTER_RELATION, adapter_base_tag, adapter_metadata, adapter_summary, member_adapters
 
 # The templates: inside the installed package (wheel), else at the root of the source tree (checkout, editable).
@@ -90,6 +91,7 @@ def save_card_info(
     base_model_name: str | None = None,
     datasets: list[str] | None = None,
     dataset_name: str | None = None,
+    prompt: dict | None = None,
 ) -> None:
     """
     Declare what the model cards of a run say about its origin (written to `card_info.json` in the run directory and
@@ -104,6 +106,9 @@ def save_card_info(
         datasets (`list[str]`, *optional*): Hub ids of the training data: the card's `datasets` metadata.
         dataset_name (`str`, *optional*): The dataset's name in the card's results (default: the first of
             `datasets`).
+        prompt (`dict`, *optional*): Text generation: the options that made the members' prompts
+            (`DataArguments.prompt_options()`); the cards' usage example follows them and `hf-starsse evaluate`
+            reuses them.
     """
     for option, names in (("base_model", [base_model] if base_model else []), ("datasets", datasets or [])):
         bad = [name for name in names if not is_hub_id(name)]
@@ -112,15 +117,22 @@ def save_card_info(
                 f"{option}={bad[0]!r} is not a Hub id: the card's metadata links to the Hub. Name a local model or "
                 "dataset with base_model_name / dataset_name instead."
             )
-    info = dict(base_model=base_model, base_model_name=base_model_name, datasets=datasets, dataset_name=dataset_name)
+    info = dict(
+        base_model=base_model,
+        base_model_name=base_model_name,
+        datasets=datasets,
+        dataset_name=dataset_name,
+        prompt=prompt,
+    )
     atomic_write_json(Path(run_dir) / CARD_INFO_NAME, {key: value for key, value in info.items() if value})
 
 
 def card_info(source, base_model: str | None = None) -> dict:
     """
     The origin a card shows: `base_model` (a Hub id or `None`), `base_model_name` (text without local paths),
-    `datasets` (Hub ids) and `dataset_name`, from the run's manifest and `card_info.json` when `source` is a run, else
-    from `base_model` (the base an adapter ensemble records, a Hub id or a local path).
+    `datasets` (Hub ids), `dataset_name` and `prompt` (see `save_card_info`), from the run's manifest and
+    `card_info.json` when `source` is a run, else from `base_model` (the base an adapter ensemble records, a Hub id
+    or a local path).
     """
     declared, recorded = {}, (run_manifest(source) or {}).get("base_model") or base_model
     if isinstance(source, (str, os.PathLike)) and (Path(source) / CARD_INFO_NAME).is_file():
@@ -132,11 +144,15 @@ def card_info(source, base_model: str | None = None) -> dict:
         "base_model_name": declared.get("base_model_name") or base_model or (recorded and Path(recorded).name),
         "datasets": datasets,
         "dataset_name": declared.get("dataset_name") or (datasets[0] if datasets else None),
+        "prompt": declared.get("prompt"),
     }
 
 
-def pipeline_usage(family, repo_id: str) -> str | None:
-    """The lines of a card that run the model's `pipeline`, or `None` where transformers has none for its task."""
+def pipeline_usage(family, repo_id: str, prompt: dict | None = None) -> str | None:
+    """The lines of a card that run the model's `pipeline` (for text generation on a prompt made as in training,
+    given its `prompt` options), or `None` where transformers has none for its task."""
+    if family is TEXT_GENERATION and prompt:
+        return prompted_usage(repo_id, prompt)
     return family.pipeline_usage.format(task=family.name, repo_id=repo_id) if family.name in SUPPORTED_TASKS else None
 
 
@@ -286,7 +302,7 @@ def ensemble_card(model, source, repo_id: str | None = None, license: str | None
         results=_all_rows(rows, config.num_members),
         metrics=metrics,
         auto_class=family.auto_class,
-        pipeline_usage=pipeline_usage(family, repo_id or ENSEMBLE_PLACEHOLDER),
+        pipeline_usage=pipeline_usage(family, repo_id or ENSEMBLE_PLACEHOLDER, info["prompt"]),
         combination=family.combination,
         repo_id=repo_id or ENSEMBLE_PLACEHOLDER,
     )
@@ -326,6 +342,6 @@ def soup_card(model, source, record: dict, repo_id: str | None = None, license: 
         results=[r for r in rows if r["model"] == kind],
         metrics=metrics,
         auto_class=family.auto_class,
-        pipeline_usage=pipeline_usage(family, repo_id or SOUP_PLACEHOLDER),
+        pipeline_usage=pipeline_usage(family, repo_id or SOUP_PLACEHOLDER, info["prompt"]),
         repo_id=repo_id or SOUP_PLACEHOLDER,
     )

@@ -11,7 +11,7 @@
     hf-starsse soup --run_dir runs/x --output_dir out/soup [--method greedy --dataset D --eval_split validation]
     hf-starsse evaluate --run_dir runs/x --dataset D --splits test [--calibration_split validation]
     hf-starsse evaluate --run_dir runs/x --data_files train=train.csv test=test.csv --splits test
-    hf-starsse evaluate --run_dir runs/lm --dataset D --completion_column label --chat_template --splits test ...
+    hf-starsse evaluate --run_dir runs/lm --dataset D --splits test ...   # with the run's prompt options
     hf-starsse calibrate --model_dir out/ensemble --dataset D --split validation   # also a soup or single model
     hf-starsse calibrate --model_dir out/soup --data_files train=train.csv validation=val.csv --split validation
     hf-starsse sweep --model_name_or_path M --dataset D --eval_split validation --output_dir runs/sweep ...
@@ -30,10 +30,11 @@ question answering.
 Text generation (the task of a causal language model's checkpoint) learns every token of `--text_column` (`text`), or
 answers after prompts: `--completion_column` (`completion`; a ClassLabel gives its names) after `--prompt_template`
 (e.g. '{text} Topic:', formatted from the row's columns; default: the `prompt` column), both in the tokenizer's chat
-template with `--chat_template`, the loss on the answer only. `evaluate`, given the same options, scores a ClassLabel
-completion column (or `--answer_options yes no`) as options: accuracy, NLL, ECE and AURC over them, pooled then
-calibrated with `--calibration_split`; else the perplexity of the completions or of the text. Ensembles and soups
-generate (`pipeline("text-generation", ...)`); `calibrate` does not apply (use evaluate's `--calibration_split`).
+template with `--chat_template`, the loss on the answer only; `train` records these options in the run
+(`card_info.json`) and `evaluate` reuses those it is not given. `evaluate` scores a ClassLabel completion column (or
+`--answer_options yes no`) as options: accuracy, NLL, ECE and AURC over them, pooled then calibrated with
+`--calibration_split`; else the perplexity of the completions or of the text. Ensembles and soups generate
+(`pipeline("text-generation", ...)`); `calibrate` does not apply (use evaluate's `--calibration_split`).
 
 Every `StarSSETrainingArguments` / `TrainingArguments` field is an option of `train` and `sweep`, and so are the PEFT
 options (`--use_peft --lora_r 8 --lora_alpha 16 --lora_target_modules query value`, or `--peft_config FILE`: LoRA
@@ -48,7 +49,7 @@ import huggingface_hub.constants
 from transformers import AutoConfig
 from transformers.utils import logging
 
-from ..cards.model_card import save_card_info
+from ..cards.model_card import card_info, save_card_info
 from ..demo import demo_defaults, run_demo
 from ..ensemble.build import build_ensemble
 from ..errors import HubUnreachableError, StarSSEError, network_error_types
@@ -89,6 +90,22 @@ def _data_for_run(run_dir: str, **options) -> DataArguments | None:
     if options.get("dataset") is None and options.get("data_files") is None:
         return None
     return DataArguments(model_name_or_path=str(load_members(run_dir)[0]), **options)
+
+
+def _with_trained_prompt(run_dir: str, given: dict, named: dict) -> dict:
+    """`evaluate`'s data options `given`, with the prompt options the run was trained with (recorded in its
+    `card_info.json` by `train`) where the command line (`named`) sets none; one it sets otherwise is used, and
+    said."""
+    for option, value in (card_info(run_dir)["prompt"] or {}).items():
+        if option not in named:
+            given[option] = value
+        elif given.get(option) != value:
+            print(
+                f"hf-starsse evaluate: --{option} {given.get(option)!r} is not the {value!r} the run was trained "
+                f"with ({run_dir}/card_info.json); scoring with the given one.",
+                file=sys.stderr,
+            )
+    return given
 
 
 def _prepare_for_run(data: DataArguments, splits: tuple[str, ...] = ()) -> PreparedTask:
@@ -331,6 +348,8 @@ def _run(command: str, argv: list[str]) -> None:
     if command == "calibrate":
         calibrate(own, given)
         return
+    if command == "evaluate":
+        given = _with_trained_prompt(own.run_dir, given, given_options(argv))
     data = _data_for_run(own.run_dir, **given)
     if command == "evaluate" and data is None:
         raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")

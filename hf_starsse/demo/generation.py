@@ -168,7 +168,8 @@ def run_generation_demo(demo, args: StarSSETrainingArguments) -> dict[str, Path]
     trainer.train()
     if trainer.is_world_process_zero():
         save_card_info(paths["run"], base_model="HuggingFaceTB/SmolLM2-135M-Instruct" if demo.model is None else None,
-                       dataset_name="20 Newsgroups (four top-level families, as a question)")  # fmt: skip
+                       dataset_name="20 Newsgroups (four top-level families, as a question)",
+                       prompt=data.prompt_options())  # fmt: skip
     _phase(3, "Scoring the answers and the posts' perplexity: members, ensembles, uniform soup")
     options, text = evaluation_sets(task, data, demo)
     collator = DataCollatorForLanguageModeling(task.processing_class, mlm=False)

@@ -3,6 +3,7 @@ next-token probabilities are pooled at every position; `generate()` decodes from
 cache per member. Labels are the input tokens themselves, usually made by the collator (e.g.
 `DataCollatorForLanguageModeling(tokenizer, mlm=False)`, padding masked with `-100`); the model shifts them."""
 
+import string
 from dataclasses import dataclass
 from functools import partial
 
@@ -12,6 +13,9 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .base import TaskFamily
+
+# The data options that make a run's prompts (see `PromptFormat`), recorded with the run (`save_card_info(prompt=)`).
+PROMPT_OPTIONS = ("completion_column", "prompt_template", "chat_template", "max_length")
 
 
 def check_next_token_labels(dataset, column: str, model) -> None:
@@ -220,6 +224,25 @@ TEXT_GENERATION = TaskFamily(
     pipeline_usage='generator = pipeline("{task}", model="{repo_id}")\n'
     'print(generator("Once upon a time", max_new_tokens=32)[0]["generated_text"])',
 )
+
+
+def prompted_usage(repo_id: str, prompt: dict) -> str:
+    """The lines of a card that run the `text-generation` pipeline on a prompt made as in training (`prompt`: the
+    run's `PROMPT_OPTIONS`): the template over placeholder columns, in a chat turn where training used one."""
+    template = prompt.get("prompt_template")
+    if template:
+        columns = dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template) if name)
+        values = ", ".join(f'{name}="..."' for name in columns)
+        made = f"prompt = {template!r}.format({values})  # made as in training"
+    else:
+        made = 'prompt = "..."  # as the training rows\' prompt column'
+    lines = [f'generator = pipeline("text-generation", model="{repo_id}")', made]
+    if prompt.get("chat_template"):
+        lines.append('messages = [{"role": "user", "content": prompt}]')
+        lines.append('print(generator(messages, max_new_tokens=16)[0]["generated_text"][-1]["content"])')
+    else:
+        lines.append('print(generator(prompt, max_new_tokens=16, return_full_text=False)[0]["generated_text"])')
+    return "\n".join(lines)
 
 
 def option_dataset(dataset, formatter: PromptFormat, column: str, options: list[str] | None = None):

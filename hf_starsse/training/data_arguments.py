@@ -9,6 +9,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..cards.model_card import is_hub_id
 from ..tasks import family_for_task
+from ..tasks.text_generation import PROMPT_OPTIONS
 
 DATA_FILE_TYPES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -157,7 +158,15 @@ class DataArguments:
             base_model=self.base_model_id,
             datasets=[hub_dataset] if hub_dataset else None,
             dataset_name=self.dataset_name,
+            prompt=self.prompt_options(),
         )
+
+    def prompt_options(self) -> dict | None:
+        """The text-generation prompt options (`PROMPT_OPTIONS`), `None` when no prompt is made (no completion
+        column, template or chat template given): what `evaluate` reuses and the cards' usage example follows."""
+        if not (self.completion_column or self.prompt_template or self.chat_template):
+            return None
+        return {option: getattr(self, option) for option in PROMPT_OPTIONS}
 
 
 def data_files_by_split(entries: list[str]) -> dict[str, list[str]]:
