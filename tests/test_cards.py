@@ -265,7 +265,6 @@ def test_hub_ids_reach_the_metadata_by_themselves(tmp_path, pretrained_bert):
     assert card.data.base_model == "org/tiny-bert" and "(org/tiny-bert)" in card.text
 
     hub_data = DataArguments(model_name_or_path=pretrained_bert, dataset="stanfordnlp/imdb", dataset_name="IMDB")
-    expected = {"base_model": None, "datasets": ["stanfordnlp/imdb"], "dataset_name": "IMDB", "prompt": None}
-    assert hub_data.card_info() == expected  # no prompt options: not a prompted text-generation run
+    assert hub_data.card_info() == {"base_model": None, "datasets": ["stanfordnlp/imdb"], "dataset_name": "IMDB"}
     local_data = DataArguments(model_name_or_path=pretrained_bert, dataset=str(tmp_path / "run/ensemble.json"))
     assert local_data.card_info()["datasets"] is None  # a local file is no Hub id

@@ -1,6 +1,7 @@
 """`hf-starsse` with causal language models (issue 28, item 8): train (plain text; prompt and completion, in a chat
-template; LoRA), ensemble, soup, evaluate (answer options, perplexity), sweep and push, and their cards. A tiny Llama
-saved to a directory with a word-level tokenizer, runs of two members and two steps."""
+template; LoRA), ensemble, soup, evaluate (answer options, perplexity; the run's prompt options, `cli/prompts.py`),
+sweep and push, and their cards. A tiny Llama saved to a directory with a word-level tokenizer, runs of two members
+and two steps."""
 
 import json
 import math
@@ -13,6 +14,7 @@ from datasets import DatasetDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from hf_starsse import load_members
+from hf_starsse.cards.model_card import card_info, save_card_info
 from hf_starsse.cli.main import main
 from hf_starsse.evaluation.generative import option_log_likelihoods
 from hf_starsse.soups.average import member_model
@@ -137,7 +139,7 @@ def test_ensemble_and_soup_of_a_prompted_run_generate_with_their_cards(root, cha
 def run_usage(card: str, path: Path) -> str:
     """Run a card's `pipeline` example on the saved model (the placeholder id replaced by its path): its output."""
     code = card[card.index("generator = pipeline(") : card.index("```", card.index("generator = pipeline("))]
-    assert "prompt = '{text} w5'.format(text=\"...\")  # made as in training\n" in code  # the run's template
+    assert 'prompt = \'{text} w5\'.format_map({"text": "..."})  # made as in training\n' in code  # as trained
     assert 'messages = [{"role": "user", "content": prompt}]\n' in code  # in the chat template, as trained
     code = code.replace(f"path/to/{path.name.split('-')[1]}", str(path)).replace("print(", "output = (")
     namespace = {"pipeline": pipeline}
@@ -145,19 +147,44 @@ def run_usage(card: str, path: Path) -> str:
     return namespace["output"]
 
 
-def test_evaluate_reuses_the_prompt_the_run_was_trained_with(root, chat_run, capsys):
+def test_evaluate_reuses_the_prompt_the_run_was_trained_with(root, chat_run, text_run, capsys):
     trained = {"completion_column": "label", "prompt_template": "{text} w5", "chat_template": True, "max_length": None}
     assert json.loads((Path(chat_run) / "card_info.json").read_text())["prompt"] == trained
+    assert json.loads((Path(text_run) / "card_info.json").read_text())["prompt"] == {}  # plain text: no prompt
     data = ["--dataset", str(root / "topics"), "--splits", "test"]
     assert main(["evaluate", "--run_dir", chat_run, *data, *ANSWERS, "--chat_template"]) == 0
     given = rows_of(chat_run, "test")[("ensemble", 2)]
-    assert main(["evaluate", "--run_dir", chat_run, *data]) == 0  # options left out: the trained ones
-    assert rows_of(chat_run, "test")[("ensemble", 2)]["nll"] == pytest.approx(given["nll"])
     capsys.readouterr()
+    assert main(["evaluate", "--run_dir", chat_run, *data]) == 0  # options left out: the trained ones, said
+    assert rows_of(chat_run, "test")[("ensemble", 2)]["nll"] == pytest.approx(given["nll"])
+    error = capsys.readouterr().err
+    assert (
+        "prompt options (" in error
+        and "--completion_column 'label' --prompt_template '{text} w5' --chat_template" in error
+    )
     assert main(["evaluate", "--run_dir", chat_run, *data, "--prompt_template", "{text}"]) == 0
     error = capsys.readouterr().err
-    assert "--prompt_template '{text}' is not the '{text} w5' the run was trained with" in error
+    assert "--prompt_template '{text}' is not what the run was trained with ('{text} w5')" in error
     assert rows_of(chat_run, "test")[("ensemble", 2)]["nll"] != pytest.approx(given["nll"])  # scored as given
+    assert main(["evaluate", "--run_dir", chat_run, *data, "--completion_column", "", "--prompt_template", ""]) == 0
+    assert "perplexity" in rows_of(chat_run, "test")[("ensemble", 2)]  # '' unsets: the text's perplexity
+    capsys.readouterr()
+    assert main(["evaluate", "--run_dir", text_run, *data]) == 0
+    assert "prompt" not in capsys.readouterr().err  # a plain-text run: nothing to reuse or ask for
+
+
+def test_evaluate_asks_for_the_prompt_of_a_run_that_records_none(root, chat_run, capsys):
+    (Path(chat_run) / "card_info.json").write_text(json.dumps({"base_model": HUB_BASE}))  # as Python API runs
+    try:
+        assert main(["evaluate", "--run_dir", chat_run, "--dataset", str(root / "topics"), "--splits", "test"]) == 0
+        assert "records no prompt options: pass --completion_column" in capsys.readouterr().err
+        save_card_info(chat_run, prompt={"prompt_template": "{text} w5"})  # recorded later; base_model kept
+        assert card_info(chat_run)["base_model"] == HUB_BASE and card_info(chat_run)["prompt"]
+        with pytest.raises(ValueError, match=r"prompt names \['template'\], which are no prompt options"):
+            save_card_info(chat_run, prompt={"template": "{text}"})
+    finally:
+        save_card_info(chat_run, prompt={"completion_column": "label", "prompt_template": "{text} w5",
+                                         "chat_template": True, "max_length": None})  # fmt: skip
 
 
 def test_plain_text_is_scored_by_perplexity(root, text_run, capsys):

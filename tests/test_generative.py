@@ -148,13 +148,16 @@ def test_chat_prompts_wrap_the_template_and_end_with_the_assistants_turn():
 
 
 def test_the_cards_usage_prompt_is_made_as_in_training():
-    template, row = "Post: {text}\nAbout {topic}?", {"text": "w20 w21", "topic": "w7"}
+    template, row = "Post: {text}\nAbout {topic-name} ({text})?", {"text": "w20 w21", "topic-name": "w7"}
     usage = prompted_usage("org/lm", {"prompt_template": template, "chat_template": False})
     (line,) = [line for line in usage.splitlines() if line.startswith("prompt = ")]
-    assert line.endswith('.format(text="...", topic="...")  # made as in training')
+    assert line.endswith('.format_map({"text": "...", "topic-name": "..."})  # made as in training')
     namespace = {}
-    exec(line.replace('text="..."', 'text="w20 w21"').replace('topic="..."', 'topic="w7"'), namespace)
-    assert namespace["prompt"] == PromptFormat(word_tokenizer(), template=template).text(row)
+    exec(
+        line.replace('"text": "..."', '"text": "w20 w21"').replace('"topic-name": "..."', '"topic-name": "w7"'),
+        namespace,
+    )
+    assert namespace["prompt"] == PromptFormat(word_tokenizer(), template=template).text(row)  # any column name
     assert "return_full_text=False" in usage and "messages" not in usage  # plain text: no chat turn
     bare = prompted_usage("org/lm", {"prompt_template": None, "chat_template": True})
     assert 'prompt = "..."  # as the training rows\' prompt column\nmessages = [' in bare

@@ -26,7 +26,7 @@ from ..run.directory import run_manifest
 from ..storage.atomic_io import atomic_write_json
 from ..tasks import family_of_architecture
 from ..tasks.sequence_classification import SEQUENCE_CLASSIFICATION
-from ..tasks.text_generation import TEXT_GENERATION, prompted_usage
+from ..tasks.text_generation import PROMPT_OPTIONS, TEXT_GENERATION, prompted_usage
 from .adapter_cards import ADAPTER_RELATION, adapter_base_tag, adapter_metadata, adapter_summary, member_adapters
 
 # The templates: inside the installed package (wheel), else at the root of the source tree (checkout, editable).
@@ -97,6 +97,7 @@ def save_card_info(
     Declare what the model cards of a run say about its origin (written to `card_info.json` in the run directory and
     read by `build_ensemble`, the soups and `push_ensemble_to_hub`). Without it a card shows the base model's Hub id
     when it was loaded from the Hub, else only the name of its local directory; local paths never reach a card.
+    What is not passed keeps its recorded value (e.g. the prompt options `hf-starsse train` records).
 
     Args:
         run_dir (`str` or `os.PathLike`): The run directory.
@@ -106,9 +107,9 @@ def save_card_info(
         datasets (`list[str]`, *optional*): Hub ids of the training data: the card's `datasets` metadata.
         dataset_name (`str`, *optional*): The dataset's name in the card's results (default: the first of
             `datasets`).
-        prompt (`dict`, *optional*): Text generation: the options that made the members' prompts
-            (`DataArguments.prompt_options()`); the cards' usage example follows them and `hf-starsse evaluate`
-            reuses them.
+        prompt (`dict`, *optional*): Text generation: the options that made the members' prompts, by the CLI's
+            names (`completion_column`, `prompt_template`, `chat_template`, `max_length`; `{}`: plain text, no
+            prompt); the cards' usage example follows them and `hf-starsse evaluate` reuses them.
     """
     for option, names in (("base_model", [base_model] if base_model else []), ("datasets", datasets or [])):
         bad = [name for name in names if not is_hub_id(name)]
@@ -117,14 +118,16 @@ def save_card_info(
                 f"{option}={bad[0]!r} is not a Hub id: the card's metadata links to the Hub. Name a local model or "
                 "dataset with base_model_name / dataset_name instead."
             )
-    info = dict(
-        base_model=base_model,
-        base_model_name=base_model_name,
-        datasets=datasets,
-        dataset_name=dataset_name,
-        prompt=prompt,
-    )
-    atomic_write_json(Path(run_dir) / CARD_INFO_NAME, {key: value for key, value in info.items() if value})
+    unknown = sorted(set(prompt or {}) - set(PROMPT_OPTIONS))
+    if unknown:
+        raise ValueError(f"prompt names {unknown}, which are no prompt options: use {', '.join(PROMPT_OPTIONS)}.")
+    info = dict(base_model=base_model, base_model_name=base_model_name, datasets=datasets, dataset_name=dataset_name)
+    path = Path(run_dir) / CARD_INFO_NAME
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    given = {key: value for key, value in info.items() if value}
+    if prompt is not None:
+        given["prompt"] = prompt  # `{}` too: members that learned plain text
+    atomic_write_json(path, {**recorded, **given})
 
 
 def card_info(source, base_model: str | None = None) -> dict:

@@ -30,8 +30,9 @@ question answering.
 Text generation (the task of a causal language model's checkpoint) learns every token of `--text_column` (`text`), or
 answers after prompts: `--completion_column` (`completion`; a ClassLabel gives its names) after `--prompt_template`
 (e.g. '{text} Topic:', formatted from the row's columns; default: the `prompt` column), both in the tokenizer's chat
-template with `--chat_template`, the loss on the answer only; `train` records these options in the run
-(`card_info.json`) and `evaluate` reuses those it is not given. `evaluate` scores a ClassLabel completion column (or
+template with `--chat_template`, the loss on the answer only; `train` records the prompt options (completion column,
+template, chat template, max length) in the run (`card_info.json`) and `evaluate` reuses those it is not given
+(`--completion_column '' --prompt_template ''`: none). `evaluate` scores a ClassLabel completion column (or
 `--answer_options yes no`) as options: accuracy, NLL, ECE and AURC over them, pooled then calibrated with
 `--calibration_split`; else the perplexity of the completions or of the text. Ensembles and soups generate
 (`pipeline("text-generation", ...)`); `calibrate` does not apply (use evaluate's `--calibration_split`).
@@ -49,7 +50,7 @@ import huggingface_hub.constants
 from transformers import AutoConfig
 from transformers.utils import logging
 
-from ..cards.model_card import card_info, save_card_info
+from ..cards.model_card import save_card_info
 from ..demo import demo_defaults, run_demo
 from ..ensemble.build import build_ensemble
 from ..errors import HubUnreachableError, StarSSEError, network_error_types
@@ -79,6 +80,7 @@ from .arguments import (
     parse,
 )
 from .peft_args import PeftArguments, with_peft
+from .prompts import run_prompt, with_run_prompt
 
 # One line and exit status 2: hf_starsse's own user-facing errors and bad values or files. Anything else (a
 # RuntimeError, a KeyError, ...) is a bug or a failure of the machine and keeps its traceback.
@@ -90,22 +92,6 @@ def _data_for_run(run_dir: str, **options) -> DataArguments | None:
     if options.get("dataset") is None and options.get("data_files") is None:
         return None
     return DataArguments(model_name_or_path=str(load_members(run_dir)[0]), **options)
-
-
-def _with_trained_prompt(run_dir: str, given: dict, named: dict) -> dict:
-    """`evaluate`'s data options `given`, with the prompt options the run was trained with (recorded in its
-    `card_info.json` by `train`) where the command line (`named`) sets none; one it sets otherwise is used, and
-    said."""
-    for option, value in (card_info(run_dir)["prompt"] or {}).items():
-        if option not in named:
-            given[option] = value
-        elif given.get(option) != value:
-            print(
-                f"hf-starsse evaluate: --{option} {given.get(option)!r} is not the {value!r} the run was trained "
-                f"with ({run_dir}/card_info.json); scoring with the given one.",
-                file=sys.stderr,
-            )
-    return given
 
 
 def _prepare_for_run(data: DataArguments, splits: tuple[str, ...] = ()) -> PreparedTask:
@@ -120,7 +106,7 @@ def train(data: DataArguments, args: StarSSETrainingArguments, peft: PeftArgumen
     trainer = StarSSETrainer(args=task.configure(args), **task.trainer_kwargs())
     output = trainer.train()
     if trainer.is_world_process_zero():
-        save_card_info(args.output_dir, **data.card_info())
+        save_card_info(args.output_dir, **data.card_info(), prompt=run_prompt(data, task))
     print(f"Trained {output.metrics.get('train_members', 1)} member(s) into {args.output_dir}.")
 
 
@@ -349,13 +335,11 @@ def _run(command: str, argv: list[str]) -> None:
         calibrate(own, given)
         return
     if command == "evaluate":
-        given = _with_trained_prompt(own.run_dir, given, given_options(argv))
-    data = _data_for_run(own.run_dir, **given)
-    if command == "evaluate" and data is None:
-        raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")
-    if command == "evaluate":
-        evaluate(own, data)
+        if given.get("dataset") is None and given.get("data_files") is None:
+            raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")
+        evaluate(own, _data_for_run(own.run_dir, **with_run_prompt(own.run_dir, given, given_options(argv))))
     else:
+        data = _data_for_run(own.run_dir, **given)
         {"ensemble": ensemble, "soup": soup}[command](own, data, bool(given.get("allow_pickle")))
 
 

@@ -3,6 +3,8 @@ next-token probabilities are pooled at every position; `generate()` decodes from
 cache per member. Labels are the input tokens themselves, usually made by the collator (e.g.
 `DataCollatorForLanguageModeling(tokenizer, mlm=False)`, padding masked with `-100`); the model shifts them."""
 
+import json
+import re
 import string
 from dataclasses import dataclass
 from functools import partial
@@ -231,9 +233,9 @@ def prompted_usage(repo_id: str, prompt: dict) -> str:
     run's `PROMPT_OPTIONS`): the template over placeholder columns, in a chat turn where training used one."""
     template = prompt.get("prompt_template")
     if template:
-        columns = dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template) if name)
-        values = ", ".join(f'{name}="..."' for name in columns)
-        made = f"prompt = {template!r}.format({values})  # made as in training"
+        fields = (re.match(r"[^.[]*", name).group() for _, name, _, _ in string.Formatter().parse(template) if name)
+        values = ", ".join(f'{json.dumps(column)}: "..."' for column in dict.fromkeys(fields))  # the row's columns
+        made = f"prompt = {template!r}.format_map({{{values}}})  # made as in training"
     else:
         made = 'prompt = "..."  # as the training rows\' prompt column'
     lines = [f'generator = pipeline("text-generation", model="{repo_id}")', made]

@@ -158,14 +158,11 @@ class DataArguments:
             base_model=self.base_model_id,
             datasets=[hub_dataset] if hub_dataset else None,
             dataset_name=self.dataset_name,
-            prompt=self.prompt_options(),
         )
 
-    def prompt_options(self) -> dict | None:
-        """The text-generation prompt options (`PROMPT_OPTIONS`), `None` when no prompt is made (no completion
-        column, template or chat template given): what `evaluate` reuses and the cards' usage example follows."""
-        if not (self.completion_column or self.prompt_template or self.chat_template):
-            return None
+    def prompt_options(self) -> dict:
+        """The text-generation prompt options (`PROMPT_OPTIONS`) by name, as `save_card_info(prompt=...)` records
+        them."""
         return {option: getattr(self, option) for option in PROMPT_OPTIONS}
 
 
