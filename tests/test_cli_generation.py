@@ -173,6 +173,15 @@ def test_evaluate_reuses_the_prompt_the_run_was_trained_with(root, chat_run, tex
     assert "prompt" not in capsys.readouterr().err  # a plain-text run: nothing to reuse or ask for
 
 
+def test_a_greedy_soup_picks_members_on_prompts_made_as_in_training(root, chat_run, capsys):
+    out = root / "chat-greedy-soup"
+    argv = ["soup", "--run_dir", chat_run, "--output_dir", str(out), "--method", "greedy", "--dataset",
+            str(root / "topics"), "--eval_split", "validation"]  # fmt: skip
+    assert main(argv) == 0
+    assert "hf-starsse soup: the run's prompt options (" in capsys.readouterr().err
+    generates(out)
+
+
 def test_evaluate_asks_for_the_prompt_of_a_run_that_records_none(root, chat_run, capsys):
     (Path(chat_run) / "card_info.json").write_text(json.dumps({"base_model": HUB_BASE}))  # as Python API runs
     try:

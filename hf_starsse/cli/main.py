@@ -334,12 +334,15 @@ def _run(command: str, argv: list[str]) -> None:
     if command == "calibrate":
         calibrate(own, given)
         return
-    if command == "evaluate":
-        if given.get("dataset") is None and given.get("data_files") is None:
+    if given.get("dataset") is None and given.get("data_files") is None:
+        if command == "evaluate":
             raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")
-        evaluate(own, _data_for_run(own.run_dir, **with_run_prompt(own.run_dir, given, given_options(argv))))
     else:
-        data = _data_for_run(own.run_dir, **given)
+        given = with_run_prompt(command, own.run_dir, given, given_options(argv))
+    data = _data_for_run(own.run_dir, **given)
+    if command == "evaluate":
+        evaluate(own, data)
+    else:
         {"ensemble": ensemble, "soup": soup}[command](own, data, bool(given.get("allow_pickle")))
 
 

@@ -1,5 +1,6 @@
 """The prompt options of text-generation runs on the command line: `train` records those that made the members'
-prompts in the run (`card_info.json`, see `save_card_info`), `evaluate` reuses those it is not given."""
+prompts in the run (`card_info.json`, see `save_card_info`); `evaluate` (and `soup` or `ensemble` given data) reuse
+those they are not given."""
 
 import sys
 
@@ -25,18 +26,18 @@ def _flag(option: str, value) -> str:
     return f"--{option}" if value is True else f"--{option} {value!r}"
 
 
-def with_run_prompt(run_dir: str, given: dict, named: dict) -> dict:
+def with_run_prompt(command: str, run_dir: str, given: dict, named: dict) -> dict:
     """
-    `evaluate`'s data options `given`, with the prompt options recorded in the run where the command line (`named`)
-    sets none, said in one line; one it sets otherwise is used, also said. `''` unsets a completion column or
-    template. A text-generation run that records none (trained through the Python API, or before runs recorded
-    them) gets a line asking for them, unless some are given.
+    The data options `given` to `command` (`evaluate`, `soup`, `ensemble`), with the prompt options recorded in the
+    run where the command line (`named`) sets none, said in one line; one it sets otherwise is used, also said. `''`
+    unsets a completion column or template. A text-generation run that records none (trained through the Python
+    API, or before runs recorded them) gets a line asking for them, unless some are given.
     """
     recorded = card_info(run_dir)["prompt"]  # {}: trained on plain text
     if recorded is None and not named.keys() & set(PROMPT_OPTIONS):
         if family_of_model(load_model_config(str(load_members(run_dir)[0]))) is TEXT_GENERATION:
             print(
-                f"hf-starsse evaluate: {run_dir} records no prompt options: pass --completion_column, "
+                f"hf-starsse {command}: {run_dir} records no prompt options: pass --completion_column, "
                 "--prompt_template and --chat_template as in training (or record them with save_card_info(run_dir, "
                 "prompt={...})); without them, the defaults are scored (a 'completion' column, else the text).",
                 file=sys.stderr,
@@ -45,13 +46,13 @@ def with_run_prompt(run_dir: str, given: dict, named: dict) -> dict:
     shown = [_flag(option, value) for option, value in reused.items() if value not in (None, False)]
     if shown:
         print(
-            f"hf-starsse evaluate: the run's prompt options ({run_dir}/card_info.json): {' '.join(shown)}",
+            f"hf-starsse {command}: the run's prompt options ({run_dir}/card_info.json): {' '.join(shown)}",
             file=sys.stderr,
         )
     for option in (recorded or {}).keys() & named.keys():
         if given.get(option) != recorded[option]:
             print(
-                f"hf-starsse evaluate: {_flag(option, given.get(option))} is not what the run was trained with "
+                f"hf-starsse {command}: {_flag(option, given.get(option))} is not what the run was trained with "
                 f"({'no value' if recorded[option] is None else repr(recorded[option])}); scoring with the given one.",
                 file=sys.stderr,
             )
