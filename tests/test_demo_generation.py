@@ -72,12 +72,16 @@ def test_quick_generative_benchmark(tmp_path):
     import generative
 
     threads = torch.get_num_threads()
-    results = tmp_path / "generative.md"
+    results, manifest = tmp_path / "generative.md", tmp_path / "work" / "seed-0" / "starsse" / "ensemble.json"
+    argv = ["--quick", "--work-dir", str(tmp_path / "work"), "--results", str(results)]
     try:
-        generative.main(["--quick", "--work-dir", str(tmp_path / "work"), "--results", str(results)])
+        generative.main(argv)
+        report, trained = results.read_text(), manifest.stat().st_mtime_ns
+        generative.main(argv)  # resumed: every run evaluated, so nothing trains again and the tables are the same
     finally:
         torch.set_num_threads(threads)
-    report = results.read_text()
+    assert manifest.stat().st_mtime_ns == trained
+    assert results.read_text().split("| model |", 1)[1] == report.split("| model |", 1)[1]
     models = ("single LoRA fine-tune (member 0)", "StarSSE: mean member", "StarSSE ensemble (2)", "SSE LoRA soup",
               "Local DE ensemble (2)")  # fmt: skip
     for model in models:
