@@ -53,6 +53,7 @@ from results_table import write_results
 
 RESULTS = Path(__file__).parent / "results" / "generative.md"
 METHODS = ("starsse", "sse", "local_de")
+ROWS_NAME = "generative_rows.json"  # a run's evaluated rows, in its directory
 QUICK = dict(train_samples=16, test_samples=4, shift_samples=4, calibration_samples=4, num_members=2)
 
 
@@ -100,23 +101,28 @@ def train(run: Path, method: str, seed: int, bench: SimpleNamespace, quick: bool
     return run
 
 
+def cached_rows(run: Path) -> list[dict] | None:
+    """The run's evaluated rows, `None` before `evaluate`."""
+    path = run / ROWS_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def evaluate(run: Path, bench: SimpleNamespace) -> list[dict]:
     """The run's option and perplexity rows (cached in the run directory)."""
-    cached = run / "generative_rows.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    rows = evaluate_generative(
-        run, bench.options, bench.text, calibration_split=CALIBRATION_SPLIT, data_collator=bench.text_collator
-    )
-    atomic_write_json(cached, rows)
+    rows = cached_rows(run)
+    if rows is None:
+        rows = evaluate_generative(
+            run, bench.options, bench.text, calibration_split=CALIBRATION_SPLIT, data_collator=bench.text_collator
+        )
+        atomic_write_json(run / ROWS_NAME, rows)
     return rows
 
 
 def seed_rows(seed: int, bench: SimpleNamespace, options) -> dict[str, list[dict]]:
     root = options.work_dir / f"seed-{seed}"
-    cached = {method: root / method / "generative_rows.json" for method in METHODS}
-    if all(path.is_file() for path in cached.values()):  # evaluated: the report needs the rows only
-        return {method: json.loads(path.read_text()) for method, path in cached.items()}
+    cached = {method: cached_rows(root / method) for method in METHODS}
+    if None not in cached.values():  # evaluated: the report needs the rows only
+        return cached
     starsse = train(root / "starsse", "starsse", seed, bench, options.quick)
     member0 = starsse / "members" / "member-00"
     runs = {"starsse": starsse}

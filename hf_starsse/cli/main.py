@@ -60,11 +60,10 @@ from ..evaluation.run_evaluation import evaluate_ensemble
 from ..hub.publish import push_ensemble_to_hub
 from ..run.members import load_members
 from ..soups.average import greedy_soup, uniform_soup
-from ..tasks import family_of_model
 from ..tasks.classification import MULTI_LABEL_METRICS, REGRESSION_METRICS
 from ..tasks.text_generation import TEXT_GENERATION, evaluation_data
 from ..training.arguments import StarSSETrainingArguments
-from ..training.data import DataArguments, PreparedTask, load_model_config, prepare_task
+from ..training.data import DataArguments, PreparedTask, prepare_task
 from ..training.sweep import sweep_cycle_hyperparameters
 from ..training.trainer import StarSSETrainer
 from .arguments import (
@@ -80,18 +79,21 @@ from .arguments import (
     parse,
 )
 from .peft_args import PeftArguments, with_peft
-from .prompts import run_prompt, with_run_prompt
+from .prompts import generates, run_prompt, with_run_prompt
 
 # One line and exit status 2: hf_starsse's own user-facing errors and bad values or files. Anything else (a
 # RuntimeError, a KeyError, ...) is a bug or a failure of the machine and keeps its traceback.
 USER_ERRORS = (StarSSEError, ValueError, OSError)
 
 
-def _data_for_run(run_dir: str, **options) -> DataArguments | None:
-    """Data options whose model is the run's first member (its processor files prepare the data)."""
-    if options.get("dataset") is None and options.get("data_files") is None:
+def _data_for_run(command: str, run_dir: str, given: dict, named: dict) -> DataArguments | None:
+    """The data options `given` to `command` (`None` without data), with the run's prompt options where the command
+    line (`named`) sets none (`with_run_prompt`); their model is the run's first member (its processor files prepare
+    the data)."""
+    if given.get("dataset") is None and given.get("data_files") is None:
         return None
-    return DataArguments(model_name_or_path=str(load_members(run_dir)[0]), **options)
+    member = str(load_members(run_dir)[0])
+    return DataArguments(model_name_or_path=member, **with_run_prompt(command, run_dir, member, given, named))
 
 
 def _prepare_for_run(data: DataArguments, splits: tuple[str, ...] = ()) -> PreparedTask:
@@ -120,15 +122,10 @@ def _require_held_out(data: DataArguments | None, what: str, calibrate: bool) ->
         _check_calibrated(data.model_name_or_path)
 
 
-def _generates(model: str) -> bool:
-    """Whether `model` (a member, ensemble or soup directory) is a causal language model, told by its config."""
-    return family_of_model(load_model_config(model)) is TEXT_GENERATION
-
-
 def _check_calibrated(model: str) -> None:
     """Refuse to calibrate a causal language model (before any work): its temperature belongs to the answer options
     it is scored over, which a saved model does not know; `evaluate` pools then calibrates over them."""
-    if _generates(model):
+    if generates(model):
         raise ValueError(
             "Causal language models are not calibrated in place (a temperature over answer options, which the saved "
             "model does not know): use hf-starsse evaluate --calibration_split validation with a ClassLabel "
@@ -252,7 +249,7 @@ def _evaluate_classifiers(options: EvaluateArguments, data: DataArguments, task:
 
 
 def evaluate(options: EvaluateArguments, data: DataArguments) -> None:
-    if "greedy" in options.soups and _generates(data.model_name_or_path):
+    if "greedy" in options.soups and generates(data.model_name_or_path):
         raise ValueError("Text-generation runs are evaluated with --soups uniform (the default), not a greedy soup.")
     if "greedy" in options.soups and data.eval_split is None:
         raise ValueError("A greedy soup picks members on held-out data: pass --eval_split.")
@@ -334,12 +331,9 @@ def _run(command: str, argv: list[str]) -> None:
     if command == "calibrate":
         calibrate(own, given)
         return
-    if given.get("dataset") is None and given.get("data_files") is None:
-        if command == "evaluate":
-            raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")
-    else:
-        given = with_run_prompt(command, own.run_dir, given, given_options(argv))
-    data = _data_for_run(own.run_dir, **given)
+    data = _data_for_run(command, own.run_dir, given, given_options(argv))
+    if command == "evaluate" and data is None:
+        raise ValueError("evaluate needs --dataset or --data_files (and --splits to evaluate).")
     if command == "evaluate":
         evaluate(own, data)
     else:

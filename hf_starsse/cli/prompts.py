@@ -5,7 +5,6 @@ those they are not given."""
 import sys
 
 from ..cards.model_card import card_info
-from ..run.members import load_members
 from ..tasks import family_of_model
 from ..tasks.text_generation import PROMPT_OPTIONS, TEXT_GENERATION, completion_column
 from ..training.data import DataArguments, PreparedTask, load_model_config
@@ -22,20 +21,26 @@ def run_prompt(data: DataArguments, task: PreparedTask) -> dict | None:
     return {} if column is None else {**data.prompt_options(), "completion_column": column}
 
 
+def generates(model: str) -> bool:
+    """Whether `model` (a member, ensemble or soup directory) is a causal language model, told by its config."""
+    return family_of_model(load_model_config(model)) is TEXT_GENERATION
+
+
 def _flag(option: str, value) -> str:
     return f"--{option}" if value is True else f"--{option} {value!r}"
 
 
-def with_run_prompt(command: str, run_dir: str, given: dict, named: dict) -> dict:
+def with_run_prompt(command: str, run_dir: str, member: str, given: dict, named: dict) -> dict:
     """
     The data options `given` to `command` (`evaluate`, `soup`, `ensemble`), with the prompt options recorded in the
-    run where the command line (`named`) sets none, said in one line; one it sets otherwise is used, also said. `''`
-    unsets a completion column or template. A text-generation run that records none (trained through the Python
-    API, or before runs recorded them) gets a line asking for them, unless some are given.
+    run `run_dir` (its first member: `member`) where the command line (`named`) sets none, said in one line; one it
+    sets otherwise is used, also said. `''` unsets a completion column or template. A text-generation run that
+    records none (trained through the Python API, or before runs recorded them) gets a line asking for them, unless
+    some are given.
     """
     recorded = card_info(run_dir)["prompt"]  # {}: trained on plain text
     if recorded is None and not named.keys() & set(PROMPT_OPTIONS):
-        if family_of_model(load_model_config(str(load_members(run_dir)[0]))) is TEXT_GENERATION:
+        if generates(member):
             print(
                 f"hf-starsse {command}: {run_dir} records no prompt options: pass --completion_column, "
                 "--prompt_template and --chat_template as in training (or record them with save_card_info(run_dir, "
